@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from flexivit_jax import resize
+from flexivit_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
   for key, value in tree.items():
     key = str(key)
     if not key or "/" in key:
-      raise ValueError(f"param name {prefix + key!r} is empty or contains '/'; "
+      raise UserError(f"param name {prefix + key!r} is empty or contains '/'; "
                        "names must be non-empty and '/'-free to be saved as npz keys")
     name = prefix + key
     if isinstance(value, Mapping):
@@ -191,11 +192,11 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     for i, part in enumerate(parts[:-1]):
       child = node.setdefault(part, {})
       if not isinstance(child, dict):
-        raise ValueError(f"key {'/'.join(parts[:i + 1])!r} is both an array and a prefix "
+        raise UserError(f"key {'/'.join(parts[:i + 1])!r} is both an array and a prefix "
                          f"of other keys (e.g. {key!r}); the flat dict is inconsistent")
       node = child
     if isinstance(node.get(parts[-1]), dict):
-      raise ValueError(f"key {key!r} is both an array and a prefix of other keys")
+      raise UserError(f"key {key!r} is both an array and a prefix of other keys")
     node[parts[-1]] = value
   return tree
 
@@ -206,7 +207,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 def _to_storable(key: str, value: Any) -> np.ndarray:
   arr = np.asarray(value)
   if arr.dtype == object:
-    raise ValueError(f"param {key!r} has dtype object; only numeric arrays can be saved")
+    raise UserError(f"param {key!r} has dtype object; only numeric arrays can be saved")
   if arr.dtype == _BF16:
     arr = arr.view(np.dtype("V2"))  # big_vision's bf16 convention.
   return arr
@@ -241,7 +242,7 @@ def save_flat(path: PathLike, flat: Mapping[str, Any]) -> None:
     return
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
-    raise ValueError(f"cannot save checkpoint {path!r}: directory {directory!r} "
+    raise UserError(f"cannot save checkpoint {path!r}: directory {directory!r} "
                      "does not exist")
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                              suffix=".tmp")
@@ -287,8 +288,8 @@ def save_params(path: PathLike, params: Mapping) -> None:
   save_flat(path, flatten(params))
 
 
-def _missing_error(path: str) -> ValueError:
-  return ValueError(f"checkpoint {path!r} does not exist; pass an existing .npz file, "
+def _missing_error(path: str) -> UserError:
+  return UserError(f"checkpoint {path!r} does not exist; pass an existing .npz file, "
                     f"a training workdir, or one of the shortcut names: {_known_names()}")
 
 
@@ -303,7 +304,7 @@ def load_flat(path: PathLike) -> dict:
   if not _exists(path):
     raise _missing_error(path)
   if _isdir(path):
-    raise ValueError(f"checkpoint {path!r} is a directory; load_flat takes an npz "
+    raise UserError(f"checkpoint {path!r} is a directory; load_flat takes an npz "
                      "file (load_params also accepts a training workdir)")
   try:
     if remote:  # Read whole: remote seeks are slow or unsupported.
@@ -314,14 +315,14 @@ def load_flat(path: PathLike) -> dict:
     with f:
       magic = f.read(4)
       if magic not in _ZIP_MAGIC:
-        raise ValueError("not a zip archive")
+        raise UserError("not a zip archive")
       f.seek(0)
       with np.load(f, allow_pickle=False) as npz:
         return {k: _recover_dtype(npz[k]) for k in npz.files}
   except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError, KeyError) as e:
     if isinstance(e, (FileNotFoundError, PermissionError)):
       raise
-    raise ValueError(f"checkpoint {path!r} is truncated or corrupt ({type(e).__name__}: "
+    raise UserError(f"checkpoint {path!r} is truncated or corrupt ({type(e).__name__}: "
                      f"{e}); re-download or re-save it") from e
 
 
@@ -394,7 +395,7 @@ def _select(tree: dict, subkey: str, path: str) -> Any:
     if not isinstance(node, dict) or part not in node:
       where = "/".join(subkey.split("/")[:i]) or "the top level"
       avail = sorted(node) if isinstance(node, dict) else []
-      raise ValueError(f"checkpoint {path!r} has no key {subkey!r}: {part!r} is not in "
+      raise UserError(f"checkpoint {path!r} has no key {subkey!r}: {part!r} is not in "
                        f"{where}; available there: {avail[:20]}")
     node = node[part]
   return node
@@ -416,14 +417,14 @@ def load_params(path: PathLike) -> dict:
   if _isdir(path):
     ckpt = latest_checkpoint(path)
     if ckpt is None:
-      raise ValueError(f"workdir {path!r} holds no complete checkpoint_{{step:09d}}.npz; "
+      raise UserError(f"workdir {path!r} holds no complete checkpoint_{{step:09d}}.npz; "
                        "pass a workdir with a saved checkpoint, or an npz file")
     path = ckpt
   tree = unflatten(load_flat(path))
   if subkey:
     tree = _select(tree, subkey, path)
     if not isinstance(tree, dict):
-      raise ValueError(f"{path!r}:{subkey} is a single array, not a param tree; "
+      raise UserError(f"{path!r}:{subkey} is a single array, not a param tree; "
                        "select a subtree (e.g. ':params')")
   if isinstance(tree.get("params"), dict):
     tree = tree["params"]
@@ -446,7 +447,7 @@ def _logger_fn(log: LogFn) -> Callable[[str], Any]:
 def _square(n: int, what: str) -> Tuple[int, int]:
   side = int(round(np.sqrt(n)))
   if side * side != n:
-    raise ValueError(f"{what} has {n} rows, not a square grid; pass posemb_hw=(h, w) "
+    raise UserError(f"{what} has {n} rows, not a square grid; pass posemb_hw=(h, w) "
                      "for a non-square model grid")
   return side, side
 
@@ -476,7 +477,7 @@ def _adapt_posemb(ckpt: dict, init: dict, report: list, posemb_hw, dont_load) ->
                       "param loaded from this checkpoint)")
   new_hw = tuple(posemb_hw) if posemb_hw else _square(model_shape[1], "model pos_embedding")
   if new_hw[0] * new_hw[1] != model_shape[1]:
-    raise ValueError(f"posemb_hw={posemb_hw} does not match the model's pos_embedding "
+    raise UserError(f"posemb_hw={posemb_hw} does not match the model's pos_embedding "
                      f"with {model_shape[1]} rows")
   if pe.shape[1] != model_shape[1]:
     old_hw = _square(pe.shape[1], "checkpoint pos_embedding")
@@ -515,7 +516,7 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
     try:
       patterns.append(re.compile(pat))
     except re.error as e:
-      raise ValueError(f"dont_load pattern {pat!r} is not a valid regex ({e})") from None
+      raise UserError(f"dont_load pattern {pat!r} is not a valid regex ({e})") from None
   skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731
 
   report: list = []
@@ -534,7 +535,7 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
       parts.append(f"in the model but not the checkpoint {_listing(missing)}")
     if unexpected:
       parts.append(f"in the checkpoint but not the model {_listing(unexpected)}")
-    raise ValueError("checkpoint does not match the model: " + "; ".join(parts) +
+    raise UserError("checkpoint does not match the model: " + "; ".join(parts) +
                      ". Pass dont_load=(regex, ...) to keep init values for model params "
                      "absent from the checkpoint.")
 
@@ -560,7 +561,7 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
       value = value.astype(init_arr.dtype)
     out[key] = value
   if mismatched:
-    raise ValueError(f"checkpoint shapes do not match the model ({_listing(mismatched)}); "
+    raise UserError(f"checkpoint shapes do not match the model ({_listing(mismatched)}); "
                      "check the model's width/depth/heads/mlp_dim/num_classes against "
                      "the checkpoint, or dont_load the params to re-initialise")
   for (src, dst), keys in casts.items():

@@ -13,6 +13,7 @@ import re
 from typing import Optional, Sequence
 
 from flexivit_jax import metrics
+from flexivit_jax.errors import UserError
 
 
 def image_size_of(workdir: str) -> Optional[int]:
@@ -37,13 +38,13 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
   for wd in workdirs:
     rows = metrics.read_metrics(wd)
     if not rows:
-      raise ValueError(f"{wd} has no metrics.jsonl: is it a flexivit_jax workdir?")
+      raise UserError(f"{wd} has no metrics.jsonl: is it a flexivit_jax workdir?")
     per_eval = metrics.final_eval_curves(rows)
     if not per_eval:
-      raise ValueError(f"{wd} has no evaluation results yet")
+      raise UserError(f"{wd} has no evaluation results yet")
     name = evaluator or sorted(per_eval)[0]
     if name not in per_eval:
-      raise ValueError(f"{wd} has no evaluator {name!r}; it has {sorted(per_eval)}")
+      raise UserError(f"{wd} has no evaluator {name!r}; it has {sorted(per_eval)}")
     curves[os.path.basename(os.path.normpath(wd))] = per_eval[name]
     image_size = image_size or image_size_of(wd)
   table = metrics.format_table(curves, image_size)

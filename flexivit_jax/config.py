@@ -16,6 +16,7 @@ import ml_collections
 
 from flexivit_jax import losses
 from flexivit_jax.model import FlexiViT
+from flexivit_jax.errors import UserError
 
 # Dicts whose keys are free (their content is checked where it is used).
 FREE_FORM = ("model", "flexi", "evals", "optax", "distill.teachers", "input.data",
@@ -83,11 +84,11 @@ def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> 
     name = f"{prefix}{key}"
     if key not in defaults:
       known = ", ".join(sorted(defaults.keys()))
-      raise ValueError(f"unknown config key {name!r}; known keys{' of ' + prefix[:-1] if prefix else ''}: {known}")
+      raise UserError(f"unknown config key {name!r}; known keys{' of ' + prefix[:-1] if prefix else ''}: {known}")
     current = defaults[key]
     if isinstance(current, ml_collections.ConfigDict) and name not in FREE_FORM:
       if not isinstance(value, (dict, ml_collections.ConfigDict)):
-        raise ValueError(f"config key {name!r} must be a dict, got {value!r}")
+        raise UserError(f"config key {name!r} must be a dict, got {value!r}")
       _merge(current, value, name + ".")
     else:
       if isinstance(value, ml_collections.ConfigDict):
@@ -97,7 +98,7 @@ def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> 
       try:
         defaults[key] = value
       except (TypeError, ValueError) as e:
-        raise ValueError(f"bad value for config key {name!r}: {value!r} ({e})") from None
+        raise UserError(f"bad value for config key {name!r}: {value!r} ({e})") from None
 
 
 def complete(config: Any) -> ml_collections.ConfigDict:
@@ -114,58 +115,58 @@ def _positive_int(config, key: str, allow_none: bool = False) -> None:
   if value is None and allow_none:
     return
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f"config key {key!r} must be a positive int, got {value!r}")
+    raise UserError(f"config key {key!r} must be a positive int, got {value!r}")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values that can be checked without data or devices."""
   if (c.total_steps is None) == (c.total_epochs is None):
-    raise ValueError("set exactly one of config keys 'total_steps' and 'total_epochs' "
+    raise UserError("set exactly one of config keys 'total_steps' and 'total_epochs' "
                      f"(got total_steps={c.total_steps}, total_epochs={c.total_epochs})")
   for key in ("log_training_steps", "log_eval_steps", "ckpt_steps", "keep_ckpt"):
     _positive_int(c, key)
   _positive_int(c, "total_steps", allow_none=True)
   _positive_int(c.input, "batch_size")
   if not c.input.pp:
-    raise ValueError("config key 'input.pp' (the preprocessing string) is empty")
+    raise UserError("config key 'input.pp' (the preprocessing string) is empty")
   bad = sorted(set(c.model) - set(MODEL_FIELDS))
   if bad:
-    raise ValueError(f"unknown config key 'model.{bad[0]}'; FlexiViT fields: "
+    raise UserError(f"unknown config key 'model.{bad[0]}'; FlexiViT fields: "
                      f"{', '.join(MODEL_FIELDS)}")
   for name in c.flexi:
     if name not in FLEXI_ARGS:
-      raise ValueError(f"unknown flexi argument 'flexi.{name}'; allowed: {FLEXI_ARGS}")
+      raise UserError(f"unknown flexi argument 'flexi.{name}'; allowed: {FLEXI_ARGS}")
   if c.loss not in losses.LOSSES:
-    raise ValueError(f"unknown config value loss={c.loss!r}; allowed: {', '.join(losses.LOSSES)}")
+    raise UserError(f"unknown config value loss={c.loss!r}; allowed: {', '.join(losses.LOSSES)}")
   if c.param_sharding not in PARAM_SHARDINGS:
-    raise ValueError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
+    raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
   bad = sorted(set(c.mesh) - {"data", "fsdp"})
   if bad:
-    raise ValueError(f"unknown mesh axis 'mesh.{bad[0]}'; allowed: data, fsdp")
+    raise UserError(f"unknown mesh axis 'mesh.{bad[0]}'; allowed: data, fsdp")
   for name, ev in c.evals.items():
     kind = ev.get("type", "classification")
     if kind not in EVAL_TYPES:
-      raise ValueError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
+      raise UserError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
     unknown = sorted(set(ev) - {"type", "data", "pp", "batch_size", "log_steps"})
     if unknown:
-      raise ValueError(f"unknown config key 'evals.{name}.{unknown[0]}'; allowed: "
+      raise UserError(f"unknown config key 'evals.{name}.{unknown[0]}'; allowed: "
                        "type, data, pp, batch_size, log_steps")
     if "data" not in ev or "pp" not in ev:
-      raise ValueError(f"evals.{name} needs 'data' and 'pp'")
+      raise UserError(f"evals.{name} needs 'data' and 'pp'")
   for name, teacher in c.distill.teachers.items():
     unknown = sorted(set(teacher) - {"model", "init", "input_key", "call"})
     if unknown:
-      raise ValueError(f"unknown config key 'distill.teachers.{name}.{unknown[0]}'; allowed: "
+      raise UserError(f"unknown config key 'distill.teachers.{name}.{unknown[0]}'; allowed: "
                        "model, init, input_key, call")
     if "model" not in teacher or "init" not in teacher:
-      raise ValueError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
+      raise UserError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
-    raise ValueError(f"config file {path!r} does not exist")
+    raise UserError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location("_flexivit_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -178,7 +179,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in out:
-      raise ValueError(f"unknown config argument {key!r}; allowed: {', '.join(out)}")
+      raise UserError(f"unknown config argument {key!r}; allowed: {', '.join(out)}")
     kind = type(out[key])
     out[key] = (kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")) \
         if eq else True

@@ -32,6 +32,8 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from flexivit_jax.errors import UserError
+
 SPEC_KEYS = ("v", "p")
 # Fixed salt so the flexi draws are decorrelated from any other numpy stream
 # seeded with (seed, step) elsewhere in the trainer.
@@ -49,7 +51,7 @@ def _to_hashable(value: Any) -> Hashable:
   try:
     hash(value)
   except TypeError as e:
-    raise ValueError(f"Flexi value {value!r} is not hashable (use ints or tuples).") from e
+    raise UserError(f"Flexi value {value!r} is not hashable (use ints or tuples).") from e
   return value
 
 
@@ -58,17 +60,17 @@ def _parse_probs(name: str, p: Any, num_values: int) -> np.ndarray:
   if p is None or (isinstance(p, str) and p == "uniform"):
     return np.full(num_values, 1.0 / num_values)
   if isinstance(p, str):
-    raise ValueError(f"flexi.{name}.p={p!r}: allowed are 'uniform' or a sequence of weights.")
+    raise UserError(f"flexi.{name}.p={p!r}: allowed are 'uniform' or a sequence of weights.")
   try:
     probs = np.asarray(p, dtype=np.float64)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"flexi.{name}.p={p!r} must be 'uniform' or a sequence of numbers.") from e
+    raise UserError(f"flexi.{name}.p={p!r} must be 'uniform' or a sequence of numbers.") from e
   if probs.ndim != 1 or probs.shape[0] != num_values:
-    raise ValueError(
+    raise UserError(
       f"flexi.{name}.p={p!r} must have one weight per value ({num_values} values)."
     )
   if not np.all(np.isfinite(probs)) or np.any(probs < 0) or probs.sum() <= 0:
-    raise ValueError(
+    raise UserError(
       f"flexi.{name}.p={p!r} must be finite, non-negative and sum to > 0."
     )
   return probs / probs.sum()
@@ -80,7 +82,7 @@ def _parse_seed(seed: Any) -> Tuple[int, ...]:
   ok = len(parts) > 0 and all(
       isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 0 for x in parts)
   if not ok:
-    raise ValueError(
+    raise UserError(
         f"FlexiSampler seed={seed!r} must be a non-negative int or a non-empty "
         "tuple of them, e.g. (experiment_id, work_unit_id).")
   return tuple(int(x) for x in parts)
@@ -104,20 +106,20 @@ class FlexiSampler:
     self._probs: Dict[str, np.ndarray] = {}
     for name, spec in dict(flexi_config or {}).items():
       if not isinstance(name, str) or not name:
-        raise ValueError(f"Flexi argument name {name!r} must be a non-empty string.")
+        raise UserError(f"Flexi argument name {name!r} must be a non-empty string.")
       if not hasattr(spec, "keys"):
-        raise ValueError(
+        raise UserError(
           f"flexi.{name}={spec!r} must be a dict like dict(v=(...), p='uniform')."
         )
       unknown = sorted(set(spec.keys()) - set(SPEC_KEYS))
       if unknown:
-        raise ValueError(f"flexi.{name} has unknown keys {unknown}; allowed: {list(SPEC_KEYS)}.")
+        raise UserError(f"flexi.{name} has unknown keys {unknown}; allowed: {list(SPEC_KEYS)}.")
       values = spec.get("v")
       if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)):
-        raise ValueError(f"flexi.{name}.v={values!r} must be a non-empty sequence of values.")
+        raise UserError(f"flexi.{name}.v={values!r} must be a non-empty sequence of values.")
       values = tuple(_to_hashable(v) for v in values)
       if not values:
-        raise ValueError(f"flexi.{name}.v={values!r} must be a non-empty sequence of values.")
+        raise UserError(f"flexi.{name}.v={values!r} must be a non-empty sequence of values.")
       self._values[name] = values
       self._probs[name] = _parse_probs(name, spec.get("p", "uniform"), len(values))
 
@@ -134,7 +136,7 @@ class FlexiSampler:
   def values(self, name: str) -> Tuple[Hashable, ...]:
     """All candidate values of one argument (e.g. to evaluate at each)."""
     if name not in self._values:
-      raise ValueError(f"Unknown flexi argument {name!r}; known: {list(self._values)}.")
+      raise UserError(f"Unknown flexi argument {name!r}; known: {list(self._values)}.")
     return self._values[name]
 
   def probabilities(self, name: str, step: int) -> np.ndarray:
@@ -146,13 +148,13 @@ class FlexiSampler:
   def __call__(self, step: int) -> Dict[str, Hashable]:
     """Draws `{arg_name: value}` for `step`, a pure function of (seed, step)."""
     if isinstance(step, bool):
-      raise ValueError(f"step={step!r} must be a non-negative int.")
+      raise UserError(f"step={step!r} must be a non-negative int.")
     try:
       step = operator.index(step)
     except TypeError as e:
-      raise ValueError(f"step={step!r} must be a non-negative int.") from e
+      raise UserError(f"step={step!r} must be a non-negative int.") from e
     if step < 0:
-      raise ValueError(f"step={step!r} must be a non-negative int.")
+      raise UserError(f"step={step!r} must be a non-negative int.")
     out = {}
     for name, values in self._values.items():
       # One independent stream per argument: adding/removing another flexi

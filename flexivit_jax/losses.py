@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from flexivit_jax.errors import UserError
+
 LossFn = Callable[..., jax.Array]
 
 
@@ -52,7 +54,7 @@ def distill_kl(
   The teacher is wrapped in stop_gradient: only the student is trained.
   """
   if not temperature or temperature <= 0:
-    raise ValueError(f"temperature={temperature!r} must be > 0.")
+    raise UserError(f"temperature={temperature!r} must be > 0.")
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
@@ -82,15 +84,15 @@ def mixup(
   use and `weights` the shape-(n,) float32 weights (`weights[0]` is `a`).
   """
   if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-    raise ValueError(f"mixup n={n!r} must be an int >= 2.")
+    raise UserError(f"mixup n={n!r} must be an int >= 2.")
   if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0):
-    raise ValueError(f"mixup p={p!r} must be a non-negative number or None.")
+    raise UserError(f"mixup p={p!r} must be a non-negative number or None.")
   batch_sizes = {x.shape[0] for x in arrays if x is not None}
   if len(batch_sizes) > 1:
-    raise ValueError(f"mixup arrays must share the batch size; got {sorted(batch_sizes)}.")
+    raise UserError(f"mixup arrays must share the batch size; got {sorted(batch_sizes)}.")
   for x in arrays:
     if x is not None and not jnp.issubdtype(x.dtype, jnp.inexact):
-      raise ValueError(
+      raise UserError(
         f"mixup needs floating arrays (e.g. one-hot labels), got dtype {x.dtype}."
       )
 
@@ -121,5 +123,5 @@ LOSSES: Dict[str, LossFn] = {
 def get_loss(name: str) -> LossFn:
   """Looks up a classification loss by its config name (`config.loss`)."""
   if name not in LOSSES:
-    raise ValueError(f"Unknown loss {name!r}; valid names: {sorted(LOSSES)}.")
+    raise UserError(f"Unknown loss {name!r}; valid names: {sorted(LOSSES)}.")
   return LOSSES[name]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax import resize
+from flexivit_jax.errors import UserError
 
 Array = jax.Array
 HW = Union[int, Sequence[int]]
@@ -37,12 +38,12 @@ def decode_variant(variant: str) -> dict:
   """'B' or 'B/8' -> dict(width, depth, mlp_dim, num_heads[, patch_size])."""
   name, _, patch = variant.partition("/")
   if name not in VARIANTS:
-    raise ValueError(f"unknown ViT variant {variant!r}; allowed: "
+    raise UserError(f"unknown ViT variant {variant!r}; allowed: "
                      f"{', '.join(VARIANTS)} (optionally with '/<patch>', e.g. 'B/8')")
   out = dict(zip(("width", "depth", "mlp_dim", "num_heads"), VARIANTS[name]))
   if patch:
     if not patch.isdigit() or int(patch) <= 0:
-      raise ValueError(f"bad patch size in variant {variant!r}; expected e.g. 'B/16'")
+      raise UserError(f"bad patch size in variant {variant!r}; expected e.g. 'B/16'")
     out["patch_size"] = (int(patch), int(patch))
   return out
 
@@ -51,7 +52,7 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
                      dtype=jnp.float32) -> Array:
   """Fixed 2-D sin-cos position embedding (1, h*w, width) (MoCo v3 style)."""
   if width % 4:
-    raise ValueError(f"width must be a multiple of 4 for sincos2d posemb, got {width}")
+    raise UserError(f"width must be a multiple of 4 for sincos2d posemb, got {width}")
   y, x = jnp.mgrid[:h, :w]
   omega = jnp.arange(width // 4) / (width // 4 - 1)
   omega = 1. / (temperature**omega)
@@ -151,7 +152,7 @@ class FlexiPatchEmbed(nn.Module):
     if self.has_variable("params", "kernel"):
       stored = self.get_variable("params", "kernel").shape
       if len(stored) != 4 or stored[2] != channels or stored[3] != self.width:
-        raise ValueError(
+        raise UserError(
             f"images have {channels} channels but the patch-embedding kernel has shape "
             f"{tuple(stored)} (expects (ph, pw, {channels}, {self.width})); "
             "feed images with as many channels as the kernel")
@@ -168,11 +169,11 @@ class FlexiPatchEmbed(nn.Module):
 
 def _check_images(images) -> None:
   if getattr(images, "ndim", None) != 4:
-    raise ValueError(
+    raise UserError(
         f"images must be NHWC (batch, height, width, channels), got shape "
         f"{tuple(getattr(images, 'shape', ()))}")
   if images.shape[-1] not in (1, 3, 4) and images.shape[1] in (1, 3, 4):
-    raise ValueError(
+    raise UserError(
         f"images look NCHW (shape {tuple(images.shape)}); FlexiViT takes NHWC: "
         "transpose with images.transpose(0, 2, 3, 1)")
 
@@ -182,17 +183,17 @@ def resolve_patch(image_hw: Tuple[int, int], seqhw: Optional[HW],
   """Patch size for one call: from `seqhw` (floor of image / seqhw) or given."""
   h, w = image_hw
   if seqhw is not None and patch_size is not None:
-    raise ValueError(f"pass seqhw or patch_size, not both (got seqhw={seqhw}, "
+    raise UserError(f"pass seqhw or patch_size, not both (got seqhw={seqhw}, "
                      f"patch_size={patch_size})")
   if seqhw is not None:
     sh, sw = resize.to_hw(seqhw, "seqhw")
     if sh > h or sw > w:
-      raise ValueError(f"seqhw={seqhw} is larger than the image ({h}x{w}); "
+      raise UserError(f"seqhw={seqhw} is larger than the image ({h}x{w}); "
                        f"allowed: 1..{min(h, w)} tokens per side")
     return h // sh, w // sw
   ph, pw = resize.to_hw(patch_size, "patch_size")
   if ph > h or pw > w:
-    raise ValueError(f"patch_size={patch_size} is larger than the image ({h}x{w}); "
+    raise UserError(f"patch_size={patch_size} is larger than the image ({h}x{w}); "
                      f"allowed: 1..{h} x 1..{w}")
   return ph, pw
 
@@ -231,18 +232,18 @@ class FlexiViT(nn.Module):
         hp[name] = getattr(self, name)
     missing = [k for k in ("width", "depth", "num_heads") if k not in hp]
     if missing:
-      raise ValueError(f"FlexiViT needs {', '.join(missing)}: pass them or a variant "
+      raise UserError(f"FlexiViT needs {', '.join(missing)}: pass them or a variant "
                        f"({', '.join(VARIANTS)})")
     hp["patch_size"] = resize.to_hw(hp["patch_size"], "patch_size")
     hp.setdefault("mlp_dim", None)
     if hp["width"] % hp["num_heads"]:
-      raise ValueError(f"width={hp['width']} is not divisible by num_heads={hp['num_heads']}")
+      raise UserError(f"width={hp['width']} is not divisible by num_heads={hp['num_heads']}")
     if self.pool_type not in POOL_TYPES:
-      raise ValueError(f"unknown pool_type {self.pool_type!r}; allowed: {POOL_TYPES}")
+      raise UserError(f"unknown pool_type {self.pool_type!r}; allowed: {POOL_TYPES}")
     if self.posemb not in POSEMB_TYPES:
-      raise ValueError(f"unknown posemb {self.posemb!r}; allowed: {POSEMB_TYPES}")
+      raise UserError(f"unknown posemb {self.posemb!r}; allowed: {POSEMB_TYPES}")
     if self.resize_method not in resize.RESIZE_METHODS:
-      raise ValueError(f"unknown resize_method {self.resize_method!r}; "
+      raise UserError(f"unknown resize_method {self.resize_method!r}; "
                        f"allowed: {resize.RESIZE_METHODS}")
     return hp
 
@@ -254,7 +255,7 @@ class FlexiViT(nn.Module):
     if self.has_variable("params", "pos_embedding"):
       stored = tuple(self.get_variable("params", "pos_embedding").shape)
       if stored != shape:
-        raise ValueError(
+        raise UserError(
             f"pos_embedding has shape {stored} but the model expects {shape} "
             f"(posemb_size={self.posemb_size}); load checkpoints with "
             "flexivit_jax.load_pretrained to resample it")

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flexivit_jax.errors import UserError
+
 ScheduleFn = Callable[[Any], jax.Array]
 
 DECAY_TYPES = ("cosine", "linear", "rsqrt", "constant", None)
@@ -47,15 +49,15 @@ def _resolve_steps(
   """Turns `<name>_steps` / `<name>_percent` into a step count in [0, total_steps]."""
   if percent is not None:
     if steps:
-      raise ValueError(
+      raise UserError(
         f"Give only one of {name}_steps={steps!r} and {name}_percent={percent!r}."
       )
     if not 0.0 <= percent <= 1.0:
-      raise ValueError(f"{name}_percent={percent!r} must be in [0, 1].")
+      raise UserError(f"{name}_percent={percent!r} must be in [0, 1].")
     steps = int(round(percent * total_steps))
   steps = 0 if steps is None else steps
   if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= total_steps:
-    raise ValueError(
+    raise UserError(
       f"{name}_steps={steps!r} must be an int in [0, total_steps={total_steps}]."
     )
   return steps
@@ -89,19 +91,19 @@ def make_schedule(
   returns a float32 scalar.
   """
   if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
-    raise ValueError(f"total_steps={total_steps!r} must be a positive int.")
+    raise UserError(f"total_steps={total_steps!r} must be a positive int.")
   if decay_type not in DECAY_TYPES:
-    raise ValueError(
+    raise UserError(
       f"Unknown schedule decay_type={decay_type!r}; allowed: {list(DECAY_TYPES)}."
     )
   warmup = _resolve_steps("warmup", warmup_steps, warmup_percent, total_steps)
   cooldown = _resolve_steps("cooldown", cooldown_steps, cooldown_percent, total_steps)
   if not 0.0 <= min_lr <= 1.0:
-    raise ValueError(f"min_lr={min_lr!r} must be in [0, 1] (a fraction of the base lr).")
+    raise UserError(f"min_lr={min_lr!r} must be in [0, 1] (a fraction of the base lr).")
   if not 0.0 <= linear_end <= 1.0:
-    raise ValueError(f"linear_end={linear_end!r} must be in [0, 1] (a fraction of the base lr).")
+    raise UserError(f"linear_end={linear_end!r} must be in [0, 1] (a fraction of the base lr).")
   if not timescale or timescale <= 0:
-    raise ValueError(f"timescale={timescale!r} must be positive.")
+    raise UserError(f"timescale={timescale!r} must be positive.")
   decay_span = float(max(total_steps - warmup, 1))
 
   def schedule(step: Any) -> jax.Array:
@@ -132,7 +134,7 @@ def schedule_from_config(
   if schedule_config is None:
     return make_schedule(total_steps, decay_type="constant")
   if not hasattr(schedule_config, "keys"):
-    raise ValueError(
+    raise UserError(
       f"schedule={schedule_config!r} must be a dict such as "
       "dict(decay_type='cosine', warmup_steps=5000); per-parameter schedule "
       "lists are not supported."
@@ -140,7 +142,7 @@ def schedule_from_config(
   kwargs = dict(schedule_config)
   unknown = sorted(set(kwargs) - set(SCHEDULE_KEYS))
   if unknown:
-    raise ValueError(f"Unknown schedule keys {unknown}; allowed: {list(SCHEDULE_KEYS)}.")
+    raise UserError(f"Unknown schedule keys {unknown}; allowed: {list(SCHEDULE_KEYS)}.")
   return make_schedule(total_steps, **kwargs)
 
 
@@ -168,7 +170,7 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
   """Reads `key` from a dict or ml_collections.ConfigDict."""
   getter = getattr(config, "get", None)
   if getter is None:
-    raise ValueError(f"Optimizer config must be a dict or ConfigDict, got {type(config)!r}.")
+    raise UserError(f"Optimizer config must be a dict or ConfigDict, got {type(config)!r}.")
   return getter(key, default)
 
 
@@ -186,22 +188,22 @@ def make_optimizer(
   """
   for key in UNSUPPORTED_OPTIM_KEYS:
     if _cfg_get(config, key) is not None:
-      raise ValueError(f"config.{key} is not supported by this port; remove it.")
+      raise UserError(f"config.{key} is not supported by this port; remove it.")
   lr = _cfg_get(config, "lr")
   if lr is None or isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
-    raise ValueError(f"config.lr={lr!r} must be a non-negative number.")
+    raise UserError(f"config.lr={lr!r} must be a non-negative number.")
   wd = _cfg_get(config, "wd", 0.0)
   wd = 0.0 if wd is None else wd
   if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
-    raise ValueError(f"config.wd={wd!r} must be a non-negative number (or None).")
+    raise UserError(f"config.wd={wd!r} must be a non-negative number (or None).")
   clip = _cfg_get(config, "grad_clip_norm")
   bad_clip = isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0
   if clip is not None and bad_clip:
-    raise ValueError(f"config.grad_clip_norm={clip!r} must be a positive number or None.")
+    raise UserError(f"config.grad_clip_norm={clip!r} must be a positive number or None.")
   optax_name = _cfg_get(config, "optax_name", "scale_by_adam")
   optax_fn = getattr(optax, optax_name, None) if isinstance(optax_name, str) else None
   if not callable(optax_fn) or not optax_name.startswith("scale_by_"):
-    raise ValueError(
+    raise UserError(
       f"config.optax_name={optax_name!r} must name an optax 'scale_by_*' "
       "transformation, e.g. 'scale_by_adam'."
     )
@@ -216,7 +218,7 @@ def make_optimizer(
   try:
     parts.append(optax_fn(**optax_kwargs))
   except TypeError as e:
-    raise ValueError(f"Bad config.optax={optax_kwargs!r} for optax.{optax_name}: {e}") from e
+    raise UserError(f"Bad config.optax={optax_kwargs!r} for optax.{optax_name}: {e}") from e
   parts += [
     optax.scale(float(lr)),
     optax.add_decayed_weights(float(wd), mask=kernel_mask),
@@ -230,6 +232,6 @@ def make_lr_fn(config: Any, total_steps: int) -> Callable[[Any], float]:
   """Effective learning rate `config.lr * sched(step)`, for logging only."""
   lr = _cfg_get(config, "lr")
   if lr is None:
-    raise ValueError("config.lr is required.")
+    raise UserError("config.lr is required.")
   sched_fn = schedule_from_config(_cfg_get(config, "schedule"), total_steps)
   return lambda step: float(lr) * float(sched_fn(step))

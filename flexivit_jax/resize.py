@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flexivit_jax.errors import UserError
+
 HW = Union[int, Sequence[int]]
 RESIZE_METHODS = ("pi", "vanilla", "area")
 POSEMB_RULES = ("runtime", "load")
@@ -34,9 +36,9 @@ def to_hw(size: HW, name: str = "size") -> Tuple[int, int]:
     try:
       hw = tuple(int(s) for s in size)
     except TypeError:
-      raise ValueError(f"{name} must be an int or a pair of ints, got {size!r}") from None
+      raise UserError(f"{name} must be an int or a pair of ints, got {size!r}") from None
   if len(hw) != 2 or min(hw) <= 0:
-    raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {size!r}")
+    raise UserError(f"{name} must be a positive int or a pair of positive ints, got {size!r}")
   return hw
 
 
@@ -63,7 +65,7 @@ def _separable_apply(kernel: jax.Array, mat_h: jax.Array, mat_w: jax.Array) -> j
 
 def _check_kernel(kernel) -> None:
   if kernel.ndim != 4:
-    raise ValueError(
+    raise UserError(
         f"patch-embedding kernel must be (ph, pw, C, D), got shape {tuple(kernel.shape)}")
 
 
@@ -102,7 +104,7 @@ def resize_patch_embed(kernel: jax.Array, new_hw: HW, method: str = "pi") -> jax
   `area`: vanilla, then scaled by (ph*pw)/(qh*qw) to keep the token's scale.
   """
   if method not in RESIZE_METHODS:
-    raise ValueError(f"unknown patch-embedding resize method {method!r}; "
+    raise UserError(f"unknown patch-embedding resize method {method!r}; "
                      f"allowed: {', '.join(RESIZE_METHODS)}")
   if method == "pi":
     return pi_resize(kernel, new_hw)
@@ -119,16 +121,16 @@ def resize_patch_embed(kernel: jax.Array, new_hw: HW, method: str = "pi") -> jax
 
 def _posemb_grid(posemb, old_hw) -> Tuple[int, int]:
   if posemb.ndim != 3 or posemb.shape[0] != 1:
-    raise ValueError(f"posemb must be (1, h*w, D), got shape {tuple(posemb.shape)}")
+    raise UserError(f"posemb must be (1, h*w, D), got shape {tuple(posemb.shape)}")
   n = posemb.shape[1]
   if old_hw is None:
     side = int(round(np.sqrt(n)))
     if side * side != n:
-      raise ValueError(f"posemb has {n} rows, not a square grid; pass old_hw")
+      raise UserError(f"posemb has {n} rows, not a square grid; pass old_hw")
     return side, side
   old_hw = to_hw(old_hw, "old_hw")
   if old_hw[0] * old_hw[1] != n:
-    raise ValueError(f"posemb has {n} rows, which does not match old_hw={old_hw}")
+    raise UserError(f"posemb has {n} rows, which does not match old_hw={old_hw}")
   return old_hw
 
 
@@ -156,7 +158,7 @@ def resample_posemb(posemb, new_hw: HW, *, old_hw: HW | None = None,
   linear zoom, as `scipy.ndimage.zoom(order=1)`); computed in numpy.
   """
   if rule not in POSEMB_RULES:
-    raise ValueError(f"unknown posemb resample rule {rule!r}; allowed: {POSEMB_RULES}")
+    raise UserError(f"unknown posemb resample rule {rule!r}; allowed: {POSEMB_RULES}")
   gh, gw = _posemb_grid(posemb, old_hw)
   new_hw = to_hw(new_hw, "new_hw")
   if (gh, gw) == new_hw:

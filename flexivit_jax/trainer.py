@@ -28,14 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from flexivit_jax import checkpoint, data, losses, metrics, optim
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax.model import FlexiViT, resolve_patch
+from flexivit_jax.errors import TrainingDivergedError, UserError
 
 log = logging.getLogger("flexivit_jax")
 CKPT_PATTERN = "checkpoint_{step:09d}.npz"
 FlexiKey = Tuple[Tuple[str, Any], ...]
-
-
-class TrainingDivergedError(RuntimeError):
-  """Raised when the training loss becomes NaN or infinite."""
 
 
 # ----------------------------------------------------------------------------
@@ -51,7 +48,7 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices=None) -> Mesh:
     if size == -1:
       sizes[axis] = len(devices) // known
   if sizes["data"] * sizes["fsdp"] != len(devices):
-    raise ValueError(f"mesh {dict(mesh_cfg)} does not fit the {len(devices)} devices; "
+    raise UserError(f"mesh {dict(mesh_cfg)} does not fit the {len(devices)} devices; "
                      "its axis sizes must multiply to the device count (use -1 for one axis)")
   return Mesh(np.asarray(devices).reshape(sizes["data"], sizes["fsdp"]), ("data", "fsdp"))
 
@@ -262,7 +259,7 @@ def to_global(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) ->
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
   if batch_size % mesh.size or batch_size % jax.process_count():
-    raise ValueError(f"{what}={batch_size} must be divisible by the {mesh.size} devices "
+    raise UserError(f"{what}={batch_size} must be divisible by the {mesh.size} devices "
                      f"and {jax.process_count()} processes")
 
 
@@ -312,13 +309,13 @@ def restore_checkpoint(path: str, shardings, abstract) -> Any:
   names = _state_keys(abstract)
   missing = [n for n in names if n not in flat]
   if missing:
-    raise ValueError(f"checkpoint {path} does not match this config's train state; "
+    raise UserError(f"checkpoint {path} does not match this config's train state; "
                      f"missing {missing[:5]} ({len(missing)} in all)")
   leaves = []
   for name, a, sh in zip(names, jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
     value = np.asarray(flat[name])
     if value.shape != a.shape:
-      raise ValueError(f"checkpoint {path}: {name} has shape {value.shape}, the train state "
+      raise UserError(f"checkpoint {path}: {name} has shape {value.shape}, the train state "
                        f"expects {a.shape}")
     value = value.astype(a.dtype)
     leaves.append(jax.make_array_from_callback(a.shape, sh, lambda idx, v=value: v[idx]))
@@ -457,11 +454,11 @@ def check_inputs(run: Run) -> None:
   check_flexi_fits([dict(f) for f in run.eval_flexis], image_hw)
   num_classes = run.model.num_classes
   if "labels" in first and num_classes and first["labels"].shape[-1] != num_classes:
-    raise ValueError(f"model.num_classes={num_classes} but input.pp makes labels with "
+    raise UserError(f"model.num_classes={num_classes} but input.pp makes labels with "
                      f"{first['labels'].shape[-1]} classes; make them equal")
   for t in run.teachers:
     if t.input_key not in first:
-      raise ValueError(f"teacher {t.name!r} reads batch key {t.input_key!r}, which input.pp "
+      raise UserError(f"teacher {t.name!r} reads batch key {t.input_key!r}, which input.pp "
                        f"does not produce (keys: {sorted(first)})")
     check_flexi_fits([dict(t.call)], first[t.input_key].shape[1:3])
 

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flexivit_jax.errors import UserError
+
 NAME = "sklearn_digits"
 NUM_TRAIN = 1497
 NUM_TEST = 300
@@ -76,7 +78,7 @@ def ensure_built(name: str = NAME, data_dir: str | None = None) -> str:
   A no-op when already prepared. Only the bundled dataset can be built here.
   """
   if name != NAME:
-    raise ValueError(f"ensure_built only builds the bundled dataset {NAME!r}, "
+    raise UserError(f"ensure_built only builds the bundled dataset {NAME!r}, "
                      f"not {name!r}")
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   builder = SklearnDigits(data_dir=data_dir, file_format="array_record")

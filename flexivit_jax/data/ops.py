@@ -16,6 +16,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from flexivit_jax.errors import UserError
+
 SEED_KEY = "_seed"
 
 
@@ -34,7 +36,7 @@ def register(name: str, *, random: bool = False):
 
   def wrap(factory):
     if name in _REGISTRY:
-      raise ValueError(f"pp op {name!r} is already registered")
+      raise UserError(f"pp op {name!r} is already registered")
     _REGISTRY[name] = _OpSpec(name, factory, random)
     return factory
 
@@ -80,19 +82,19 @@ def _parse_op(spec: str) -> tuple[str, tuple, dict]:
   try:
     node = ast.parse(spec if "(" in spec else spec + "()", mode="eval").body
   except SyntaxError as e:
-    raise ValueError(f"Cannot parse pp op {spec!r}: {e}") from None
+    raise UserError(f"Cannot parse pp op {spec!r}: {e}") from None
   if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-    raise ValueError(f"Cannot parse pp op {spec!r}: expected name(args...)")
+    raise UserError(f"Cannot parse pp op {spec!r}: expected name(args...)")
   name = node.func.id
   try:
     args = tuple(ast.literal_eval(a) for a in node.args)
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
   except (ValueError, TypeError, SyntaxError) as e:
-    raise ValueError(
+    raise UserError(
         f"pp op {name!r}: arguments must be python literals, got {spec!r} "
         f"({e})") from None
   if any(k is None for k in kwargs):
-    raise ValueError(f"pp op {name!r}: **kwargs are not supported in {spec!r}")
+    raise UserError(f"pp op {name!r}: **kwargs are not supported in {spec!r}")
   return name, args, kwargs
 
 
@@ -102,19 +104,19 @@ def parse(pp: str) -> list[tuple[_OpSpec, Callable]]:
   for spec in _split_ops(pp):
     name, args, kwargs = _parse_op(spec)
     if name not in _REGISTRY:
-      raise ValueError(
+      raise UserError(
           f"Unknown pp op {name!r} in {spec!r}. Known ops: {known_ops()}")
     op = _REGISTRY[name]
     try:
       inspect.signature(op.factory).bind(*args, **kwargs)
     except TypeError as e:
-      raise ValueError(
+      raise UserError(
           f"pp op {name!r} got invalid arguments {spec!r} ({e}). Allowed "
           f"arguments: {name}{_allowed_args(op.factory)}") from None
     try:
       fn = op.factory(*args, **kwargs)
     except (TypeError, ValueError) as e:
-      raise ValueError(
+      raise UserError(
           f"pp op {name!r} rejected its arguments in {spec!r}: {e}. Allowed "
           f"arguments: {name}{_allowed_args(op.factory)}") from None
     ops.append((op, fn))
@@ -157,7 +159,7 @@ def _pair(size) -> tuple[int, int]:
     return size, size
   size = tuple(size)
   if len(size) != 2 or not all(isinstance(s, int) for s in size):
-    raise ValueError(f"size must be an int or (h, w), got {size!r}")
+    raise UserError(f"size must be an int or (h, w), got {size!r}")
   return size
 
 
@@ -292,7 +294,7 @@ def resize_small(smaller_size, method="area", antialias=False, key="image",
                  outkey=None):
   """Resizes so that the smaller side equals smaller_size, keeping aspect."""
   if not isinstance(smaller_size, int):
-    raise ValueError(f"smaller_size must be an int, got {smaller_size!r}")
+    raise UserError(f"smaller_size must be an int, got {smaller_size!r}")
 
   def fn(image):
     shape = tf.shape(image)
@@ -345,7 +347,7 @@ def onehot(depth, key="label", key_result=None, multi=True, on=1.0, off=0.0):
   A rank-1 label (multi-label) gives the max over its one-hot rows if `multi`.
   """
   if not isinstance(depth, int) or depth <= 0:
-    raise ValueError(f"depth must be a positive int, got {depth!r}")
+    raise UserError(f"depth must be a positive int, got {depth!r}")
 
   def fn(data):
     data = dict(data)
@@ -377,7 +379,7 @@ def keep(*keys):
   """Keeps only the given keys (a missing key is an error)."""
   for k in keys:
     if not isinstance(k, str):
-      raise ValueError(f"keep() takes key names (str), got {k!r}")
+      raise UserError(f"keep() takes key names (str), got {k!r}")
 
   def fn(data):
     missing = [k for k in keys if k not in data]

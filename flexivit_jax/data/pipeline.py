@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 
 from flexivit_jax.data import digits
 from flexivit_jax.data import ops
+from flexivit_jax.errors import UserError
 
 _FOLDER_PREFIX = "imagefolder:"
 MASK_KEY = "_mask"
@@ -63,14 +64,14 @@ def _process(process_index, process_count) -> tuple[int, int]:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in "
+    raise UserError(f"process_index={process_index} not in "
                      f"[0, process_count={process_count})")
   return int(process_index), int(process_count)
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
+    raise UserError(
         f"global_batch_size={global_batch_size} must be a positive multiple of "
         f"process_count={process_count}")
   return global_batch_size // process_count
@@ -86,8 +87,8 @@ def _prepared_here(data_dir: str | None) -> list[str]:
     return []
 
 
-def _missing(name, split, data_dir, why) -> ValueError:
-  return ValueError(
+def _missing(name, split, data_dir, why) -> UserError:
+  return UserError(
       f"Dataset {name!r} (split {split!r}) is not available in data_dir="
       f"{data_dir or '<tfds default>'}: {why}. Datasets present there: "
       f"{_prepared_here(data_dir)}. Nothing is downloaded at run time: prepare "
@@ -147,7 +148,7 @@ class _Dataset:
                                      **kw)
     except NotImplementedError as e:
       if "ArrayRecord" in str(e):
-        raise ValueError(
+        raise UserError(
             f"Dataset {self.name!r} is stored as array_record, which tf.data "
             f"streaming cannot read: use the random-access pipeline "
             f"(streaming=False), which is the default.") from e
@@ -167,7 +168,7 @@ class _Dataset:
         except Exception:  # pylint: disable=broad-except
           n = int(self.as_dataset(self.split).cardinality())
           if n < 0:
-            raise ValueError(f"Cannot count examples of {self.name}:"
+            raise UserError(f"Cannot count examples of {self.name}:"
                              f"{self.split}") from None
           self.num_examples = n
     return self.num_examples
@@ -179,7 +180,7 @@ def _open(data_cfg) -> _Dataset:
   data_dir = _data_dir(data_cfg)
   streaming = bool(_get(data_cfg, "streaming", False))
   if not name and not _get(data_cfg, "folder"):
-    raise ValueError(f"data config needs a `name` (got {data_cfg!r})")
+    raise UserError(f"data config needs a `name` (got {data_cfg!r})")
 
   folder = _get(data_cfg, "folder")
   if folder is None and name.startswith(_FOLDER_PREFIX):
@@ -187,11 +188,11 @@ def _open(data_cfg) -> _Dataset:
   if folder is not None:
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
-      raise ValueError(f"Image folder {folder!r} does not exist (expected "
+      raise UserError(f"Image folder {folder!r} does not exist (expected "
                        f"{folder}/<split>/<label>/<image files>)")
     builder = tfds.folder_dataset.ImageFolder(folder)
     if split not in builder.info.splits:
-      raise ValueError(f"Image folder {folder!r} has no split {split!r}; it "
+      raise UserError(f"Image folder {folder!r} has no split {split!r}; it "
                        f"has {list(builder.info.splits)} (sub-splits are not "
                        f"supported for image folders)")
     src = None if streaming else _FolderSource(builder, split)
@@ -349,7 +350,7 @@ def _stack(examples: list[dict]) -> dict:
       out[k] = np.stack([e[k] for e in examples])
     except ValueError as err:
       shapes = sorted({ex[k].shape for ex in examples})
-      raise ValueError(
+      raise UserError(
           f"Cannot batch key {k!r}: examples have shapes {shapes}; the pp "
           f"string must produce fixed shapes (e.g. end with resize(...))"
       ) from err
@@ -505,7 +506,7 @@ def train_iterator(data_cfg, pp: str, global_batch_size: int, *, seed: int,
                             shuffle_buffer=shuffle_buffer)
   n = ds.count()
   if n == 0:
-    raise ValueError(f"{ds.name}:{ds.split} has no examples")
+    raise UserError(f"{ds.name}:{ds.split} has no examples")
   proc = _ExampleProcessor(ds.source, pp)
   perms = _EpochPermutations(seed, n)
 
@@ -622,7 +623,7 @@ def _streaming_eval(ds, pp, b, num_batches, *, pi, pc, prefetch):
   data = data.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
   spec = data.element_spec
   if not all(s.shape.is_fully_defined() for s in spec.values()):
-    raise ValueError(f"eval pp must produce fixed shapes, got {spec}")
+    raise UserError(f"eval pp must produce fixed shapes, got {spec}")
   pad = tf.data.Dataset.from_tensors(
       {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}).repeat()
   data = (data.concatenate(pad).take(num_batches * b)

@@ -1,0 +1,35 @@
+"""The library's named exceptions; only the CLIs (floor 4) turn them into exit codes.
+
+- `UserError`: the input is wrong (config, flags, data names, pp strings,
+  checkpoints, mesh/batch fit). Its message names the bad value and what is
+  allowed; the entry points print it as one line and exit with status 2.
+  It subclasses ValueError so `except ValueError` callers keep working.
+- `TrainingDivergedError`: the loss became NaN/inf (exit status 3).
+- `Preempted`: SIGTERM (or a preemption notice) was honoured after saving the
+  current step (exit status 143).
+"""
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 143
+
+
+class UserError(ValueError):
+  """Bad input from the user: the message says what is wrong and what is allowed."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """The training loss became non-finite; nothing was written for that step."""
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
+
+
+class Preempted(Exception):
+  """Training stopped on request (SIGTERM/preemption) after saving `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted: saved checkpoint at step {step}")
+    self.step = step
