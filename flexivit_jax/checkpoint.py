@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from flexivit_jax import resize
+from flexivit_jax import resize, state_files
 from flexivit_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -401,11 +401,12 @@ def _select(tree: dict, subkey: str, path: str) -> Any:
   return node
 
 
-def load_params(path: PathLike) -> dict:
+def load_params(path: PathLike, step: Optional[int] = None) -> dict:
   """Loads params from a big_vision npz checkpoint as a nested dict of numpy arrays.
 
   Accepts: a local or `gs://` npz path, a shortcut name from `CHECKPOINTS`, a
-  training workdir (its newest `checkpoint_*.npz`), and a `file.npz:sub/key`
+  training workdir (the params of its newest orbax train state, or of `step`;
+  a workdir of an older version: its newest `checkpoint_*.npz`), and a `file.npz:sub/key`
   suffix selecting a subtree. Training checkpoints (`params/...`) and the old
   flax optimizer layout (`opt/target/...`) yield their params; legacy layouts
   are fixed (`fix_legacy_layout`).
@@ -414,6 +415,11 @@ def load_params(path: PathLike) -> dict:
   path = resolve_checkpoint(path)
   if not _exists(path):
     raise _missing_error(path)
+  if step is not None and not (_isdir(path) and state_files.is_train_workdir(path)):
+    raise UserError(f"step={step} needs a training workdir with orbax checkpoints; "
+                    f"{path!r} is not one")
+  if _isdir(path) and state_files.is_train_workdir(path):
+    return state_files.read_params(path, step)  # Written by this trainer: no legacy layout.
   if _isdir(path):
     ckpt = latest_checkpoint(path)
     if ckpt is None:

@@ -68,7 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_training_steps = 50
   c.log_eval_steps = 1000
   c.ckpt_steps = 1000
-  c.keep_ckpt = 3
+  c.keep_ckpt = 3  # Keep the newest N train-state checkpoints (orbax, workdir/checkpoints/).
+  c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
+  c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
   c.progress_bar = True
 
   c.mesh = dict(data=-1, fsdp=1)
@@ -123,8 +125,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if (c.total_steps is None) == (c.total_epochs is None):
     raise UserError("set exactly one of config keys 'total_steps' and 'total_epochs' "
                      f"(got total_steps={c.total_steps}, total_epochs={c.total_epochs})")
-  for key in ("log_training_steps", "log_eval_steps", "ckpt_steps", "keep_ckpt"):
+  for key in ("log_training_steps", "log_eval_steps", "ckpt_steps", "keep_ckpt",
+              "preemption_check_steps"):
     _positive_int(c, key)
+  _positive_int(c, "keep_ckpt_every", allow_none=True)
   _positive_int(c, "total_steps", allow_none=True)
   _positive_int(c.input, "batch_size")
   if not c.input.pp:

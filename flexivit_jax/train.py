@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -80,7 +81,11 @@ def main(argv) -> None:
     with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     os.replace(path + ".tmp", path)
-  trainer.train_and_evaluate(config, FLAGS.workdir)
+  from flexivit_jax.errors import EXIT_PREEMPTED, Preempted
+  try:
+    trainer.train_and_evaluate(config, FLAGS.workdir)
+  except Preempted:
+    sys.exit(EXIT_PREEMPTED)  # The checkpoint of that step is saved: a restart resumes.
 
 
 def run() -> None:

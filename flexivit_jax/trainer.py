@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -25,13 +24,12 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flexivit_jax import checkpoint, data, losses, metrics, optim
+from flexivit_jax import checkpoint, data, losses, metrics, optim, state_files, train_state
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax.model import FlexiViT, resolve_patch
-from flexivit_jax.errors import TrainingDivergedError, UserError
+from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
 
 log = logging.getLogger("flexivit_jax")
-CKPT_PATTERN = "checkpoint_{step:09d}.npz"
 FlexiKey = Tuple[Tuple[str, Any], ...]
 
 
@@ -270,67 +268,28 @@ def check_flexi_fits(values, image_hw: Tuple[int, int]) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints: flat npz, big_vision-style keys (params/..., opt/..., step).
-
-
-def _state_keys(tree) -> list[str]:
-  """Checkpoint keys of a train state's leaves: params/..., opt/..., step."""
-  keys = []
-  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path]
-    keys.append(re.sub(r"^opt_state", "opt", "/".join(names)))
-  return keys
-
-
-def _flatten_state(state) -> Dict[str, np.ndarray]:
-  gather = (lambda x: multihost_utils.process_allgather(x, tiled=True)) \
-      if jax.process_count() > 1 else (lambda x: x)
-  return {k: np.asarray(gather(leaf))
-          for k, leaf in zip(_state_keys(state), jax.tree.leaves(state))}
-
-
-def save_checkpoint(workdir: str, state, keep: int) -> Optional[str]:
-  """Writes checkpoint_<step>.npz atomically (process 0) and keeps the last `keep`."""
-  flat = _flatten_state(state)
-  step = int(flat["step"])
-  path = os.path.join(workdir, CKPT_PATTERN.format(step=step))
-  if jax.process_index() == 0:
-    checkpoint.save_flat(path, flat)
-    old = sorted(f for f in os.listdir(workdir) if checkpoint.CHECKPOINT_RE.match(f))
-    for name in old[:-keep]:
-      os.remove(os.path.join(workdir, name))
-  multihost_utils.sync_global_devices(f"checkpoint {step}")
-  return path
-
-
-def restore_checkpoint(path: str, shardings, abstract) -> Any:
-  """Reads a train-state npz into arrays laid out with `shardings`."""
-  flat = checkpoint.load_flat(path)
-  names = _state_keys(abstract)
-  missing = [n for n in names if n not in flat]
-  if missing:
-    raise UserError(f"checkpoint {path} does not match this config's train state; "
-                     f"missing {missing[:5]} ({len(missing)} in all)")
-  leaves = []
-  for name, a, sh in zip(names, jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
-    value = np.asarray(flat[name])
-    if value.shape != a.shape:
-      raise UserError(f"checkpoint {path}: {name} has shape {value.shape}, the train state "
-                       f"expects {a.shape}")
-    value = value.astype(a.dtype)
-    leaves.append(jax.make_array_from_callback(a.shape, sh, lambda idx, v=value: v[idx]))
-  return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
+# Preemption.
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (all processes agree)."""
+  """SIGTERM (or a preemption notice) -> a stop all processes agree on, without a per-step
+  collective.
 
-  def __init__(self):
+  One process: a signal flag, read every step. Several processes: JAX's preemption
+  sync point (the coordination service propagates the notice and picks a common step)
+  when the preemption service runs; otherwise the flag is all-gathered only every
+  `check_every` steps.
+  """
+
+  def __init__(self, check_every: int = 10):
     self.requested = False
+    self.check_every = max(1, int(check_every))
     self._previous = None
+    self._sync_point = jax.process_count() > 1 and _preemption_service_running()
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # With the service, its own SIGTERM handler must stay installed.
+    if not self._sync_point and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -338,15 +297,34 @@ class Preemption:
     del signum, frame
     self.requested = True
 
-  def should_stop(self) -> bool:
+  def should_stop(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested
+    if self._sync_point:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if step % self.check_every:
+      return False
     flags = multihost_utils.process_allgather(np.asarray(int(self.requested)))
     return bool(np.any(flags))
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _preemption_service_running() -> bool:
+  from jax._src import distributed  # The sync manager has no public accessor.
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
+def resume_step(workdir: str) -> int:
+  """The step a run in `workdir` continues from (0: a fresh run)."""
+  steps = state_files.complete_steps(workdir)
+  if not steps and checkpoint.latest_checkpoint(workdir):
+    raise UserError(f"workdir {workdir!r} holds npz train-state checkpoints of an older "
+                    "version, which cannot be resumed; start a new workdir with "
+                    f"--config.model_init={workdir} to begin from their params")
+  return steps[-1] if steps else 0
 
 
 # ----------------------------------------------------------------------------
@@ -399,7 +377,6 @@ class Run:
   mesh: Mesh
   total_steps: int
   start_step: int
-  latest_checkpoint: Optional[str]
   model: FlexiViT
   teachers: Tuple[Teacher, ...]
   teacher_params: Dict[str, Any]
@@ -427,14 +404,12 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   sampler = FlexiSampler(config.flexi, seed=config.seed)
   eval_sampler = FlexiSampler(config.eval_flexi, seed=0) if config.eval_flexi else sampler
   tx, _ = optim.make_optimizer(config, steps)
-  latest = checkpoint.latest_checkpoint(workdir)
-  start_step = (int(checkpoint.CHECKPOINT_RE.match(os.path.basename(latest)).group(1))
-                if latest else 0)
+  start_step = resume_step(workdir)
   train_iter = data.train_iterator(
       _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
       seed=config.seed, start_step=start_step, num_threads=config.input.num_threads,
       prefetch=config.input.prefetch)
-  run = Run(config, workdir, mesh, steps, start_step, latest, build_model(config.model),
+  run = Run(config, workdir, mesh, steps, start_step, build_model(config.model),
             teachers, teacher_params, sampler,
             [flexi_key(v) for v in eval_sampler.all_values()], tx,
             optim.make_lr_fn(config, steps), train_iter, next(train_iter))
@@ -481,15 +456,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     run.train_iter.close()
 
 
+def _restart_data(run: Run, step: int) -> None:
+  """Points the input pipeline at `step` (the resume step moved back past a corrupt one)."""
+  run.train_iter.close()
+  config = run.config
+  run.train_iter = data.train_iterator(
+      _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
+      seed=config.seed, start_step=step, num_threads=config.input.num_threads,
+      prefetch=config.input.prefetch)
+  run.start_step, run.first_batch = step, next(run.train_iter)
+
+
+def start_state(run: Run, ckpts: train_state.StateCheckpoints):
+  """The state at `run.start_step`: fresh, or the newest readable checkpoint on this mesh."""
+  config, image_shape = run.config, run.first_batch["image"].shape[1:]
+  flexi = flexi_key(run.sampler.all_values()[0])
+  if run.start_step and not config.model_init:  # Nothing to materialise before restoring.
+    init_fn = make_init_fn(run.model, run.tx, image_shape, flexi, config.init_head_bias)
+    abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
+    shardings = _shardings_of(abstract, run.mesh, config.param_sharding)
+  else:
+    state, shardings = init_state(config, run.model, run.tx, run.mesh, image_shape, flexi)
+    if not run.start_step:
+      return state, shardings
+    abstract = jax.eval_shape(lambda s: s, state)
+    del state
+  restored = ckpts.restore(abstract, shardings)
+  if restored is None:
+    raise UserError(f"the checkpoints in {ckpts.directory} vanished while starting; "
+                    "is another run using this workdir?")
+  state, step = restored
+  if step != run.start_step:
+    _restart_data(run, step)
+  log.info("resumed from %s at step %d", ckpts.directory, step)
+  return state, shardings
+
+
 def _train(run: Run) -> Dict[str, Any]:
   """The loop of `train_and_evaluate` over a prepared run."""
+  config = run.config
+  ckpts = train_state.StateCheckpoints(run.workdir, config.keep_ckpt, config.keep_ckpt_every)
+  try:
+    return _loop(run, ckpts, *start_state(run, ckpts))
+  finally:
+    ckpts.wait()  # A started save always completes, also on errors and preemption.
+    ckpts.close()
+
+
+def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Dict[str, Any]:
+  """Steps from `run.start_step` to the end, saving through `ckpts`."""
   config, workdir = run.config, run.workdir
   mesh, steps, first = run.mesh, run.total_steps, run.first_batch
-  state, shardings = init_state(config, run.model, run.tx, mesh, first["image"].shape[1:],
-                                flexi_key(run.sampler.all_values()[0]))
-  if run.latest_checkpoint:
-    state = restore_checkpoint(run.latest_checkpoint, shardings, jax.eval_shape(lambda s: s, state))
-    log.info("resumed from %s at step %d", run.latest_checkpoint, run.start_step)
   repl = NamedSharding(mesh, P())
   teacher_params = jax.device_put(run.teacher_params, repl)
   train_steps = CompiledSteps(
@@ -510,7 +527,7 @@ def _train(run: Run) -> Dict[str, Any]:
   throughput = metrics.Throughput(config.input.batch_size, run.start_step)
   last: Dict[str, Any] = {}
   local = first
-  with Preemption() as preemption:
+  with Preemption(config.preemption_check_steps) as preemption:
     for step in range(run.start_step, steps):
       flexi = flexi_key(run.sampler(step))
       state, step_metrics = train_steps(flexi, state, teacher_params, to_global(local, bsh))
@@ -529,14 +546,15 @@ def _train(run: Run) -> Dict[str, Any]:
         last.update(results)
         if done == steps:
           print_final_table(workdir, results, first["image"].shape[1], progress)
-      stop = preemption.should_stop()
+      stop = preemption.should_stop(done)
       if done % config.ckpt_steps == 0 or done == steps or stop:
-        save_checkpoint(workdir, state, config.keep_ckpt)
+        ckpts.save(done, state)  # Asynchronous: the next steps run while it is written.
       if stop:
+        ckpts.wait()
         progress.write(f"SIGTERM: saved checkpoint at step {done}, exiting")
         progress.close()
         writer.close()
-        raise SystemExit(143)
+        raise Preempted(done)
       if done < steps:
         local = next(run.train_iter)
   progress.close()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import checkpoint
+from flexivit_jax import state_files, train_state
 
 STEPS = 14
 COMMON = [f"--config.total_steps={STEPS}", "--config.ckpt_steps=3", "--config.log_training_steps=1",
@@ -41,8 +41,9 @@ def train_rows(workdir):
   return [r for r in rows if "train/loss" in r]
 
 
-def final_state(workdir):
-  return checkpoint.load_flat(os.path.join(workdir, f"checkpoint_{STEPS:09d}.npz"))
+def final_state(workdir, step=STEPS):
+  """The saved train state of `step` as '/'-named numpy arrays."""
+  return train_state.leaf_names(state_files.read_state(str(workdir), step))
 
 
 def assert_same_state(a, b):
@@ -80,7 +81,7 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
     workdir = tmp_path / f"killed_at_{kill_at}"
     code, err = start_and_signal(workdir, signal.SIGKILL, kill_at)
     assert code == -signal.SIGKILL, (kill_at, code, err[-2000:])
-    assert not os.path.exists(workdir / f"checkpoint_{STEPS:09d}.npz")
+    assert STEPS not in state_files.complete_steps(str(workdir))
     run(workdir)  # Resumes from its newest checkpoint.
     assert_same_state(final_state(workdir), final_state(uninterrupted))
     # metrics.jsonl reads as one run: each step once, the same losses.
@@ -94,8 +95,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(uninterrupted, tmp_path):
   code, err = start_and_signal(workdir, signal.SIGTERM, 4)
   assert code == 143, err[-2000:]
   last_logged = max(r["step"] for r in train_rows(workdir))
-  saved = checkpoint.latest_checkpoint(str(workdir))
-  assert saved.endswith(f"checkpoint_{last_logged:09d}.npz"), (saved, last_logged)
+  assert state_files.complete_steps(str(workdir))[-1] == last_logged
   assert "SIGTERM: saved checkpoint at step" in err
   run(workdir)
   assert_same_state(final_state(workdir), final_state(uninterrupted))

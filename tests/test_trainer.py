@@ -12,7 +12,7 @@ import pytest
 
 import flexivit_jax
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import checkpoint, optim, trainer
+from flexivit_jax import checkpoint, optim, state_files, train_state, trainer
 from flexivit_jax import config as config_lib
 from flexivit_jax.model import FlexiViT
 
@@ -122,8 +122,9 @@ def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path
   config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
                           "mixup": dict(p=1.0), "lr": 1e-2})
   out = trainer.train_and_evaluate(config, str(tmp_path / "wd"))
-  flat = checkpoint.load_flat(str(tmp_path / "wd" / "checkpoint_000000008.npz"))
-  assert any(k.startswith("params/") for k in flat) and any(k.startswith("opt/") for k in flat)
+  flat = train_state.leaf_names(state_files.read_state(str(tmp_path / "wd"), 8))
+  assert any(k.startswith("params/") for k in flat)
+  assert any(k.startswith("opt_state/") for k in flat)
   assert not any("prof" in k for k in flat)
   assert np.isfinite(out["train/loss"])
   loaded = checkpoint.load_params(teacher["init"])

@@ -1,0 +1,40 @@
+"""Exports the params of a training workdir as a big_vision npz.
+
+  python -m flexivit_jax.export WORKDIR out.npz [--step N]
+
+Reads the newest (or step N's) orbax train-state checkpoint of WORKDIR (local or
+gs://), keeps only the params, and writes them with `checkpoint.save_params`;
+`flexivit_jax.load_params(out.npz)` reads back the same arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from flexivit_jax.errors import EXIT_USER_ERROR, UserError
+
+
+def export(workdir: str, out: str, step: Optional[int] = None) -> None:
+  from flexivit_jax import checkpoint
+  checkpoint.save_params(out, checkpoint.load_params(workdir, step=step))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("workdir", help="training workdir (local or gs://)")
+  parser.add_argument("out", help="the npz to write")
+  parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
+  args = parser.parse_args(argv)
+  try:  # A small stand-in for cli.main_wrapper: user errors are one line and exit 2.
+    export(args.workdir, args.out, args.step)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_USER_ERROR
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
