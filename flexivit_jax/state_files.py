@@ -112,6 +112,6 @@ def read_state(workdir: str, step: Optional[int] = None, only: Optional[str] = N
 def is_train_workdir(path: str) -> bool:
   """True when `path` has an orbax `checkpoints/` directory (local or remote)."""
   if "://" in path:
-    from etils import epath
-    return epath.Path(checkpoint_dir(path)).exists()
+    import tensorflow as tf  # gfile knows every scheme TF does (gs://, ram://, ...).
+    return tf.io.gfile.isdir(checkpoint_dir(path))
   return os.path.isdir(checkpoint_dir(path))

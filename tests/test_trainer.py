@@ -64,8 +64,7 @@ def test_end_to_end_run(digits_data_dir, tmp_path):
   assert 0.0 <= evals[-1]["eval/test/seqhw=4/prec@1"] <= 1.0
   assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
   assert (tmp_path / "eval_test.png").stat().st_size > 1000
-  assert [os.path.basename(p) for p in glob.glob(str(tmp_path / "checkpoint_*.npz"))] == [
-      "checkpoint_000000008.npz"]
+  assert state_files.complete_steps(str(tmp_path)) == [8]
   # load_params on the workdir returns the newest checkpoint's params.
   loaded = flexivit_jax.load_params(str(tmp_path))
   final = jax.tree.map(np.asarray, out["state"]["params"])
