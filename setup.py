@@ -12,6 +12,7 @@ setuptools.setup(
         "flax>=0.8",
         "optax>=0.2.5",
         "orbax-checkpoint",
+        "etils",
         "numpy",
         "scipy",
         "ml_collections",

@@ -5,6 +5,7 @@ Uses the demo config's tiny `runlocal` model; every run logs its loss at every s
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,6 +75,7 @@ def uninterrupted(digits_data_dir, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
   rng = random.Random()
   kill_steps = rng.sample(range(2, STEPS - 2), 2)  # Two different random steps.
@@ -90,6 +92,7 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
     np.testing.assert_array_equal([r["train/loss"] for r in rows], [r["train/loss"] for r in ref])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_before_exit(uninterrupted, tmp_path):
   workdir = tmp_path / "preempted"
   code, err = start_and_signal(workdir, signal.SIGTERM, 4)
@@ -107,38 +110,72 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_same_losses_on_1_device_8_devices_and_2_processes(uninterrupted, tmp_path):
-  ref = train_rows(uninterrupted)
-  runs = {"8 devices": tmp_path / "d8", "8 devices fsdp": tmp_path / "fsdp",
-          "2 processes x 4": tmp_path / "p2"}
-  run(runs["8 devices"], "--num_cpu_devices=8")
-  run(runs["8 devices fsdp"], "--num_cpu_devices=8", "--config.mesh.fsdp=2",
-      "--config.param_sharding=fsdp")
+def start_two_processes(workdir, devices, *extra):
+  """Process 0 configured by flags, process 1 by the environment (as launch scripts do)."""
   port = _free_port()
-  # Process 0 is configured by flags, process 1 by the environment (as launch scripts do).
-  by_flags = ["--num_cpu_devices=4", "--num_processes=2", "--process_id=0",
+  by_flags = [f"--num_cpu_devices={devices}", "--num_processes=2", "--process_id=0",
               f"--coordinator_address=127.0.0.1:{port}"]
-  by_env = {**os.environ, "FLEXIVIT_NUM_CPU_DEVICES": "4", "FLEXIVIT_NUM_PROCESSES": "2",
-            "FLEXIVIT_PROCESS_ID": "1", "FLEXIVIT_COORDINATOR_ADDRESS": f"127.0.0.1:{port}"}
-  procs = [subprocess.Popen(train_cmd(runs["2 processes x 4"], *by_flags), cwd=REPO,
+  by_env = {**os.environ, "FLEXIVIT_NUM_CPU_DEVICES": str(devices),
+            "FLEXIVIT_NUM_PROCESSES": "2", "FLEXIVIT_PROCESS_ID": "1",
+            "FLEXIVIT_COORDINATOR_ADDRESS": f"127.0.0.1:{port}"}
+  procs = [subprocess.Popen(train_cmd(workdir, *by_flags, *extra), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-           subprocess.Popen(train_cmd(runs["2 processes x 4"]), cwd=REPO, env=by_env,
+           subprocess.Popen(train_cmd(workdir, *extra), cwd=REPO, env=by_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
+
+
+def run_local_sh(workdir, processes, devices):
+  cmd = ["bash", str(REPO / "launch" / "local.sh"), str(processes), "--devices", str(devices),
+         "--", *train_cmd(workdir)[3:]]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHON": sys.executable})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def assert_losses_match(workdir, ref, name, first=1):
+  rows = train_rows(workdir)
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), name
+  assert [r["seqhw"] for r in rows] == [r["seqhw"] for r in ref], name
+  np.testing.assert_allclose([r["train/loss"] for r in rows[first - 1:]],
+                             [r["train/loss"] for r in ref[first - 1:]],
+                             rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_same_losses_on_1_device_8_devices_and_2_processes_and_resume_on_other_meshes(
+    uninterrupted, tmp_path):
+  ref = train_rows(uninterrupted)
+  runs = {"8 devices": tmp_path / "d8", "8 devices fsdp": tmp_path / "fsdp",
+          "launch/local.sh 2 x 4 devices": tmp_path / "p2"}
+  run(runs["8 devices"], "--num_cpu_devices=8")
+  run(runs["8 devices fsdp"], "--num_cpu_devices=8", "--config.mesh.fsdp=2",
+      "--config.param_sharding=fsdp", "--config.keep_ckpt_every=6")
+  run_local_sh(runs["launch/local.sh 2 x 4 devices"], 2, 4)
   for name, workdir in runs.items():
-    rows = train_rows(workdir)
-    assert [r["seqhw"] for r in rows] == [r["seqhw"] for r in ref], name
-    np.testing.assert_allclose([r["train/loss"] for r in rows], [r["train/loss"] for r in ref],
-                               rtol=0, atol=1e-5, err_msg=name)
+    assert_losses_match(workdir, ref, name)
     final = final_state(workdir)
     for key in final:
       if key.startswith("params/"):
         np.testing.assert_allclose(final[key], final_state(uninterrupted)[key], atol=1e-4,
                                    err_msg=f"{name}: {key}")
+  fsdp = runs["8 devices fsdp"]
+  assert state_files.complete_steps(str(fsdp)) == [6, 12, 14]  # keep 2 + every 6th.
+  # Step 6 of the fsdp=2 run on 8 devices resumes on 4 devices replicated and on 2x2.
+  resumed = {"4 devices replicated": (tmp_path / "r4", lambda wd: run(wd, "--num_cpu_devices=4")),
+             "2 processes x 2 devices": (tmp_path / "r2x2", lambda wd: start_two_processes(wd, 2))}
+  for name, (workdir, resume) in resumed.items():
+    os.makedirs(workdir / state_files.CHECKPOINT_SUBDIR)
+    shutil.copytree(state_files.step_path(str(fsdp), 6),
+                    state_files.step_path(str(workdir), 6))
+    shutil.copy(fsdp / "metrics.jsonl", workdir / "metrics.jsonl")
+    resume(workdir)
+    assert_losses_match(workdir, ref, name, first=7)
 
 
+@pytest.mark.slow
 def test_aot_compile_and_persistent_cache_give_the_same_run(uninterrupted, tmp_path):
   cache = tmp_path / "xla_cache"
   run(tmp_path / "wd", "--config.aot_compile=True", f"--config.compile_cache_dir={cache}")
@@ -146,8 +183,35 @@ def test_aot_compile_and_persistent_cache_give_the_same_run(uninterrupted, tmp_p
   assert_same_state(final_state(tmp_path / "wd"), final_state(uninterrupted))
 
 
+@pytest.mark.slow
 def test_unknown_command_line_key_fails_naming_it(tmp_path):
   proc = run(tmp_path, "--config.totl_steps=3", check=False)
   assert proc.returncode != 0
   assert "totl_steps" in proc.stderr
   assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_sigterm_to_local_sh_stops_both_processes_at_one_step(uninterrupted, tmp_path):
+  """2 processes: the stop step is agreed without a per-step collective, then resumed."""
+  workdir = tmp_path / "p2"
+  cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--", *train_cmd(workdir)[3:]]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "PYTHON": sys.executable})
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and any(r["step"] >= 4 for r in train_rows(workdir)):
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-3000:]
+  saved = state_files.complete_steps(str(workdir))[-1]
+  assert 4 <= saved < STEPS and saved == max(r["step"] for r in train_rows(workdir))
+  run_local_sh(workdir, 2, 1)
+  assert_losses_match(workdir, train_rows(uninterrupted), "resumed after SIGTERM")
+  final, ref = final_state(workdir), final_state(uninterrupted)
+  for key in final:
+    if key.startswith("params/"):
+      np.testing.assert_allclose(final[key], ref[key], atol=1e-4, err_msg=key)
