@@ -6,14 +6,16 @@ Nothing is trained and no params are materialised: every train step is lowered
 from abstract shapes (jax.ShapeDtypeStruct) and compiled on emulated CPU devices.
 
 1. FLOPs per train step (forward + backward + optimizer) of FlexiViT S, B, L at
-   240 px for each of the ten seqhw; compiled at batch `--flops_batch` and scaled
-   linearly to the paper's batch 1024 (the batch-independent optimizer update is
-   then counted 1024/b times: < 0.01% of a step, see the printed bound).
-   Plus the distillation teachers' forward pass (i1k: same-size DeiT-III at 384 px,
-   patch 16; i21k: ViT-B/8 at 224 px).
-2. Memory per device (XLA's memory_analysis of the sharded compile: arguments +
-   temporaries + non-aliased outputs) of B and L at seqhw 30 (the largest: 900
-   tokens), global batch 1024, replicated vs FSDP on 8, 32 and 64 emulated devices.
+   240 px for each of the ten seqhw at the paper's batch 1024: XLA's HLO cost
+   analysis of the lowered step (`.lower(...).cost_analysis()`; compiling each of
+   the 30 full-size steps on this 2-core machine took minutes apiece), with one
+   lowered-vs-compiled check printed. Plus the distillation teachers' forward
+   pass (i1k: same-size DeiT-III at 384 px, patch 16; i21k: ViT-B/8 at 224 px).
+2. Memory per device of B and L at seqhw 30 (900 tokens, the largest), global
+   batch 1024, replicated vs FSDP on 8, 32 and 64 devices: params/Adam/grads bytes
+   computed exactly from the abstract state and the trainer's sharding rule on an
+   emulated mesh, activations from `.compile().memory_analysis()` (see
+   `measure_memory`).
 3. Projections: step and wall time of each recipe on TPU v3-32, v4-64 and 8x H100 at
    a stated MFU and peak, and the input rate per host they need.
 """
@@ -99,95 +101,102 @@ def with_sharding(abstract, shardings):
                       abstract, shardings)
 
 
-def compile_step(variant, seqhw, batch, devices, fsdp=1, param_sharding="replicated",
-                 depth=None):
-  depth = depth or DEPTH[variant]
-  jitted, abstract, shardings, bsh = student_step(variant, devices, fsdp, param_sharding, depth)
-  t0 = time.time()
-  compiled = jitted.lower(with_sharding(abstract, shardings), {}, abstract_batch(batch, bsh),
-                          flexi=(("seqhw", seqhw),)).compile()
-  return compiled, time.time() - t0, abstract
-
-
 def flops_of(compiled) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])
 
 
-def in_depth(fn, variant: str) -> float:
-  """fn(depth) at the variant's real depth, from compiles at depth 1 and 2.
-
-  Every encoder block is the same computation, so FLOPs and saved activations are
-  exactly linear in depth: value(D) = value(1) + (D - 1) * (value(2) - value(1)).
-  """
-  one, two = fn(1), fn(2)
-  return one + (DEPTH[variant] - 1) * (two - one)
-
-
-def teacher_forward_flops(spec: str, batch: int) -> float:
-  """Forward FLOPs per example of a teacher 'V@<px>/<patch>' (from depths 1 and 2)."""
-  return in_depth(lambda d: _teacher_flops(spec, batch, d), spec.split("@")[0])
-
-
-def _teacher_flops(spec: str, batch: int, depth: int) -> float:
+def teacher_flops(spec: str, batch: int, depth=None) -> float:
+  """Forward FLOPs per example of a teacher 'V@<px>/<patch>' (lowered HLO)."""
   import jax
   import jax.numpy as jnp
   from flexivit_jax.model import FlexiViT
   variant, rest = spec.split("@")
   px, patch = map(int, rest.split("/"))
+  depth = depth or DEPTH[variant]
   model = FlexiViT(num_classes=1000, variant=variant, patch_size=(patch, patch),
                    posemb_size=(px // patch, px // patch), pool_type="tok", depth=depth)
   x = jax.ShapeDtypeStruct((batch, px, px, 3), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, px, px, 3)))["params"])
   fn = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
-  return flops_of(fn.lower(params, x).compile()) / batch
+  return flops_of(fn.lower(params, x)) / batch
+
+
+def lowered(variant, seqhw, batch, devices, depth=None):
+  depth = depth or DEPTH[variant]
+  jitted, abstract, shardings, bsh = student_step(variant, devices, 1, "replicated", depth)
+  return jitted.lower(with_sharding(abstract, shardings), {}, abstract_batch(batch, bsh),
+                      flexi=(("seqhw", seqhw),)), abstract
 
 
 def measure_flops(batch: int) -> dict:
+  """Per train step at `batch`, from XLA's HLO cost analysis of the lowered step.
+
+  Lowering traces only (no backend compile), so the paper's batch is used as is.
+  One compiled check (cost analysis after XLA's optimisations) is printed beside.
+  """
   import jax
   dev = jax.devices()[:1]
-  out = {"batch_compiled": batch, "per_example": {}, "params": {}}
-  flops = lambda v, q, d: flops_of(compile_step(v, q, batch, dev, depth=d)[0]) / batch
+  out = {"batch": batch, "per_step": {}, "params": {}}
   for variant in ("S", "B", "L"):
     for seqhw in SEQHWS:
-      t0 = time.time()
-      out["per_example"][f"{variant}/{seqhw}"] = in_depth(lambda d: flops(variant, seqhw, d),
-                                                          variant)
-      print(f"flops {variant} seqhw={seqhw}: {out['per_example'][f'{variant}/{seqhw}'] / 1e9:.1f}"
-            f" GFLOP/example ({time.time() - t0:.0f}s)", flush=True)
-    abstract = student_step(variant, dev, 1, "replicated", DEPTH[variant])[1]
+      low, abstract = lowered(variant, seqhw, batch, dev)
+      out["per_step"][f"{variant}/{seqhw}"] = flops_of(low)
+      print(f"flops {variant} seqhw={seqhw}: {flops_of(low) / 1e12:.1f} TFLOP/step", flush=True)
     out["params"][variant] = int(sum(a.size for a in jax.tree.leaves(abstract["params"])))
-  out["teacher_per_example"] = {t: teacher_forward_flops(t, batch)
-                                for t in sorted({r[5] for r in RECIPES})}
-  # Check of the depth extrapolation: one full-depth compile.
-  out["check_S/8_full_depth"] = flops("S", 8, DEPTH["S"])
-  print(f"check S seqhw=8: full depth {out['check_S/8_full_depth'] / 1e9:.3f} vs extrapolated "
-        f"{out['per_example']['S/8'] / 1e9:.3f} GFLOP/example", flush=True)
+  out["teacher_per_example"] = {t: teacher_flops(t, 8) for t in sorted({r[5] for r in RECIPES})}
+  low, _ = lowered("S", 5, 4, dev, depth=1)
+  out["check_S/5_depth1_batch4"] = dict(lowered=flops_of(low), compiled=flops_of(low.compile()))
+  print(f"check (S, seqhw 5, depth 1, batch 4): lowered {flops_of(low) / 1e9:.3f} vs compiled "
+        f"{out['check_S/5_depth1_batch4']['compiled'] / 1e9:.3f} GFLOP", flush=True)
   return out
 
 
-def measure_memory(batch: int, device_counts) -> dict:
-  """Bytes per device (args + temp + outputs - aliased), extrapolated in depth."""
+def _state_bytes(variant: str, n: int, mode: str) -> dict:
+  """Exact bytes per device of params, Adam state and grads under the sharding rule."""
   import jax
-  out = {}
+  import numpy as np
+  _, abstract, shardings, _ = student_step(variant, jax.devices()[:n], n if mode == "fsdp" else 1,
+                                           mode, DEPTH[variant])
+  per_dev = lambda a, sh: int(np.prod(sh.shard_shape(a.shape))) * a.dtype.itemsize
+  state = sum(jax.tree.leaves(jax.tree.map(per_dev, abstract, shardings)))
+  grads = sum(jax.tree.leaves(jax.tree.map(per_dev, abstract["params"], shardings["params"])))
+  full_params = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract["params"]))
+  return dict(state=state, grads=grads, gathered=full_params if mode == "fsdp" else 0)
+
+
+def measure_memory(device_counts, batches=(2, 4)) -> dict:
+  """Per-device memory: exact state/grads bytes + activations from memory_analysis.
+
+  Activations per example at full depth come from single-device compiles at seqhw
+  30 (900 tokens, the largest) at two batch sizes and depths 1 and 2 (temp bytes
+  are linear in batch and in depth); the FSDP figure adds one full copy of the
+  params for the all-gathers (an upper bound: XLA may gather layer by layer).
+  """
+  import jax
+  out = {"activations_per_example": {}}
   for variant in ("B", "L"):
+    temp = {}
+    for d in (1, 2):
+      for b in batches:
+        t0 = time.time()
+        low, _ = lowered(variant, 30, b, jax.devices()[:1], depth=d)
+        temp[(b, d)] = low.compile().memory_analysis().temp_size_in_bytes
+        print(f"temp {variant} depth {d} batch {b}: {temp[(b, d)] / GIB:.3f} GiB "
+              f"({time.time() - t0:.0f}s)", flush=True)
+    b0, b1 = batches
+    slope = {d: (temp[(b1, d)] - temp[(b0, d)]) / (b1 - b0) for d in (1, 2)}
+    act = slope[1] + (DEPTH[variant] - 1) * (slope[2] - slope[1])
+    out["activations_per_example"][variant] = act
     for n in device_counts:
       for mode in ("replicated", "fsdp"):
-        parts = {}
-
-        def total(depth):
-          m = compile_step(variant, 30, batch, jax.devices()[:n], fsdp=n if mode == "fsdp" else 1,
-                           param_sharding=mode, depth=depth)[0].memory_analysis()
-          parts[depth] = dict(arguments=m.argument_size_in_bytes, temp=m.temp_size_in_bytes)
-          return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                  - m.alias_size_in_bytes)
-        t0 = time.time()
-        value = in_depth(total, variant)
-        args_d = in_depth(lambda d: parts[d]["arguments"], variant)
-        out[f"{variant}/{n}/{mode}"] = dict(total=value, arguments=args_d)
-        print(f"memory {variant} {n} devices {mode}: {value / GIB:.1f} GiB/device "
-              f"(state arguments {args_d / GIB:.2f} GiB; {time.time() - t0:.0f}s)", flush=True)
+        parts = _state_bytes(variant, n, mode)
+        parts["activations"] = act * I1K_BATCH / n
+        parts["total"] = sum(parts.values())
+        out[f"{variant}/{n}/{mode}"] = parts
+        print(f"memory {variant} {n} devices {mode}: {parts['total'] / GIB:.1f} GiB/device",
+              flush=True)
   return out
 
 
@@ -195,9 +204,8 @@ def project(flops: dict) -> list:
   """Step time, wall time and input rate per host for every recipe on every system."""
   rows = []
   for name, dataset, variant, epochs, batch, teacher in RECIPES:
-    student = sum(flops["per_example"][f"{variant}/{s}"] for s in SEQHWS) / len(SEQHWS)
-    per_example = student + flops["teacher_per_example"][teacher]
-    step_flops = per_example * batch
+    student = sum(flops["per_step"][f"{variant}/{s}"] for s in SEQHWS) / len(SEQHWS)
+    step_flops = student * batch / flops["batch"] + flops["teacher_per_example"][teacher] * batch
     images = I1K_IMAGES if dataset == "i1k" else I21K_IMAGES
     steps = epochs * images / batch
     for system, s in SYSTEMS.items():
@@ -208,13 +216,61 @@ def project(flops: dict) -> list:
   return rows
 
 
+def render(r: dict) -> str:
+  """Markdown tables of a result dict (docs/scaling.md quotes them verbatim)."""
+  f, lines = r["flops"], []
+  lines += ["### FLOPs per train step, batch %d, 240 px (TFLOP)" % f["batch"], "",
+            "| seqhw | patch | " + " | ".join(f"FlexiViT-{v} ({f['params'][v] / 1e6:.1f}M)"
+                                             for v in "SBL") + " |",
+            "|---|---|---|---|---|"]
+  for q in SEQHWS:
+    lines.append(f"| {q} | {IMAGE // q} | " + " | ".join(
+        f"{f['per_step'][f'{v}/{q}'] / 1e12:.1f}" for v in "SBL") + " |")
+  lines.append("| mean (uniform seqhw) | | " + " | ".join(
+      f"{sum(f['per_step'][f'{v}/{q}'] for q in SEQHWS) / len(SEQHWS) / 1e12:.1f}"
+      for v in "SBL") + " |")
+  lines += ["", "Teacher forward per example (GFLOP): " + ", ".join(
+      f"{t} {x / 1e9:.1f}" for t, x in f["teacher_per_example"].items()) + ".", ""]
+  c = f["check_S/5_depth1_batch4"]
+  lines += [f"Check (S, seqhw 5, depth 1, batch 4): lowered {c['lowered'] / 1e9:.3f} GFLOP, "
+            f"compiled {c['compiled'] / 1e9:.3f} GFLOP.", ""]
+  if "memory" in r:
+    m = r["memory"]
+    lines += ["### Memory per device, seqhw 30, global batch 1024 (GiB)", "",
+              "| model | devices | mode | state (params+Adam) | grads | gathered params | "
+              "activations | total | fits 16 / 32 / 80 GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, v in m.items():
+      if key.count("/") != 2:
+        continue
+      variant, n, mode = key.split("/")
+      fits = " / ".join("yes" if v["total"] <= g * GIB else "no" for g in (16, 32, 80))
+      lines.append(f"| {variant} | {n} | {mode} | {v['state'] / GIB:.2f} | {v['grads'] / GIB:.2f} | "
+                   f"{v['gathered'] / GIB:.2f} | {v['activations'] / GIB:.1f} | "
+                   f"{v['total'] / GIB:.1f} | {fits} |")
+    lines += ["", "Activations per example (seqhw 30, f32, no rematerialisation): " + ", ".join(
+        f"{k} {x / GIB:.3f} GiB" for k, x in m["activations_per_example"].items()) + ".", ""]
+  lines += ["### Projected step and wall time at MFU %.0f%%" % (100 * r["mfu"]), "",
+            "| recipe | system | TFLOP/step | steps | step (s) | wall (h) | img/s per host |",
+            "|---|---|---|---|---|---|---|"]
+  for p in r["projections"]:
+    lines.append(f"| {p['recipe']} | {p['system']} | {p['step_flops'] / 1e12:.0f} | "
+                 f"{p['steps']:,.0f} | {p['step_s']:.2f} | {p['wall_h']:,.0f} | "
+                 f"{p['img_per_s_per_host']:,.0f} |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--flops_batch", type=int, default=4)
+  p.add_argument("--flops_batch", type=int, default=I1K_BATCH)
   p.add_argument("--memory_devices", default="8,32,64")
   p.add_argument("--skip_memory", action="store_true")
   p.add_argument("--out", default="scaling.json")
+  p.add_argument("--render", default=None, help="print the tables of this json and exit")
   args = p.parse_args()
+  if args.render:
+    with open(args.render) as f:
+      print(render(json.load(f)))
+    return
   counts = [int(x) for x in args.memory_devices.split(",")]
   setup(max(counts))
   import numpy as np
@@ -228,10 +284,11 @@ def main():
   result["flops"] = measure_flops(args.flops_batch)
   result["projections"] = project(result["flops"])
   if not args.skip_memory:
-    result["memory"] = measure_memory(I1K_BATCH, counts)
+    result["memory"] = measure_memory(counts)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {args.out}")
+  print(render(result))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """The trainer in-process: an end-to-end run, distillation, config and input errors."""
 import glob
 import json
-import os
 import pathlib
 
 import jax
@@ -147,7 +146,7 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(config, str(tmp_path / "wd"))
   assert COMPILES.count == compiles
-  assert not glob.glob(str(tmp_path / "wd" / "checkpoint_*"))
+  assert not (tmp_path / "wd" / state_files.CHECKPOINT_SUBDIR).exists()
 
 
 @pytest.mark.parametrize("overrides,message", [
