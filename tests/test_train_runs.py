@@ -58,7 +58,7 @@ def start_and_signal(workdir, sig, at_step):
   proc = subprocess.Popen(train_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
+  deadline = time.time() + 900  # Start-up and compiles take minutes on a loaded 2-core VM.
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(path) and any(r["step"] >= at_step for r in train_rows(workdir)):
       proc.send_signal(sig)
@@ -199,7 +199,7 @@ def test_sigterm_to_local_sh_stops_both_processes_at_one_step(uninterrupted, tmp
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, "PYTHON": sys.executable})
   path = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 300
+  deadline = time.time() + 900
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(path) and any(r["step"] >= 4 for r in train_rows(workdir)):
       proc.send_signal(signal.SIGTERM)
