@@ -221,6 +221,7 @@ class FlexiViT(nn.Module):
   dropout: float = 0.0
   seqhw: Optional[HW] = None
   resize_method: str = "pi"
+  token_norm: Optional[float] = None  # For resize_method="norm": every token's L2 norm.
 
   def hparams(self) -> dict:
     """The architecture after applying the variant; validates every field."""
@@ -245,6 +246,10 @@ class FlexiViT(nn.Module):
     if self.resize_method not in resize.RESIZE_METHODS:
       raise UserError(f"unknown resize_method {self.resize_method!r}; "
                        f"allowed: {resize.RESIZE_METHODS}")
+    if (self.resize_method == "norm") != (self.token_norm is not None):
+      raise UserError(f"resize_method={self.resize_method!r} with token_norm={self.token_norm}: "
+                       "the 'norm' method needs token_norm (the mean token norm at the "
+                       "training size) and the other methods take none")
     return hp
 
   def _posemb(self, h: int, w: int, width: int) -> Array:
@@ -277,6 +282,8 @@ class FlexiViT(nn.Module):
 
     x = out["stem"] = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
                                       name="embedding")(images, patch)
+    if self.token_norm is not None:  # 'norm' resize: vanilla kernel, tokens rescaled.
+      x = x * (self.token_norm / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6))
     n, h, w, d = x.shape
     x = jnp.reshape(x, [n, h * w, d])
     x = out["with_posemb"] = x + self._posemb(h, w, width)

@@ -24,7 +24,7 @@ import numpy as np
 from flexivit_jax.errors import UserError
 
 HW = Union[int, Sequence[int]]
-RESIZE_METHODS = ("pi", "vanilla", "area")
+RESIZE_METHODS = ("pi", "vanilla", "area", "norm")
 POSEMB_RULES = ("runtime", "load")
 
 
@@ -101,7 +101,9 @@ def resize_patch_embed(kernel: jax.Array, new_hw: HW, method: str = "pi") -> jax
   """Resizes a patch-embedding kernel with one of the methods of the paper's Fig. 3.
 
   `pi`: PI-resize; `vanilla`: bilinear resize of the kernel itself;
-  `area`: vanilla, then scaled by (ph*pw)/(qh*qw) to keep the token's scale.
+  `area`: vanilla, then scaled by (ph*pw)/(qh*qw) to keep the token's scale;
+  `norm`: the kernel as vanilla; the model then rescales every token to a fixed
+  norm (`FlexiViT.token_norm`, the mean token norm at the training size).
   """
   if method not in RESIZE_METHODS:
     raise UserError(f"unknown patch-embedding resize method {method!r}; "

@@ -209,10 +209,8 @@ def make_eval_step(model: FlexiViT) -> Callable:
 
   def eval_step(params, batch, flexi: FlexiKey):
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
-    top1 = jnp.argmax(logits, axis=-1)
-    hit = jnp.take_along_axis(batch["labels"], top1[:, None], axis=-1)[:, 0] > 0
-    mask = batch["_mask"].astype(jnp.float32)
-    return jnp.sum(hit * mask), jnp.sum(mask)
+    sums = losses.classification_sums(logits, batch["labels"], batch["_mask"])
+    return sums["top1"], sums["count"]
 
   return eval_step
 
