@@ -103,6 +103,10 @@ def run(args) -> list[dict]:
     raise UserError(f"--batch_size must be positive, got {args.batch_size}")
   if args.max_gflops is not None and args.max_ms is not None:
     raise UserError("give at most one of --max_gflops and --max_ms")
+  if args.data:
+    data_cfg_of(args, None)  # Flag syntax is checked before anything loads.
+  if args.seqhw != "all":
+    seqhws_of(args.seqhw, None, sys.maxsize)
   from flexivit_jax import data, evaluation, metrics
   model, params, config = evaluation.load_model(args.checkpoint, args.model)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
