@@ -280,10 +280,11 @@ class FlexiViT(nn.Module):
     patch = resolve_patch(images.shape[1:3], seqhw, patch_size)
     width, out = hp["width"], {}
 
-    x = out["stem"] = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
-                                      name="embedding")(images, patch)
+    x = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
+                        name="embedding")(images, patch)
     if self.token_norm is not None:  # 'norm' resize: vanilla kernel, tokens rescaled.
       x = x * (self.token_norm / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6))
+    out["stem"] = x
     n, h, w, d = x.shape
     x = jnp.reshape(x, [n, h * w, d])
     x = out["with_posemb"] = x + self._posemb(h, w, width)

@@ -19,13 +19,13 @@ def test_classification_sums_match_numpy():
   logits = jnp.asarray([[0., 3., 1., 2., -1., -2., 0.5],
                         [5., 0., 0., 0., 0., 0., 0.],
                         [0., 0., 0., 0., 0., 1., 0.]])
-  labels = jnp.eye(7)[jnp.asarray([1, 3, 0])]
+  labels = jnp.eye(7)[jnp.asarray([1, 6, 0])]
   mask = jnp.asarray([True, True, False])
   sums = losses.classification_sums(logits, labels, mask)
   assert float(sums["top1"]) == 1.0  # Row 0 right, row 1 wrong, row 2 masked out.
-  assert float(sums["top5"]) == 1.0  # Row 1's class 3 ties at 0 with lower indices: not top-5.
+  assert float(sums["top5"]) == 1.0  # Row 1: class 6 ties with 1..5 at 0; top_k keeps the lower indices.
   log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  want = -(log_softmax[0, 1] + log_softmax[1, 3])
+  want = -(log_softmax[0, 1] + log_softmax[1, 6])
   assert float(sums["loss"]) == pytest.approx(float(want), rel=1e-6)
   assert float(sums["count"]) == 2.0
 
