@@ -83,7 +83,13 @@ def plot_accuracy_vs_gflops(runs: Mapping[str, Sequence[Mapping]], path: str,
       ax.annotate(f"p{r['patch']}", (x, y), textcoords="offset points", xytext=(3, -10),
                   fontsize=8)
   ax.set_xscale("log")
-  ax.set_xlabel("GFLOPs per image (XLA count, log scale)")
+  return finish_plot(fig, ax, path, "GFLOPs per image (XLA count, log scale)", title)
+
+
+def finish_plot(fig, ax, path: str, xlabel: str, title: str) -> str:
+  """Labels a top-1 (%) plot, saves it as PNG and closes it."""
+  import matplotlib.pyplot as plt
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("top-1 (%)")
   ax.grid(alpha=0.3, which="both")
   ax.legend()

@@ -167,9 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   common.add_subject_args(p, default_steps=1200)
   args = p.parse_args(argv)
   common.quiet()
-  d = RUNLOCAL if args.runlocal else dict(image_size=IMAGE_SIZE, grids=GRIDS,
-                                          all_grids=ALL_GRIDS)
-  image_size = args.image_size or d["image_size"]
+  d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, grids=GRIDS,
+                                                       all_grids=ALL_GRIDS))
   ints = lambda s, flag: [int(v) for v in common.float_list(s, flag)]
   grids = ints(args.grids, "--grids") if args.grids else list(d["grids"])
   if len(grids) != 2:

@@ -48,6 +48,27 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
 
 
+def setting(args, runlocal: Mapping, full: Mapping) -> tuple[Mapping, int]:
+  """The analysis defaults for --runlocal or a full run, and the image side."""
+  d = runlocal if args.runlocal else full
+  return d, args.image_size or d["image_size"]
+
+
+def line_plot(curves: Mapping[str, tuple], path: str, xlabel: str, title: str,
+              invert_x: bool = False) -> str:
+  """A PNG of top-1 curves {label: (xs, ys in %)}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from flexivit_jax.report import finish_plot
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for label, (xs, ys) in curves.items():
+    ax.plot(xs, ys, marker="o", label=label)
+  if invert_x:
+    ax.invert_xaxis()
+  return finish_plot(fig, ax, path, xlabel, title)
+
+
 def write_results(out: str, results: Mapping) -> str:
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, "results.json")

@@ -79,22 +79,10 @@ def table(results: Mapping[str, Mapping[str, float]], image_size: int, patch: in
 
 
 def plot(results: Mapping[str, Mapping[str, float]], path: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for method, curve in results.items():
-    ax.plot([float(f) for f in curve], [v * 100 for v in curve.values()], marker="o",
-            label=method)
-  ax.set_xlabel("image and patch scale factor")
-  ax.set_ylabel("top-1 (%)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title("resizing the patch embedding")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  curves = {m: ([float(f) for f in c], [v * 100 for v in c.values()])
+            for m, c in results.items()}
+  return common.line_plot(curves, path, "image and patch scale factor",
+                          "resizing the patch embedding")
 
 
 @_cli.main_wrapper

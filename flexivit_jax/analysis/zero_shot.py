@@ -50,25 +50,13 @@ def table(results: Mapping, image_size: int) -> str:
 
 
 def plot(results: Mapping, path: str, image_size: int) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for name, label in (("vit", f"ViT (trained at seqhw {results['vit_seqhw']}) + PI-resize"),
-                      ("flexivit", "FlexiViT")):
-    curve = results[name]
-    ax.plot([image_size // int(s) for s in curve], [v * 100 for v in curve.values()],
-            marker="o", label=label)
-  ax.invert_xaxis()
-  ax.set_xlabel("patch size (px)")
-  ax.set_ylabel("top-1 (%)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title("zero-shot PI-resize vs FlexiViT")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  labels = {"vit": f"ViT (trained at seqhw {results['vit_seqhw']}) + PI-resize",
+            "flexivit": "FlexiViT"}
+  curves = {label: ([image_size // int(s) for s in results[name]],
+                    [v * 100 for v in results[name].values()])
+            for name, label in labels.items()}
+  return common.line_plot(curves, path, "patch size (px)", "zero-shot PI-resize vs FlexiViT",
+                          invert_x=True)
 
 
 def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
@@ -90,9 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   common.add_subject_args(p, default_steps=1200)
   args = p.parse_args(argv)
   common.quiet()
-  d = RUNLOCAL if args.runlocal else dict(image_size=IMAGE_SIZE, seqhws=SEQHWS,
-                                          vit_seqhw=VIT_SEQHW)
-  image_size = args.image_size or d["image_size"]
+  d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, seqhws=SEQHWS,
+                                                       vit_seqhw=VIT_SEQHW))
   seqhws = [int(s) for s in common.float_list(args.seqhw, "--seqhw")] if args.seqhw \
       else list(d["seqhws"])
   vit_seqhw = args.vit_seqhw or d["vit_seqhw"]
