@@ -18,7 +18,7 @@ from flexivit_jax.data.pipeline import train_iterator
 from flexivit_jax.data.pipeline import train_positions
 
 __all__ = [
-    "BatchIterator", "EvalData", "MASK_KEY", "dataset_info", "eval_data", "digits", "ensure_built", "eval_iterator",
-    "get_pp_fn", "num_eval_batches", "ops", "train_iterator",
-    "train_positions",
+    "BatchIterator", "EvalData", "MASK_KEY", "dataset_info", "digits",
+    "ensure_built", "eval_data", "eval_iterator", "get_pp_fn",
+    "num_eval_batches", "ops", "train_iterator", "train_positions",
 ]
