@@ -405,7 +405,7 @@ class BatchIterator:
     try:
       return next(self._it)
     except tf.errors.InvalidArgumentError as e:
-      if "batch" in e.message.lower():
+      if "to the batch" in e.message or "Cannot batch" in e.message:
         raise _batching_error(e) from None
       raise
 
@@ -515,10 +515,7 @@ def _padded(real: tf.data.Dataset, total: int) -> tf.data.Dataset:
   """
   shapes = {k: s.shape for k, s in real.element_spec.items()}
   if not all(s.is_fully_defined() for s in shapes.values()):
-    try:
-      first = next(iter(real.take(1)))
-    except tf.errors.InvalidArgumentError as e:
-      raise _batching_error(e) from None
+    first = next(iter(real.take(1)))
     shapes = {k: v.shape for k, v in first.items()}
   dtypes = {k: s.dtype for k, s in real.element_spec.items()}
   real = real.map(lambda ex: {
