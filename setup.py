@@ -26,6 +26,9 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"]},
+    # scikit-image: sample photos for benchmarks/data_throughput.py and the notebook;
+    # nbclient/nbformat/ipykernel: tests/test_notebook.py runs the notebook.
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image", "nbclient", "nbformat",
+                            "ipykernel"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
 )
