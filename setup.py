@@ -26,6 +26,8 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"]},
+    extras_require={"dev": ["pytest", "pytest-xdist"],
+                    # benchmarks/inference.py compares against timm (optional).
+                    "bench": ["torch", "timm"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
 )

@@ -29,14 +29,19 @@ IMAGE = 240
 SEQHWS = tuple(IMAGE // p for p in common.FLEXI_PATCHES)
 
 
-def compiled_step(model: FlexiViT, params, images, labels, patch: int):
+def lowered_step(model: FlexiViT, params, images, labels, patch: int):
+  """The jitted train step at one patch size, traced and lowered."""
   def step(p, x, y):
     def loss(p):
       logits, _ = model.apply({"params": p}, x, patch_size=patch, train=True)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     value, grads = jax.value_and_grad(loss)(p)
     return jax.tree.map(lambda a, g: a - 1e-3 * g, p, grads), value
-  return jax.jit(step).lower(params, images, labels).compile()
+  return jax.jit(step).lower(params, images, labels)
+
+
+def compiled_step(model: FlexiViT, params, images, labels, patch: int):
+  return lowered_step(model, params, images, labels, patch).compile()
 
 
 def step_bytes(compiled) -> float:
