@@ -18,17 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
+
 from flexivit_jax import model as model_lib
-
-
-def matmul_gflops(n: int = 1024) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  start = time.perf_counter()
-  for _ in range(5):
-    jax.block_until_ready(f(a))
-  return 5 * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
 def xla_attention(q, k, v, block=None):
@@ -68,7 +60,7 @@ def main() -> None:
   ref = jitted["flax"](params, x)
   errs = {n: float(jnp.abs(f(params, x) - ref).max()) for n, f in jitted.items()}
   times = {n: [] for n in jitted}
-  print(f"matmul check: {matmul_gflops():.1f} GFLOP/s (jax, 1024^2)")
+  print(f"matmul check: {common.matmul_gflops():.1f} GFLOP/s (jax, 2048^2)")
   for _ in range(args.rounds):
     for name, f in jitted.items():
       start = time.perf_counter()
@@ -80,7 +72,7 @@ def main() -> None:
   for name in jitted:
     t = np.median(times[name])
     print(f"{name:<20} {t * 1e3:>8.1f} {base / t:>7.2f}x {errs[name]:>10.1e}")
-  print(f"matmul check: {matmul_gflops():.1f} GFLOP/s (after)")
+  print(f"matmul check: {common.matmul_gflops():.1f} GFLOP/s (after)")
 
 
 if __name__ == "__main__":

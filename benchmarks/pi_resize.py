@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from flexivit_jax import pi_resize
 
 
@@ -44,20 +44,6 @@ def float64_dense_pi_resize(kernel, new: int) -> np.ndarray:
   return (np.linalg.pinv(mat.T) @ flat).reshape(new, new, *kernel.shape[2:])
 
 
-def timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
-def matmul_gflops(n: int = 1024) -> float:
-  a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
-  start = time.perf_counter()
-  for _ in range(5):
-    a @ a
-  return 5 * 2 * n**3 / (time.perf_counter() - start) / 1e9
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="8,10,12,15,16,20,24,30,40,48")
@@ -66,13 +52,14 @@ def main() -> None:
   sizes = [int(s) for s in args.sizes.split(",")]
   kernel = jax.random.normal(jax.random.key(0), (32, 32, 3, 768))
   impls = {"ours": pi_resize, "dense": dense_reference_pi_resize}
-  print(f"matmul check: {matmul_gflops():.1f} GFLOP/s (numpy, 1024^2)")
-  first = {name: {q: timed(lambda: fn(kernel, q)) for q in sizes} for name, fn in impls.items()}
+  print(f"matmul check: {common.matmul_gflops():.1f} GFLOP/s (jax, 2048^2)")
+  first = {name: {q: common.timed(lambda: fn(kernel, q)) for q in sizes}
+           for name, fn in impls.items()}
   per = {name: {q: [] for q in sizes} for name in impls}
   for _ in range(args.rounds):  # Alternate the two within each round.
     for q in sizes:
       for name, fn in impls.items():
-        per[name][q].append(timed(lambda: fn(kernel, q)))
+        per[name][q].append(common.timed(lambda: fn(kernel, q)))
   print("max|err| against the dense formulation in float64, for ours and the float32 dense")
   print(f"{'patch':>5} {'ours err':>9} {'dense err':>9} {'ours ms':>9} {'dense ms':>9} "
         f"{'speed-up':>9}")
@@ -94,7 +81,7 @@ def main() -> None:
   print(f"first call (trace + compile + run), all sizes: ours "
         f"{sum(first['ours'].values()) * 1e3:.0f} ms, dense "
         f"{sum(first['dense'].values()) * 1e3:.0f} ms")
-  print(f"matmul check: {matmul_gflops():.1f} GFLOP/s (after)")
+  print(f"matmul check: {common.matmul_gflops():.1f} GFLOP/s (after)")
 
 
 if __name__ == "__main__":
