@@ -26,7 +26,8 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"],
+    # scikit-image: sample photos for benchmarks/data_throughput.py.
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image"],
                     # benchmarks/inference.py compares against timm (optional).
                     "bench": ["torch", "timm"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},

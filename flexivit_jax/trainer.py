@@ -361,7 +361,7 @@ def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
     hits = {f: 0.0 for f in flexis}
     count = 0.0
     bs = ev.get("batch_size", config.input.batch_size)
-    for local in data.eval_iterator(_data_cfg(config, ev["data"]), ev["pp"], bs):
+    for local in data.eval_data(_data_cfg(config, ev["data"]), ev["pp"], bs).iterate():
       batch = to_global({k: local[k] for k in ("image", "labels", "_mask")},
                         batch_sharding(mesh))
       for f in flexis:
