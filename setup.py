@@ -29,6 +29,8 @@ setuptools.setup(
     # scikit-image: sample photos for benchmarks/data_throughput.py and the notebook;
     # nbclient/nbformat/ipykernel: tests/test_notebook.py runs the notebook.
     extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image", "nbclient", "nbformat",
-                            "ipykernel"]},
+                            "ipykernel"],
+                    # benchmarks/inference.py compares against timm (optional).
+                    "bench": ["torch", "timm"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
 )
