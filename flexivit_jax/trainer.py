@@ -207,10 +207,8 @@ def make_eval_step(model: FlexiViT) -> Callable:
 
   def eval_step(params, batch, flexi: FlexiKey):
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
-    top1 = jnp.argmax(logits, axis=-1)
-    hit = jnp.take_along_axis(batch["labels"], top1[:, None], axis=-1)[:, 0] > 0
-    mask = batch["_mask"].astype(jnp.float32)
-    return jnp.sum(hit * mask), jnp.sum(mask)
+    sums = losses.classification_sums(logits, batch["labels"], batch["_mask"])
+    return sums["top1"], sums["count"]
 
   return eval_step
 
@@ -339,7 +337,7 @@ def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
     hits = {f: 0.0 for f in flexis}
     count = 0.0
     bs = ev.get("batch_size", config.input.batch_size)
-    for local in data.eval_iterator(_data_cfg(config, ev["data"]), ev["pp"], bs):
+    for local in data.eval_data(_data_cfg(config, ev["data"]), ev["pp"], bs).iterate():
       batch = to_global({k: local[k] for k in ("image", "labels", "_mask")},
                         batch_sharding(mesh))
       for f in flexis:

@@ -217,3 +217,10 @@ def test_mismatched_posemb_in_params(ref_params):
   model = FlexiViT(**{**REF_MODEL, "posemb_size": (10, 10)})
   with pytest.raises(ValueError, match=r"pos_embedding has shape \(1, 49, 48\).*load_pretrained"):
     model.apply({"params": ref_params}, jnp.zeros((1, 240, 240, 3)), seqhw=10)
+
+
+def test_blocked_attention_equals_unblocked_with_a_ragged_last_block():
+  from flexivit_jax.model import _attend, blocked_attention
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 2, 37, 8))
+  np.testing.assert_allclose(blocked_attention(q, k, v, block=10), _attend(q, k, v),
+                             atol=1e-6)

@@ -87,11 +87,12 @@ def test_all_flexi_sizes_in_one_jit_without_dense_matrix():
         walk(sub)
 
   walk(jaxpr.jaxpr)
-  # Besides (partially contracted, transposed) kernels (with C=3, D=768), only the 1-D factors
-  # (at most 48 x 32) exist: no dense (q*q, p*p) resize matrix nor its pinv.
+  # Besides (partially contracted) kernels (with C=3, D=768), only the 1-D factors (at most
+  # 48 x 32, per output row) exist: no dense (q*q, p*p) resize matrix, and no pinv (SVD) at
+  # run time: the factors are host constants.
   others = [s for s in shapes if not (768 in s and 3 in s)]
-  assert others and max(int(np.prod(s)) for s in others) <= 48 * 48
-  assert any(s[-2:] == (48, 32) or s[-2:] == (32, 48) for s in others)
+  assert max((int(np.prod(s)) for s in others), default=0) <= 48 * 48 * 32
+  assert "svd" not in str(jaxpr)
 
 
 def test_pi_resize_under_grad():

@@ -1,0 +1,62 @@
+"""Shared helpers of the benchmarks: timing, the matmul check, sized parameters."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flexivit_jax import resize
+from flexivit_jax.model import FlexiViT
+
+FLEXI_PATCHES = (48, 40, 30, 24, 20, 16, 15, 12, 10, 8)
+
+
+def cpu_threads() -> int:
+  return len(os.sched_getaffinity(0))
+
+
+def timed(fn: Callable) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 3) -> float:
+  """f32 n x n matmul GFLOP/s in JAX, best of `repeats`: the machine state."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  best = min(timed(lambda: f(a)) for _ in range(repeats))
+  return 2 * n**3 / best / 1e9
+
+
+def compiled_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0))
+
+
+def params_at_patch(model: FlexiViT, params: Dict, patch: int, image: int
+                    ) -> Tuple[FlexiViT, Dict]:
+  """Kernel and posemb resized once to `patch` (what a cached-kernel predictor does).
+
+  The returned model stores them at that size, so each call resizes nothing.
+  """
+  grid = image // patch
+  out = dict(params)
+  out["embedding"] = {**params["embedding"],
+                      "kernel": resize.resize_patch_embed(params["embedding"]["kernel"], patch,
+                                                          model.resize_method)}
+  out["pos_embedding"] = resize.resample_posemb(params["pos_embedding"], grid,
+                                                old_hw=model.posemb_size)
+  sized = model.clone(patch_size=(patch, patch), posemb_size=(grid, grid))
+  return sized, jax.tree.map(np.asarray, out)
+
+
+def median_ratio(num: list, den: list) -> float:
+  return float(np.median(num) / np.median(den))

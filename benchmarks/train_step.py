@@ -1,0 +1,98 @@
+"""Train-step cost of flexibility, MFU and peak memory, at each seqhw, Ti and S.
+
+For each variant and token grid (seqhw), two jitted train steps (softmax cross
+entropy, grads, SGD update) at 240 px: the FlexiViT as trained (32x32 kernel and
+7x7 posemb stored, PI-resized inside the step) and the same model written with a
+fixed patch (kernel and posemb stored at that size: no resize in the graph). The
+two alternate over rounds in one process. Prints flexi/fixed speed (the cost of
+flexibility, target >= 0.95x), MFU = compiled FLOPs (XLA cost analysis) per
+second over the measured matmul peak (target >= 50% for S at seqhw >= 15), and
+the step's memory from XLA's buffer assignment (arguments + outputs + temps;
+host memory here: no GPU is lent to this benchmark), plus the process peak RSS.
+
+  python benchmarks/train_step.py [--variants Ti,S] [--seqhw 5,15,30] [--batch 4]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import common
+from flexivit_jax.model import FlexiViT
+
+IMAGE = 240
+SEQHWS = tuple(IMAGE // p for p in common.FLEXI_PATCHES)
+
+
+def lowered_step(model: FlexiViT, params, images, labels, patch: int):
+  """The jitted train step at one patch size, traced and lowered."""
+  def step(p, x, y):
+    def loss(p):
+      logits, _ = model.apply({"params": p}, x, patch_size=patch, train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    value, grads = jax.value_and_grad(loss)(p)
+    return jax.tree.map(lambda a, g: a - 1e-3 * g, p, grads), value
+  return jax.jit(step).lower(params, images, labels)
+
+
+def compiled_step(model: FlexiViT, params, images, labels, patch: int):
+  return lowered_step(model, params, images, labels, patch).compile()
+
+
+def step_bytes(compiled) -> float:
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return float("nan")
+  return float(mem.argument_size_in_bytes + mem.output_size_in_bytes
+               + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variants", default="Ti,S")
+  parser.add_argument("--seqhw", default=",".join(map(str, SEQHWS)))
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(args.batch, IMAGE, IMAGE, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, size=(args.batch,)).astype(np.int32)
+  peak = common.matmul_gflops()
+  print(f"threads: {common.cpu_threads()}; matmul check: {peak:.1f} GFLOP/s (MFU's peak)")
+  print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
+        f"{'GFLOP':>7} {'MFU':>6} {'step MiB':>9}")
+  for variant in args.variants.split(","):
+    model = FlexiViT(num_classes=1000, variant=variant, patch_size=(32, 32))
+    params = jax.jit(lambda: model.init(jax.random.key(0), images[:1],
+                                        patch_size=16)["params"])()
+    for seqhw in (int(s) for s in args.seqhw.split(",")):
+      patch = IMAGE // seqhw
+      fixed_model, fixed_params = common.params_at_patch(model, params, patch, IMAGE)
+      steps = {"flexi": (compiled_step(model, params, images, labels, patch), params),
+               "fixed": (compiled_step(fixed_model, fixed_params, images, labels, patch),
+                         fixed_params)}
+      times = {k: [] for k in steps}
+      for fn, p in steps.values():
+        common.timed(lambda: fn(p, images, labels))
+      for _ in range(args.rounds):
+        for name, (fn, p) in steps.items():
+          times[name].append(common.timed(lambda: fn(p, images, labels)))
+      flexi = steps["flexi"][0]
+      gflop = common.compiled_flops(flexi) / 1e9
+      mfu = gflop / np.median(times["flexi"]) / peak
+      print(f"{variant:>5} {seqhw:>5} {np.median(times['flexi']) * 1e3:>9.0f} "
+            f"{np.median(times['fixed']) * 1e3:>9.0f} "
+            f"{common.median_ratio(times['fixed'], times['flexi']):>10.2f}x {gflop:>7.1f} "
+            f"{mfu:>6.1%} {step_bytes(flexi) / 2**20:>9.0f}", flush=True)
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"process peak RSS: {rss:.0f} MiB; matmul check: {common.matmul_gflops():.1f} "
+        "GFLOP/s (after)")
+
+
+if __name__ == "__main__":
+  main()

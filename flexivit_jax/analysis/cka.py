@@ -1,0 +1,197 @@
+"""How similar are a FlexiViT's representations at two grid sizes? (paper Sec. 5)
+
+Linear CKA between every block's output at grid A and every block's output at
+grid B, for the patch tokens (both brought to a common grid by area-averaging)
+and, separately, for the pooled token (cls token, or the mean token for gap/map
+heads). Plus the arc-cosine distance between the final representations of the
+same images at different grids, and a t-SNE of them (scikit-learn).
+
+  python -m flexivit_jax.analysis.cka --out OUT [--checkpoint CKPT] [--grids 12,6]
+
+results.json holds the per-layer CKA, both CKA matrices (rows: blocks at grid A)
+and the arc-cosine distance matrix; plots cka.png (heatmaps) and tsne.png.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Mapping, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from flexivit_jax import _cli
+from flexivit_jax.analysis import common, subjects
+from flexivit_jax.errors import UserError
+from flexivit_jax.model import FlexiViT
+
+IMAGE_SIZE, GRIDS, ALL_GRIDS = 48, (12, 6), (3, 4, 6, 8, 12)
+RUNLOCAL = dict(image_size=16, grids=(4, 2), all_grids=(2, 4))
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+  """Linear CKA of two (examples, features) matrices (Kornblith et al. 2019)."""
+  x = np.asarray(x, np.float64) - np.mean(x, 0)
+  y = np.asarray(y, np.float64) - np.mean(y, 0)
+  cross = np.linalg.norm(y.T @ x) ** 2
+  return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def area_average(tokens: np.ndarray, grid: int) -> np.ndarray:
+  """(n, h, w, d) patch tokens -> (n, grid, grid, d), averaging each h/grid block."""
+  n, h, w, d = tokens.shape
+  if h % grid or w % grid:
+    raise UserError(f"cannot area-average a {h}x{w} token grid to {grid}x{grid}")
+  return tokens.reshape(n, grid, h // grid, grid, w // grid, d).mean(axis=(2, 4))
+
+
+def block_features(model: FlexiViT, params: Mapping, images, seqhw: int
+                   ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+  """(patch tokens (n, h, w, d) per block, pooled token (n, d) per block, pre_logits)."""
+  _, out = subjects.forward(model, params, images, seqhw=seqhw)
+  blocks = [np.asarray(out["encoder"][k]["+mlp"]) for k in sorted(out["encoder"])
+            if k.startswith("block")]
+  has_cls = model.pool_type == "tok"
+  n = blocks[0].shape[0]
+  patches = [b[:, 1:] if has_cls else b for b in blocks]
+  pooled = [b[:, 0] if has_cls else b.mean(axis=1) for b in blocks]
+  patches = [p.reshape(n, seqhw, seqhw, -1) for p in patches]
+  return patches, pooled, np.asarray(out["pre_logits"])
+
+
+def cka_between_grids(model: FlexiViT, params: Mapping, images, grid_a: int, grid_b: int
+                      ) -> dict:
+  """CKA matrices (blocks at grid_a x blocks at grid_b) for patch and pooled tokens."""
+  common_grid = math.gcd(grid_a, grid_b)
+  pa, qa, _ = block_features(model, params, images, grid_a)
+  pb, qb, _ = block_features(model, params, images, grid_b)
+  flat = lambda t: area_average(t, common_grid).reshape(-1, t.shape[-1])
+  pa, pb = [flat(t) for t in pa], [flat(t) for t in pb]
+  patch = [[linear_cka(x, y) for y in pb] for x in pa]
+  pooled = [[linear_cka(x, y) for y in qb] for x in qa]
+  return {"grids": [grid_a, grid_b], "common_grid": common_grid,
+          "patch_tokens": patch, "pooled_token": pooled,
+          "per_layer": [{"block": i, "patch_tokens": patch[i][i], "pooled_token": pooled[i][i]}
+                        for i in range(len(patch))]}
+
+
+def arccos_distances(model: FlexiViT, params: Mapping, images, grids: Sequence[int]
+                     ) -> tuple[list[list[float]], np.ndarray]:
+  """Mean arc-cosine distance (radians) between an image's representations at two grids."""
+  reps = np.stack([block_features(model, params, images, g)[2] for g in grids])  # (G, n, d)
+  unit = reps / np.linalg.norm(reps, axis=-1, keepdims=True)
+  cos = np.clip(np.einsum("and,bnd->abn", unit, unit), -1.0, 1.0)
+  return np.arccos(cos).mean(-1).tolist(), reps
+
+
+def tsne(reps: np.ndarray, seed: int = 0) -> np.ndarray:
+  """2-D t-SNE of (G, n, d) representations -> (G, n, 2)."""
+  from sklearn.manifold import TSNE
+  g, n, d = reps.shape
+  perplexity = min(30.0, (g * n - 1) / 3)
+  emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
+             ).fit_transform(reps.reshape(g * n, d))
+  return emb.reshape(g, n, 2)
+
+
+def plot_cka(results: Mapping, path: str) -> tuple[int, int]:
+  """Heatmaps of both CKA matrices; returns the (rows, cols) drawn: (blocks, blocks)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  ga, gb = results["grids"]
+  fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+  for ax, key in zip(axes, ("patch_tokens", "pooled_token")):
+    mat = np.asarray(results[key])
+    im = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="upper")
+    ax.set_yticks(range(mat.shape[0]), [f"block {i}" for i in range(mat.shape[0])])
+    ax.set_xticks(range(mat.shape[1]), [str(i) for i in range(mat.shape[1])])
+    ax.set_ylabel(f"seqhw {ga}")
+    ax.set_xlabel(f"block at seqhw {gb}")
+    ax.set_title(key.replace("_", " "))
+    for (i, j), v in np.ndenumerate(mat):
+      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+              color="black" if v > 0.6 else "white")
+  fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return mat.shape
+
+
+def plot_tsne(emb: np.ndarray, labels: np.ndarray, grids: Sequence[int], path: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  markers = "os^Dv<>ph*"
+  for k, g in enumerate(grids):
+    ax.scatter(emb[k, :, 0], emb[k, :, 1], c=labels, cmap="tab10", s=10,
+               marker=markers[k % len(markers)], label=f"seqhw {g}", alpha=0.7)
+  ax.legend(fontsize=8)
+  ax.set_title("t-SNE of final representations (colour: class)")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def table(results: Mapping) -> str:
+  rows = [[r["block"], r["patch_tokens"], r["pooled_token"]] for r in results["per_layer"]]
+  ga, gb = results["grids"]
+  return common.format_table(["block", f"CKA patch {ga}vs{gb}", f"CKA pooled {ga}vs{gb}"],
+                             [[b, f"{p:.3f}", f"{q:.3f}"] for b, p, q in rows])
+
+
+def analyse(model, params, images, labels, grids, all_grids, out: str) -> dict:
+  """Everything the CLI writes: results, cka.png, tsne.png."""
+  results = cka_between_grids(model, params, images, *grids)
+  results["arccos"] = {"grids": list(all_grids)}
+  results["arccos"]["distance"], reps = arccos_distances(model, params, images, all_grids)
+  os.makedirs(out, exist_ok=True)
+  plot_cka(results, os.path.join(out, "cka.png"))
+  plot_tsne(tsne(reps), labels, all_grids, os.path.join(out, "tsne.png"))
+  return results
+
+
+@_cli.main_wrapper
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", default=None, help="a FlexiViT (default: train one)")
+  p.add_argument("--image_size", type=int, default=None)
+  p.add_argument("--grids", default=None, help="the two grids compared by CKA, e.g. 12,6")
+  p.add_argument("--all_grids", default=None, help="grids of the arc-cosine/t-SNE view")
+  p.add_argument("--num_images", type=int, default=200)
+  common.add_subject_args(p, default_steps=1200)
+  args = p.parse_args(argv)
+  common.quiet()
+  d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, grids=GRIDS,
+                                                       all_grids=ALL_GRIDS))
+  ints = lambda s, flag: [int(v) for v in common.float_list(s, flag)]
+  grids = ints(args.grids, "--grids") if args.grids else list(d["grids"])
+  if len(grids) != 2:
+    raise UserError(f"--grids takes two grids, got {args.grids!r}")
+  all_grids = ints(args.all_grids, "--all_grids") if args.all_grids else list(d["all_grids"])
+  if args.checkpoint:
+    model, params = subjects.load_subject(args.checkpoint, args.model)
+  else:
+    model, params = subjects.train_subject(
+        os.path.join(args.out, "subject"), image_size=image_size,
+        train_seqhws=sorted(set(all_grids) | set(grids)),
+        posemb=2 if args.runlocal else max(all_grids) // 2,
+        steps=None if args.runlocal else args.steps, runlocal=args.runlocal)
+  images, labels = subjects.eval_images(common.data_cfg(args.data),
+                                        subjects.eval_pp(args.pp, image_size), args.num_images)
+  results = analyse(model, params, images, labels, grids, all_grids, args.out)
+  print(table(results))
+  print("arc-cosine distance (rad) between grids " + str(all_grids) + ":")
+  print(common.format_table(["seqhw"] + all_grids, [[g] + [f"{v:.3f}" for v in row] for g, row
+                                                    in zip(all_grids, results["arccos"]["distance"])]))
+  print(f"wrote {common.write_results(args.out, results)}")
+  print(f"wrote {os.path.join(args.out, 'cka.png')} and {os.path.join(args.out, 'tsne.png')}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,77 @@
+"""What the analysis CLIs share: subject flags, results.json, printed tables."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+from flexivit_jax.analysis.subjects import DIGITS_PP
+
+
+def add_subject_args(p: argparse.ArgumentParser, default_steps: int) -> None:
+  p.add_argument("--out", required=True, help="directory for the table, plot and results.json")
+  p.add_argument("--model", default=None, help="variant or JSON, for a checkpoint without config")
+  p.add_argument("--data", default="sklearn_digits:test", help="NAME:SPLIT to evaluate on")
+  p.add_argument("--pp", default=DIGITS_PP, help="eval pp template with '{size}'")
+  p.add_argument("--steps", type=int, default=default_steps, help="steps of a trained subject")
+  p.add_argument("--runlocal", action="store_true", help="tiny subject, a few steps (tests)")
+  p.add_argument("--batch_size", type=int, default=100)
+
+
+def quiet() -> None:
+  from flexivit_jax.train import quiet_libraries
+  quiet_libraries()
+
+
+def float_list(spec: str, flag: str) -> list[float]:
+  from flexivit_jax.errors import UserError
+  try:
+    return [float(x) for x in spec.split(",") if x.strip()]
+  except ValueError:
+    raise UserError(f"{flag} must be comma-separated numbers, got {spec!r}") from None
+
+
+def data_cfg(spec: str) -> dict:
+  from flexivit_jax.errors import UserError
+  name, sep, split = spec.partition(":")
+  if not sep or not name or not split:
+    raise UserError(f"--data must be NAME:SPLIT, got {spec!r}")
+  return {"name": name, "split": split}
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  cells = [[str(c) for c in header]] + [[f"{c:.2f}" if isinstance(c, float) else str(c)
+                                         for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
+  return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def setting(args, runlocal: Mapping, full: Mapping) -> tuple[Mapping, int]:
+  """The analysis defaults for --runlocal or a full run, and the image side."""
+  d = runlocal if args.runlocal else full
+  return d, args.image_size or d["image_size"]
+
+
+def line_plot(curves: Mapping[str, tuple], path: str, xlabel: str, title: str,
+              invert_x: bool = False) -> str:
+  """A PNG of top-1 curves {label: (xs, ys in %)}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from flexivit_jax.report import finish_plot
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for label, (xs, ys) in curves.items():
+    ax.plot(xs, ys, marker="o", label=label)
+  if invert_x:
+    ax.invert_xaxis()
+  return finish_plot(fig, ax, path, xlabel, title)
+
+
+def write_results(out: str, results: Mapping) -> str:
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "results.json")
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+  return path

@@ -1,0 +1,112 @@
+"""The models the analyses study: a given checkpoint, or a small one trained on digits.
+
+Subjects are trained by the trainer itself (`trainer.train_and_evaluate`) with
+the demo config (configs/demo_digits.py) adjusted to the analysis: image size,
+grids and steps. `runlocal=True` trains the demo's tiny smoke-test model.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flexivit_jax import config as config_lib
+from flexivit_jax import data, evaluation, trainer
+from flexivit_jax.errors import UserError
+from flexivit_jax.model import FlexiViT
+
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo_digits.py"
+DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
+             "onehot(10, key='label', key_result='labels')")
+DIGITS_TEST = {"name": "sklearn_digits", "split": "test"}
+
+
+def eval_pp(template: str, size: int) -> str:
+  """The eval pp at an image side: `template` with '{size}' filled in."""
+  if "{size}" not in template:
+    raise UserError(f"the pp template must contain '{{size}}' (the image side), got {template!r}")
+  return template.replace("{size}", str(size))
+
+
+def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
+                   steps: Optional[int], runlocal: bool = False):
+  """The demo config, trained at `image_size` on `train_seqhws`, no evals (analyses evaluate)."""
+  if not DEMO_CONFIG.exists():
+    raise UserError(f"training a subject needs {DEMO_CONFIG} (a source checkout); "
+                     "pass --checkpoint instead")
+  arg = "runlocal" if runlocal else (f"steps={steps}" if steps else "")
+  c = config_lib.load_config_file(f"{DEMO_CONFIG}:{arg}" if arg else str(DEMO_CONFIG))
+  if steps:
+    c.total_steps = steps
+  if c.schedule.warmup_steps >= c.total_steps:  # Very short runs (notebook tests).
+    c.schedule.warmup_steps = c.total_steps // 2
+  c.model = {**c.model, "posemb_size": (posemb, posemb)}
+  c.input.pp = eval_pp(DIGITS_PP, image_size)
+  c.flexi = dict(seqhw=dict(v=tuple(train_seqhws), p="uniform"))
+  c.eval_flexi = None
+  c.evals = {}
+  c.progress_bar = False
+  c.ckpt_steps = c.total_steps
+  c.log_training_steps = min(c.log_training_steps, c.total_steps)
+  return config_lib.complete(c)
+
+
+def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
+  """Trains (or resumes/reuses) a subject in `workdir`; kwargs of `subject_config`."""
+  config = subject_config(**kwargs)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:  # So evaluate can read it.
+    f.write(config.to_json_best_effort(indent=2))
+  state = trainer.train_and_evaluate(config, workdir)["state"]
+  params = jax.tree.map(np.asarray, state["params"])
+  return trainer.build_model(config.model), params
+
+
+def load_subject(checkpoint: str, model_spec: Optional[str] = None
+                 ) -> Tuple[FlexiViT, Dict[str, Any]]:
+  model, params, _ = evaluation.load_model(checkpoint, model_spec)
+  return model, params
+
+
+def top1(model: FlexiViT, params: Mapping, data_cfg: Mapping, pp: str, seqhw: int,
+         batch_size: int = 100) -> float:
+  """Top-1 of `model` on a split at one grid (resized kernels cached by a Predictor)."""
+  rows = evaluation.evaluate_model(model, params, data_cfg, pp, batch_size, [seqhw],
+                                   count_flops=False)
+  return rows[0]["top1"]
+
+
+def eval_images(data_cfg: Mapping, pp: str, num: int, batch_size: int = 100
+                ) -> Tuple[np.ndarray, np.ndarray]:
+  """The first `num` real (images, labels) of an eval split."""
+  images, labels = [], []
+  batches = data.eval_iterator(data_cfg, pp, batch_size)
+  try:
+    for batch in batches:
+      keep = np.asarray(batch["_mask"])
+      images.append(np.asarray(batch["image"])[keep])
+      labels.append(np.asarray(batch["labels"])[keep].argmax(-1))
+      if sum(len(x) for x in images) >= num:
+        break
+  finally:
+    batches.close()
+  return np.concatenate(images)[:num], np.concatenate(labels)[:num]
+
+
+def forward(model: FlexiViT, params: Mapping, images, **call) -> Tuple[jax.Array, dict]:
+  """(logits, intermediates) of one call, jitted per call arguments."""
+  return _forward(model, tuple(sorted(call.items())))(params, jnp.asarray(images))
+
+
+_FORWARDS: Dict[Any, Any] = {}
+
+
+def _forward(model, call):
+  key = (model, call)
+  if key not in _FORWARDS:
+    _FORWARDS[key] = jax.jit(lambda p, x: model.apply({"params": p}, x, **dict(call)))
+  return _FORWARDS[key]

@@ -1,0 +1,159 @@
+"""Evaluates one checkpoint at every patch size: accuracy, loss, GFLOPs, images/s.
+
+  python -m flexivit_jax.evaluate --checkpoint workdirs/demo --out eval_demo
+  python -m flexivit_jax.evaluate --checkpoint ckpt.npz --model S/16 \
+      --data imagenet2012:validation --pp "decode|resize(240)|value_range(-1,1)|onehot(1000, key='label', key_result='labels')" \
+      --seqhw 5,8,10,15,30 --out eval_s
+  python -m flexivit_jax.evaluate --checkpoint workdirs/demo --max_gflops 0.01
+
+Prints one row per seqhw and writes eval.json, eval.csv and eval.png (top-1 vs
+GFLOPs) into --out. With a workdir, the model, data, pp and grids default to its
+config.json. `--max_gflops`/`--max_ms` evaluate only the finest grid within budget.
+Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out plot.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from flexivit_jax import _cli, report
+from flexivit_jax.errors import UserError
+
+# The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
+MIN_PATCH, MAX_PATCH = 8, 48
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", required=True, help="npz file, training workdir or shortcut")
+  p.add_argument("--data", default=None, help="NAME:SPLIT (default: the workdir's first eval)")
+  p.add_argument("--data_dir", default=None, help="TFDS data dir (default: $FLEXIVIT_DATA_DIR)")
+  p.add_argument("--pp", default=None, help="eval preprocessing; must produce 'labels'")
+  p.add_argument("--seqhw", default="all", help="'all' or comma-separated tokens per side")
+  p.add_argument("--model", default=None, help="variant ('S/16') or JSON of FlexiViT fields")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--max_gflops", type=float, default=None)
+  p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
+  p.add_argument("--out", default=None, help="directory for eval.json/eval.csv/eval.png")
+  p.add_argument("--no_progress", action="store_true")
+  return p.parse_args(argv)
+
+
+def data_cfg_of(args, config: Optional[dict]) -> dict:
+  """{name, split[, data_dir]} from --data or the workdir's first evaluator."""
+  evals = (config or {}).get("evals") or {}
+  if args.data:
+    name, sep, split = args.data.partition(":")
+    if not sep or not name or not split:
+      raise UserError(f"--data must be NAME:SPLIT (e.g. sklearn_digits:test), got {args.data!r}")
+    cfg = {"name": name, "split": split}
+  elif evals:
+    cfg = dict(evals[sorted(evals)[0]]["data"])
+  else:
+    raise UserError("pass --data NAME:SPLIT (the checkpoint is not a workdir with evals)")
+  data_dir = args.data_dir or ((config or {}).get("input") or {}).get("data_dir")
+  if data_dir:
+    cfg.setdefault("data_dir", data_dir)
+  return cfg
+
+
+def pp_of(args, config: Optional[dict]) -> str:
+  if args.pp:
+    return args.pp
+  evals = (config or {}).get("evals") or {}
+  if evals:
+    return evals[sorted(evals)[0]]["pp"]
+  raise UserError("pass --pp (an eval preprocessing string producing 'image' and 'labels')")
+
+
+def seqhws_of(spec: str, config: Optional[dict], image_size: int) -> list[int]:
+  """'all' -> the workdir's eval grids, else grids whose patch is 8..48 px and tiles the image."""
+  if spec != "all":
+    try:
+      values = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError:
+      raise UserError(f"--seqhw must be 'all' or comma-separated ints, got {spec!r}") from None
+    if not values or values[0] <= 0 or values[-1] > image_size:
+      raise UserError(f"--seqhw values must be in 1..{image_size} (image side), got {spec!r}")
+    return values
+  flexi = (config or {}).get("eval_flexi") or (config or {}).get("flexi") or {}
+  values = (flexi.get("seqhw") or {}).get("v")
+  if values and all(isinstance(v, int) for v in values):
+    return sorted(values)
+  grids = [s for s in range(1, image_size + 1)
+           if image_size % s == 0 and MIN_PATCH <= image_size // s <= MAX_PATCH]
+  return grids or [1]
+
+
+def choose(args, model, params, image_size: int, channels: int, seqhws) -> list[int]:
+  from flexivit_jax.predict import choose_seqhw
+  best = choose_seqhw(model, params, image_size, max_gflops=args.max_gflops,
+                      max_ms=args.max_ms, batch_size=args.batch_size, seqhws=seqhws,
+                      channels=channels)
+  budget = (f"{args.max_gflops} GFLOPs/img" if args.max_gflops is not None
+            else f"{args.max_ms} ms/batch of {args.batch_size}")
+  print(f"finest grid within {budget}: seqhw={best} (patch {image_size // best})")
+  return [best]
+
+
+def run(args) -> list[dict]:
+  if args.batch_size <= 0:
+    raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+  if args.max_gflops is not None and args.max_ms is not None:
+    raise UserError("give at most one of --max_gflops and --max_ms")
+  if args.data:
+    data_cfg_of(args, None)  # Flag syntax is checked before anything loads.
+  if args.seqhw != "all":
+    seqhws_of(args.seqhw, None, sys.maxsize)
+  from flexivit_jax import data, evaluation, metrics
+  model, params, config = evaluation.load_model(args.checkpoint, args.model)
+  data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
+  batches = data.eval_iterator(data_cfg, pp, args.batch_size)
+  try:
+    first = next(batches)
+    if "labels" not in first:
+      raise UserError(f"--pp {pp!r} produces {sorted(first)}, no 'labels' to score against")
+    n, h, w, c = first["image"].shape
+    if h != w:
+      raise UserError(f"evaluation needs square images; --pp makes {h}x{w}")
+    seqhws = seqhws_of(args.seqhw, config, h)
+    if args.max_gflops is not None or args.max_ms is not None:
+      seqhws = choose(args, model, params, h, c, seqhws)
+    num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
+    progress = metrics.Progress(num, 0, args.batch_size,
+                                enabled=not args.no_progress and sys.stderr.isatty())
+    rows = evaluation.evaluate_sizes(
+        evaluation.Predictor(model, params, pp), _chain(first, batches), seqhws,
+        on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
+    progress.close()
+  finally:
+    batches.close()
+  return rows
+
+
+def _chain(first, rest):
+  yield first
+  yield from rest
+
+
+def write_outputs(rows, out: str, label: str) -> list[str]:
+  paths = report.write_eval(out, rows)
+  paths.append(report.plot_accuracy_vs_gflops({label: rows}, os.path.join(out, report.EVAL_PNG)))
+  return paths
+
+
+@_cli.main_wrapper
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = parse_args(argv)
+  rows = run(args)
+  print(report.format_eval_table(rows))
+  if args.out:
+    label = os.path.basename(os.path.normpath(args.checkpoint))
+    for path in write_outputs(rows, args.out, label):
+      print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
