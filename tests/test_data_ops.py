@@ -177,7 +177,10 @@ def test_value_range():
 
 
 def test_onehot():
-  out = run_both("onehot(5)", {"label": np.int64(3)})
+  out = run_both("onehot(3)", {"labels": np.int64(1), "label": np.int64(0)})
+  np.testing.assert_array_equal(out["labels"], [0, 1, 0])  # default key: labels
+  np.testing.assert_array_equal(out["label"], 0)
+  out = run_both("onehot(5)", {"label": np.int64(3)})  # fallback: label
   np.testing.assert_array_equal(out["label"], [0, 0, 0, 1, 0])
   assert out["label"].dtype == np.float32
   out = run_both('onehot(4, key="y", key_result="labels", on=0.9, off=0.1)',
@@ -194,8 +197,9 @@ def test_copy_and_keep():
   assert sorted(out) == ["image", "y"] and out["y"] == 1
   out = run_both("copy(inkey='x', outkey='z')", ex)
   assert sorted(out) == ["image", "label", "x", "z"]
-  with pytest.raises(KeyError, match="missing"):
-    run_eager('keep("image", "nope")', ex)
+  # As the reference: keys the example lacks are skipped.
+  out = run_both('keep("image", "nope", "x")', ex)
+  assert sorted(out) == ["image", "x"]
 
 
 def test_paper_pp_strings_parse_and_run():
@@ -216,14 +220,20 @@ def test_paper_pp_strings_parse_and_run():
 
 @pytest.mark.parametrize("pp,match", [
     ("decode|not_an_op(3)", r"Unknown pp op 'not_an_op'.*Known ops:.*resize"),
-    ("resize(4, 5, 6, 7, 8, 9)", r"'resize'.*Allowed arguments: resize\(size"),
+    ("resize(4, 5, 6, 7, 8, 9, 10)", r"'resize'.*Allowed arguments: resize\(size"),
     ("resize(sz=4)", r"'resize'.*Allowed arguments: resize\(size"),
     ("resize", r"'resize'.*Allowed"),
-    ("value_range(-1, 1, bogus=3)", r"'value_range'.*Allowed.*vmin, vmax"),
+    ("value_range(-1, 1, bogus=3)", r"'value_range'.*Allowed.*vmin=-1, vmax=1"),
     ("onehot(-3)", r"'onehot'.*depth"),
     ("resize((1, 2, 3))", r"'resize'.*size"),
     ("resize(4", r"Cannot parse"),
     ("resize(x + 1)", r"'resize'.*literals"),
+    ("value_range(-1, 1, [0, 0], [1, 1, 1])", r"'value_range'.*channels"),
+    ("value_range(-1, 1, 'a')", r"'value_range'.*in_min"),
+    ("value_range(-1, 1, 3, 3)", r"'value_range'.*empty"),
+    ("resize_small(0)", r"'resize_small'.*positive"),
+    ("randaug(-1)", r"'randaug'.*num_layers"),
+    ("randaug(2, 'x')", r"'randaug'.*magnitude"),
 ])
 def test_parse_errors(pp, match):
   with pytest.raises(ValueError, match=match):
@@ -233,5 +243,5 @@ def test_parse_errors(pp, match):
 def test_registry_lists_required_ops():
   for name in ["decode", "decode_jpeg_and_inception_crop", "inception_crop",
                "flip_lr", "resize", "resize_small", "central_crop",
-               "value_range", "onehot", "copy", "keep"]:
+               "value_range", "onehot", "copy", "keep", "randaug"]:
     assert name in ops.known_ops()
