@@ -401,7 +401,7 @@ def value_range(vmin=-1, vmax=1, in_min=0, in_max=255.0, clip_values=False,
 def onehot(depth, key="labels", key_result=None, multi=True, on=1.0, off=0.0):
   """One-hot (float32) encodes `key` into `key_result` (default: `key`).
 
-  A rank-1 label (multi-label) gives the max over its one-hot rows if `multi`.
+  A rank-1 label (multi-label) turns every listed class on if `multi`.
   The default key is "labels" as in the reference; an example without
   "labels" but with "label" is read from "label" (and written there unless
   key_result is given), so strings written for this package's older default
@@ -418,10 +418,14 @@ def onehot(depth, key="labels", key_result=None, multi=True, on=1.0, off=0.0):
     if src not in data:
       raise KeyError(f"onehot needs key {key!r}; example has {sorted(data)}")
     labels = tf.cast(data[src], tf.int32)
-    hot = tf.one_hot(labels, depth, on_value=float(on), off_value=float(off),
-                     dtype=tf.float32)
     if multi and labels.shape.rank == 1:
-      hot = tf.reduce_max(hot, axis=0)
+      # Every listed class is on; an empty list gives an all-`off` row (the
+      # evaluator then skips the example, as ImageNet-ReaL needs).
+      present = tf.minimum(tf.reduce_sum(tf.one_hot(labels, depth), axis=0), 1.0)
+      hot = present * (float(on) - float(off)) + float(off)
+    else:
+      hot = tf.one_hot(labels, depth, on_value=float(on), off_value=float(off),
+                       dtype=tf.float32)
     data[key_result or src] = hot
     return data
 
