@@ -245,3 +245,111 @@ def test_registry_lists_required_ops():
                "flip_lr", "resize", "resize_small", "central_crop",
                "value_range", "onehot", "copy", "keep", "randaug"]:
     assert name in ops.known_ops()
+
+
+@pytest.mark.parametrize("target", [240, 256, 272])
+def test_resize_small_sizes_match_float32_formula_for_every_shape(target):
+  h, w = np.meshgrid(np.arange(1, 1025), np.arange(1, 1025), indexing="ij")
+  got_h, got_w = ops.small_side_size(tf.constant(h), tf.constant(w), target)
+  ratio = np.float32(target) / np.minimum(h, w).astype(np.float32)
+  want_h = np.round(h.astype(np.float32) * ratio).astype(np.int32)
+  want_w = np.round(w.astype(np.float32) * ratio).astype(np.int32)
+  np.testing.assert_array_equal(got_h.numpy(), want_h)
+  np.testing.assert_array_equal(got_w.numpy(), want_w)
+
+
+def test_resize_small_224x231():
+  out = run_both("resize_small(240)", {"image": rand_image(224, 231)})["image"]
+  assert out.shape == (240, 247, 3)  # float64 rounding would give 248
+
+
+def test_value_range_defaults_keys_and_per_channel():
+  img = np.array([[[0, 255, 51]]], np.uint8)
+  out = run_both("value_range", {"image": img})["image"]
+  np.testing.assert_allclose(out, [[[-1.0, 1.0, -0.6]]], atol=1e-6)
+  out = run_both('value_range(key="prof")', {"image": img, "prof": img})
+  assert out["image"].dtype == np.uint8 and out["prof"].dtype == np.float32
+  out = run_both('value_range(0, 1, inkey="x", outkey="y")', {"x": img})
+  np.testing.assert_allclose(out["y"], [[[0.0, 1.0, 0.2]]], atol=1e-6)
+  out = run_both("value_range(0, 1, [0, 5, 51], [255, 255, 102])", {"image": img})
+  np.testing.assert_allclose(out["image"], [[[0.0, 1.0, 0.0]]], atol=1e-6)
+
+
+def test_central_crop_default_is_square_and_empty_ops_skip():
+  img = rand_image(7, 9)
+  out = run_both("central_crop||", {"image": img})["image"]
+  np.testing.assert_array_equal(out, img[:, 1:8])
+
+
+def _randaug_ops():
+  from flexivit_jax.data import randaug
+  return randaug
+
+
+def test_randaug_deterministic_per_seed_and_uint8():
+  img = rand_image(33, 47)
+  outs = []
+  for s in range(6):
+    out = run_both("randaug(2, 10)", {"image": img, "_seed": seed(s)})["image"]
+    again = run_eager("randaug(2, 10)", {"image": img, "_seed": seed(s)})["image"]
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    outs.append(out.tobytes())
+  assert len(set(outs)) > 3
+  out = run_both("randaug(0, 10)", {"image": img, "_seed": seed(0)})["image"]
+  np.testing.assert_array_equal(out, img)
+
+
+def test_randaug_pixel_ops_match_pil():
+  import PIL.Image
+  import PIL.ImageOps
+  ra = _randaug_ops()
+  img = rand_image(20, 30, seed=3)
+  img[:, :, 1] = img[:, :, 1] // 2 + 40  # a channel that does not span 0..255
+  pil = PIL.Image.fromarray(img)
+  s = tf.constant(seed(0))
+  table = ra.op_table(10)
+  assert sorted(table) == sorted(ra.OP_NAMES) and len(ra.OP_NAMES) == 16
+  np.testing.assert_array_equal(table["Invert"](img, s), 255 - img)
+  np.testing.assert_array_equal(table["Equalize"](img, s), np.asarray(PIL.ImageOps.equalize(pil)))
+  np.testing.assert_array_equal(table["Posterize"](img, s),
+                                np.asarray(PIL.ImageOps.posterize(pil, 4)))
+  # Magnitude 10: threshold int(256) becomes uint8 0, so Solarize inverts all.
+  np.testing.assert_array_equal(table["Solarize"](img, s), 255 - img)
+  np.testing.assert_array_equal(ra.op_table(5)["Solarize"](img, s),
+                                np.asarray(PIL.ImageOps.solarize(pil, 128)))
+  np.testing.assert_array_equal(
+      table["SolarizeAdd"](img, s), np.where(img < 128, np.minimum(img.astype(int) + 110, 255),
+                                             img))
+  lo = img.min(axis=(0, 1)).astype(np.float32)
+  hi = img.max(axis=(0, 1)).astype(np.float32)
+  scale = np.float32(255) / (hi - lo)
+  want = np.clip(img.astype(np.float32) * scale - lo * scale, 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(table["AutoContrast"](img, s), want)
+  # Brightness 1.9: extrapolate from black, clip.
+  np.testing.assert_array_equal(
+      table["Brightness"](img, s),
+      np.clip(img.astype(np.float32) * np.float32(1.9), 0, 255).astype(np.uint8))
+
+
+def test_randaug_geometric_ops():
+  ra = _randaug_ops()
+  img = rand_image(12, 16, seed=5)
+  shifted = set()
+  for k in range(8):
+    s = tf.constant(seed(k))
+    out = ra.op_table(1)["TranslateX"](img, s).numpy()  # 10 px
+    if np.array_equal(out[:, :6], img[:, 10:]):
+      assert (out[:, 6:] == 128).all()
+      shifted.add("left")
+    else:
+      np.testing.assert_array_equal(out[:, 10:], img[:, :6])
+      assert (out[:, :10] == 128).all()
+      shifted.add("right")
+    cut = ra.op_table(10)["Cutout"](img, s).numpy()
+    box = (cut != img).any(-1) | (img == 128).all(-1)
+    assert (cut[box] == 128).all() and box.sum() <= 80 * 80
+  assert shifted == {"left", "right"}
+  np.testing.assert_array_equal(ra.rotate(img, 0.0), img)
+  rot = ra.rotate(np.ascontiguousarray(img[:, :12]), 90.0).numpy()  # square: exact
+  np.testing.assert_array_equal(rot, np.rot90(img[:, :12]))
