@@ -20,7 +20,7 @@ from flexivit_jax.errors import UserError
 
 # Dicts whose keys are free (their content is checked where it is used).
 FREE_FORM = ("model", "flexi", "evals", "optax", "distill.teachers", "input.data",
-             "model_load", "mesh", "eval_flexi")
+             "model_load", "mesh", "eval_flexi", "schedule")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(FlexiViT)
                      if f.name not in ("parent", "name"))
 FLEXI_ARGS = ("seqhw", "patch_size")
@@ -58,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.lr = 1e-3
   c.wd = 1e-4
-  c.schedule = dict(decay_type="cosine", warmup_steps=0)
+  c.schedule = dict(decay_type="stair", warmup_steps=0)  # big_vision's defaults.
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
