@@ -26,6 +26,6 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"]},
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
 )
