@@ -4,6 +4,7 @@ Deterministic strings are compared with outputs built here from PIL/numpy and
 single tf.image primitives; random strings are checked for keys, shapes,
 dtypes and value ranges (and determinism per seed).
 """
+import functools
 import io
 import runpy
 
@@ -105,8 +106,13 @@ def expected(name, ex):
   return {"image": _branch(img, _resize_small, 272, 240), "labels": labels}
 
 
+@functools.lru_cache(maxsize=None)
+def _pp_fn(pp):
+  return get_pp_fn(pp)  # Reused: randaug's graph is traced once per instance.
+
+
 def _run(pp, ex, in_tfdata):
-  fn = get_pp_fn(pp)
+  fn = _pp_fn(pp)
   if in_tfdata:
     ds = tf.data.Dataset.from_tensors(ex).map(fn)
     return next(iter(ds.as_numpy_iterator()))

@@ -320,10 +320,16 @@ def randaug(num_layers=2, magnitude=10, key="image", inkey=None, outkey=None):
   if not isinstance(magnitude, (int, float)) or isinstance(magnitude, bool) or magnitude < 0:
     raise UserError(f"magnitude must be a number >= 0, got {magnitude!r}")
 
+  # Traced once: eagerly, switch_case would otherwise re-trace all 16 branches
+  # per layer for every example.
+  augment = tf.function(
+      lambda image, seed: randaug_lib.randaugment(image, num_layers, magnitude, seed),
+      input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64)])
+
   def fn(image, seed):
     if image.dtype != tf.uint8:
       raise TypeError(f"randaug needs a uint8 image, got {image.dtype.name}")
-    return randaug_lib.randaugment(image, num_layers, magnitude, seed)
+    return augment(image, tf.cast(seed, tf.int64))
 
   return _on_image(key, inkey, outkey, fn)
 
