@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import ml_collections
 
-from flexivit_jax import evaluators, losses
+from flexivit_jax import checkpoint, evaluators, losses
 from flexivit_jax.model import FlexiViT
 from flexivit_jax.errors import UserError
 
@@ -160,9 +160,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(c.model_load) - {"dont_load", "kernel"})
   if unknown:
     raise UserError(f"unknown config key 'model_load.{unknown[0]}'; allowed: dont_load, kernel")
-  if c.model_load.get("kernel", "keep") not in ("keep", "pi_resize"):
+  if c.model_load.get("kernel", "keep") not in checkpoint.KERNEL_LOAD_MODES:
     raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
-                    "'keep' (default), 'pi_resize' (as big_vision)")
+                    f"{checkpoint.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
   if c.distill.combine_teachers not in TEACHER_COMBINE:
     raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
                     f"allowed: {TEACHER_COMBINE}")

@@ -25,7 +25,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flexivit_jax import checkpoint, data, evaluators, losses, metrics, optim
+from flexivit_jax import checkpoint, data, losses, metrics, optim
+from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax.model import FlexiViT, resolve_patch
 from flexivit_jax.errors import TrainingDivergedError, UserError
@@ -211,14 +212,14 @@ def make_eval_step(model: FlexiViT, label_mapping=None) -> Callable:
 
   Examples weigh their label row's max (empty rows drop out); a hit counts the
   label value at the argmax. `label_mapping` maps the logits to the dataset's
-  classes first (see evaluators.map_logits).
+  classes first (see flexivit_jax.evaluators.map_logits).
   """
 
   def eval_step(params, batch, flexi: FlexiKey):
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
     if label_mapping is not None:
-      logits = evaluators.map_logits(logits, label_mapping)
-    return evaluators.classification_counts(logits, batch["labels"], batch["_mask"])
+      logits = eval_lib.map_logits(logits, label_mapping)
+    return eval_lib.classification_counts(logits, batch["labels"], batch["_mask"])
 
   return eval_step
 
@@ -229,7 +230,7 @@ def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings
   shared = CompiledSteps(make_eval_step(model), shardings, donate=False)
   out = {}
   for name, ev in evals.items():
-    mapping = evaluators.load_label_mapping(ev.get("label_mapping"), model.num_classes)
+    mapping = eval_lib.load_label_mapping(ev.get("label_mapping"), model.num_classes)
     out[name] = shared if mapping is None else CompiledSteps(
         make_eval_step(model, mapping), shardings, donate=False)
     out[name].label_mapping = mapping
@@ -373,9 +374,12 @@ class Preemption:
 # Evaluation.
 
 
-def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
-             ) -> Dict[str, float]:
-  """prec@1 of every evaluator at every flexi value; one data pass per evaluator."""
+def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, float]:
+  """prec@1 of every evaluator at every flexi value; one data pass per evaluator.
+
+  `eval_steps`: one CompiledSteps for all, or make_eval_steps' dict (needed for
+  evaluators with a label_mapping).
+  """
   results = {}
   for name, ev in evaluators.items():
     steps = eval_steps[name] if isinstance(eval_steps, Mapping) else eval_steps

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REF_MODEL
-from flexivit_jax import checkpoint, evaluators, losses, trainer
+from conftest import DEMO_CONFIG, REF_MODEL
+from flexivit_jax import checkpoint, data, evaluators, losses, trainer
 from flexivit_jax import config as config_lib
 from flexivit_jax.model import FlexiViT
 
@@ -161,3 +161,36 @@ def test_kernel_loading_modes(ref_params, ref_outputs):
   assert np.abs(run(resized, 30) - want).max() > 1e-3
   with pytest.raises(ValueError, match="kernel='bogus'"):
     _load(ref_params, "bogus")
+
+
+def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
+  """evaluate() applies an evaluator's label_mapping (here: classes read in reverse)."""
+  user = config_lib.load_config_file(f"{DEMO_CONFIG}:runlocal").to_dict()
+  pp3 = user["input"]["pp"]
+  user["evals"] = {
+      "plain": dict(data=dict(name="sklearn_digits", split="test[:64]"), pp=pp3, batch_size=32),
+      "mapped": dict(data=dict(name="sklearn_digits", split="test[:64]"), pp=pp3,
+                     batch_size=32, label_mapping=list(range(9, -1, -1))),
+  }
+  config = config_lib.complete(user)
+  model = trainer.build_model(config.model)
+  mesh = trainer.make_mesh(config.mesh)
+  images = jnp.zeros((1, 16, 16, 3))
+  params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  steps = trainer.make_eval_steps(model, config.evals, (repl, repl))
+  flexis = [(("seqhw", 2),)]
+  got = trainer.evaluate(config, config.evals, steps, params, flexis, mesh)
+  # Reference numbers from the logits, computed directly.
+  batch = next(iter(data.eval_iterator(
+      dict(name="sklearn_digits", split="test[:64]", data_dir=digits_data_dir), pp3, 64)))
+  logits = np.asarray(model.apply({"params": params}, batch["image"], seqhw=2)[0])
+  ids = batch["labels"].argmax(1)
+  plain = (logits.argmax(1) == ids).mean()
+  mapped = (logits[:, ::-1].argmax(1) == ids).mean()
+  assert got["eval/plain/seqhw=2/prec@1"] == pytest.approx(plain)
+  assert got["eval/mapped/seqhw=2/prec@1"] == pytest.approx(mapped)
+  assert plain != mapped
+  with pytest.raises(ValueError, match="make_eval_steps"):
+    trainer.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
