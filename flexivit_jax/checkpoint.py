@@ -493,9 +493,13 @@ def _adapt_posemb(ckpt: dict, init: dict, report: list, posemb_hw, dont_load) ->
   ckpt["pos_embedding"] = pe
 
 
+KERNEL_LOAD_MODES = ("keep", "pi_resize")
+
+
 def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mapping],
                     dont_load: Iterable[str] = (), *, log: LogFn = print,
-                    posemb_hw: Optional[Sequence[int]] = None) -> Tuple[dict, list]:
+                    posemb_hw: Optional[Sequence[int]] = None,
+                    kernel: str = "keep") -> Tuple[dict, list]:
   """Adapts a checkpoint to a model whose fresh params are `init_params`.
 
   Returns `(params, report)`: a nested dict of numpy arrays with the structure
@@ -504,7 +508,12 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
   their init value. `posemb_hw` is the model's posemb grid, needed only when it
   is not square. Raises ValueError listing missing/unexpected keys or shape
   mismatches instead of loading a silently wrong model.
+  `kernel` says what happens to an `embedding/kernel` of another patch size:
+  "keep" stores it as is (PI-resized from it at every step), "pi_resize"
+  PI-resizes it once to the model's patch size, as big_vision's loader does.
   """
+  if kernel not in KERNEL_LOAD_MODES:
+    raise UserError(f"model_load kernel={kernel!r} is unknown; allowed: {KERNEL_LOAD_MODES}")
   emit = _logger_fn(log)
   wrapped = set(init_params) == {"params"} and isinstance(init_params["params"], Mapping)
   init_flat = flatten(init_params["params"] if wrapped else init_params)
@@ -556,9 +565,14 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
     if value.shape != init_arr.shape:
       if (key == "embedding/kernel" and value.ndim == 4 and init_arr.ndim == 4
           and value.shape[2:] == init_arr.shape[2:]):
-        report.append(f"kept the checkpoint's {value.shape[0]}x{value.shape[1]} "
-                      f"embedding/kernel (model initialised "
-                      f"{init_arr.shape[0]}x{init_arr.shape[1]}); it is PI-resized at run time")
+        if kernel == "pi_resize":
+          report.append(f"PI-resized embedding/kernel from {value.shape[0]}x{value.shape[1]} "
+                        f"to the model's {init_arr.shape[0]}x{init_arr.shape[1]}")
+          value = np.asarray(resize.pi_resize(value, init_arr.shape[:2]))
+        else:
+          report.append(f"kept the checkpoint's {value.shape[0]}x{value.shape[1]} "
+                        f"embedding/kernel (model initialised "
+                        f"{init_arr.shape[0]}x{init_arr.shape[1]}); it is PI-resized at run time")
       else:
         mismatched.append(f"{key}: checkpoint {value.shape} vs model {init_arr.shape}")
         continue

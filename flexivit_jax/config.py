@@ -14,18 +14,20 @@ from typing import Any, Optional
 
 import ml_collections
 
-from flexivit_jax import losses
+from flexivit_jax import checkpoint, evaluators, losses
 from flexivit_jax.model import FlexiViT
 from flexivit_jax.errors import UserError
 
 # Dicts whose keys are free (their content is checked where it is used).
 FREE_FORM = ("model", "flexi", "evals", "optax", "distill.teachers", "input.data",
-             "model_load", "mesh", "eval_flexi")
+             "model_load", "mesh", "eval_flexi", "schedule")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(FlexiViT)
                      if f.name not in ("parent", "name"))
 FLEXI_ARGS = ("seqhw", "patch_size")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 EVAL_TYPES = ("classification",)
+TEACHER_COMBINE = ("sum", "mean")
+EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "label_mapping")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -55,10 +57,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict()
   c.distill.teachers = {}  # name -> dict(model=..., init=path, input_key=..., call=dict(...))
   c.distill.temperature = 1.0
+  c.distill.combine_teachers = "sum"  # As big_vision: the KL terms of several teachers add up.
 
   c.lr = 1e-3
   c.wd = 1e-4
-  c.schedule = dict(decay_type="cosine", warmup_steps=0)
+  c.schedule = dict(decay_type="stair", warmup_steps=0)  # big_vision's defaults.
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
@@ -151,12 +154,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
     kind = ev.get("type", "classification")
     if kind not in EVAL_TYPES:
       raise UserError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
-    unknown = sorted(set(ev) - {"type", "data", "pp", "batch_size", "log_steps"})
+    unknown = sorted(set(ev) - set(EVAL_KEYS))
     if unknown:
       raise UserError(f"unknown config key 'evals.{name}.{unknown[0]}'; allowed: "
-                       "type, data, pp, batch_size, log_steps")
+                       f"{', '.join(EVAL_KEYS)}")
     if "data" not in ev or "pp" not in ev:
       raise UserError(f"evals.{name} needs 'data' and 'pp'")
+    evaluators.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
+  unknown = sorted(set(c.model_load) - {"dont_load", "kernel"})
+  if unknown:
+    raise UserError(f"unknown config key 'model_load.{unknown[0]}'; allowed: dont_load, kernel")
+  if c.model_load.get("kernel", "keep") not in checkpoint.KERNEL_LOAD_MODES:
+    raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
+                    f"{checkpoint.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
+  if c.distill.combine_teachers not in TEACHER_COMBINE:
+    raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
+                    f"allowed: {TEACHER_COMBINE}")
   for name, teacher in c.distill.teachers.items():
     unknown = sorted(set(teacher) - {"model", "init", "input_key", "call"})
     if unknown:

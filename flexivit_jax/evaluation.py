@@ -1,6 +1,6 @@
 """Evaluation outside a training run: one model at many sizes, with cost and speed.
 
-The per-batch metrics (`losses.classification_sums`) are the ones the trainer's
+The per-batch metrics (`evaluators.classification_sums`) are the ones the trainer's
 eval step uses; `evaluate_sizes` runs a `Predictor` over one pass of
 an eval split at every grid, timing each size and counting its FLOPs.
 `load_model` reads a checkpoint and the model that goes with it (a workdir's
@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax import checkpoint, data, losses, trainer
+from flexivit_jax import checkpoint, data, evaluators, trainer
 from flexivit_jax.errors import UserError
 from flexivit_jax.model import FlexiViT
 from flexivit_jax.predict import Predictor, gflops_per_image
 
-_sums = jax.jit(losses.classification_sums)
+_sums = jax.jit(evaluators.classification_sums)
 
 
 def _size_label(patch: Tuple[int, int]) -> Any:

@@ -115,23 +115,6 @@ def mixup(
   return (rng, *(mix(x) for x in arrays), weights)
 
 
-def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array
-                        ) -> Dict[str, jax.Array]:
-  """Sums over real examples: top-1 and top-5 hits, softmax xent, count.
-
-  A hit is a label > 0 at a predicted class (multi-hot labels allowed); the
-  loss is the cross-entropy against the labels normalised to sum to one.
-  """
-  mask = mask.astype(jnp.float32)
-  k = min(5, logits.shape[-1])
-  _, topk = jax.lax.top_k(logits, k)
-  hits = jnp.take_along_axis(labels, topk, axis=-1) > 0
-  targets = labels / jnp.maximum(jnp.sum(labels, axis=-1, keepdims=True), 1e-9)
-  xent = softmax_xent(logits, targets, reduction=False)
-  return {"top1": jnp.sum(hits[:, 0] * mask), "top5": jnp.sum(jnp.any(hits, -1) * mask),
-          "loss": jnp.sum(xent * mask), "count": jnp.sum(mask)}
-
-
 LOSSES: Dict[str, LossFn] = {
   "sigmoid_xent": sigmoid_xent,
   "softmax_xent": softmax_xent,

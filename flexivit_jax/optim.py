@@ -17,7 +17,7 @@ is a warmup), exactly as in big_vision.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from flexivit_jax.errors import UserError
 
 ScheduleFn = Callable[[Any], jax.Array]
 
-DECAY_TYPES = ("cosine", "linear", "rsqrt", "constant", None)
+DECAY_TYPES = ("stair", "cosine", "linear", "rsqrt", "constant", None)
 SCHEDULE_KEYS = (
   "decay_type",
   "warmup_steps",
@@ -37,6 +37,8 @@ SCHEDULE_KEYS = (
   "min_lr",
   "linear_end",
   "timescale",
+  "steps",
+  "mults",
 )
 # big_vision features this port deliberately does not implement; rejected
 # loudly rather than silently ignored.
@@ -63,10 +65,21 @@ def _resolve_steps(
   return steps
 
 
+def _stairs(steps, mults):
+  """'stair' boundaries and multipliers ([1.0] + mults), checked."""
+  steps, mults = list(steps or ()), list(mults or ())
+  if len(steps) != len(mults):
+    raise UserError(f"schedule steps={steps!r} and mults={mults!r} must have equal lengths")
+  if steps != sorted(steps):
+    raise UserError(f"schedule steps={steps!r} must be increasing")
+  return (jnp.asarray(steps, jnp.float32).reshape(-1),
+          jnp.asarray([1.0] + mults, jnp.float32))
+
+
 def make_schedule(
   total_steps: int,
   *,
-  decay_type: Optional[str] = "cosine",
+  decay_type: Optional[str] = "stair",
   warmup_steps: int = 0,
   warmup_percent: Optional[float] = None,
   cooldown_steps: int = 0,
@@ -74,6 +87,8 @@ def make_schedule(
   min_lr: float = 0.0,
   linear_end: float = 0.0,
   timescale: int = 10_000,
+  steps: Sequence[int] = (),
+  mults: Sequence[float] = (),
 ) -> ScheduleFn:
   """Builds the lr multiplier `step -> [0, 1]` used for training and logging.
 
@@ -85,6 +100,8 @@ def make_schedule(
    * 'rsqrt': `1 / sqrt((step - warmup + timescale) / timescale)` after
     warmup (big_vision's form: 1 at the end of warmup, 1/2 at
     `warmup + 3 * timescale`);
+   * 'stair' (the default, as big_vision's): 1, then `mults[i]` from step
+    `steps[i]` on; with no steps (the default) 1 after warmup;
    * 'constant' / None: 1 after warmup.
   An optional linear cooldown (to 0 at `total_steps`) multiplies the result.
   The returned function accepts python ints or (traced) jax integers and
@@ -105,6 +122,7 @@ def make_schedule(
   if not timescale or timescale <= 0:
     raise UserError(f"timescale={timescale!r} must be positive.")
   decay_span = float(max(total_steps - warmup, 1))
+  stair_steps, stair_mults = _stairs(steps, mults)
 
   def schedule(step: Any) -> jax.Array:
     step = jnp.asarray(step, jnp.float32)
@@ -116,6 +134,9 @@ def make_schedule(
     elif decay_type == "rsqrt":
       after = jnp.maximum(step - warmup, 0.0)
       mult = 1.0 / jnp.sqrt((after + timescale) / timescale)
+    elif decay_type == "stair":
+      i = jnp.searchsorted(stair_steps, step + 1)
+      mult = jnp.take(stair_mults, i)
     else:  # constant / None
       mult = jnp.ones_like(step)
     if warmup:

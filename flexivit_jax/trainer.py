@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flexivit_jax import checkpoint, data, losses, metrics, optim, state_files, train_state
+from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax.model import FlexiViT, resolve_patch
 from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
@@ -140,7 +141,8 @@ def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey):
   init_params = jax.jit(lambda r: init_fn(r)["params"])(rng)
   params, _ = checkpoint.load_pretrained(
       jax.tree.map(np.asarray, init_params), config.model_init,
-      dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info)
+      dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info,
+      kernel=config.model_load.get("kernel", "keep"))
   # The loaded kernel may keep another size than init's: shard by the loaded shapes.
   from_params = lambda p: state_from_params(tx, p)
   shardings = _shardings_of(jax.eval_shape(from_params, params), mesh, config.param_sharding)
@@ -159,7 +161,8 @@ def make_loss_fn(config) -> Callable:
     def distill_loss(logits, batch, teacher_logits):
       del batch
       kls = [losses.distill_kl(logits, tl, temperature=t) for tl in teacher_logits.values()]
-      return sum(kls) / len(kls)
+      total = sum(kls)
+      return total / len(kls) if config.distill.combine_teachers == "mean" else total
     return distill_loss
 
   base = losses.get_loss(config.loss)
@@ -202,15 +205,34 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
   return train_step
 
 
-def make_eval_step(model: FlexiViT) -> Callable:
-  """eval_step(params, batch, flexi) -> (correct, count): sums over real examples."""
+def make_eval_step(model: FlexiViT, label_mapping=None) -> Callable:
+  """eval_step(params, batch, flexi) -> (correct, count), as big_vision's evaluator.
+
+  Examples weigh their label row's max (empty rows drop out); a hit counts the
+  label value at the argmax. `label_mapping` maps the logits to the dataset's
+  classes first (see flexivit_jax.evaluators.map_logits).
+  """
 
   def eval_step(params, batch, flexi: FlexiKey):
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
-    sums = losses.classification_sums(logits, batch["labels"], batch["_mask"])
-    return sums["top1"], sums["count"]
+    if label_mapping is not None:
+      logits = eval_lib.map_logits(logits, label_mapping)
+    return eval_lib.classification_counts(logits, batch["labels"], batch["_mask"])
 
   return eval_step
+
+
+def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings
+                    ) -> Dict[str, "CompiledSteps"]:
+  """One CompiledSteps per evaluator; those without a label map share one."""
+  shared = CompiledSteps(make_eval_step(model), shardings, donate=False)
+  out = {}
+  for name, ev in evals.items():
+    mapping = eval_lib.load_label_mapping(ev.get("label_mapping"), model.num_classes)
+    out[name] = shared if mapping is None else CompiledSteps(
+        make_eval_step(model, mapping), shardings, donate=False)
+    out[name].label_mapping = mapping
+  return out
 
 
 class CompiledSteps:
@@ -220,6 +242,7 @@ class CompiledSteps:
     self._jit = jax.jit(fn, static_argnames=("flexi",), out_shardings=shardings,
                         donate_argnums=(0,) if donate else ())
     self._compiled: Dict[FlexiKey, Any] = {}
+    self.label_mapping = None  # Set by make_eval_steps for label-mapped evals.
 
   def compile(self, flexi: FlexiKey, *args):
     if flexi not in self._compiled:
@@ -329,19 +352,28 @@ def resume_step(workdir: str) -> int:
 # Evaluation.
 
 
-def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
-             ) -> Dict[str, float]:
-  """prec@1 of every evaluator at every flexi value; one data pass per evaluator."""
+def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, float]:
+  """prec@1 of every evaluator at every flexi value; one data pass per evaluator.
+
+  `eval_steps`: one CompiledSteps for all, or make_eval_steps' dict (needed for
+  evaluators with a label_mapping).
+  """
   results = {}
   for name, ev in evaluators.items():
+    steps = eval_steps[name] if isinstance(eval_steps, Mapping) else eval_steps
+    if ev.get("label_mapping") is not None and steps.label_mapping is None:
+      raise UserError(f"evals.{name} has a label_mapping: build its steps with make_eval_steps")
     hits = {f: 0.0 for f in flexis}
     count = 0.0
     bs = ev.get("batch_size", config.input.batch_size)
     for local in data.eval_data(_data_cfg(config, ev["data"]), ev["pp"], bs).iterate():
+      if steps.label_mapping is not None and local["labels"].shape[-1] != len(steps.label_mapping):
+        raise UserError(f"evals.{name}: label_mapping has {len(steps.label_mapping)} entries "
+                        f"but its pp makes labels with {local['labels'].shape[-1]} classes")
       batch = to_global({k: local[k] for k in ("image", "labels", "_mask")},
                         batch_sharding(mesh))
       for f in flexis:
-        h, c = eval_steps(f, params, batch)
+        h, c = steps(f, params, batch)
         hits[f] += float(h)
       count += float(c)
     for f in flexis:
@@ -511,7 +543,7 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Di
       make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
                       mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
       (shardings, repl), donate=True)
-  eval_steps = CompiledSteps(make_eval_step(run.model), (repl, repl), donate=False)
+  eval_steps = make_eval_steps(run.model, config.evals, (repl, repl))
   bsh = batch_sharding(mesh)
   if config.aot_compile:
     example = to_global(first, bsh)

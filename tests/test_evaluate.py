@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flexivit_jax import compare, config as config_lib, evaluate, losses, report, trainer
+from flexivit_jax import compare, config as config_lib, evaluate, evaluators, report, trainer
 from flexivit_jax.errors import UserError
 from conftest import DEMO_CONFIG, REPO
 from test_predict import analytic_vit_flops
@@ -21,7 +21,7 @@ def test_classification_sums_match_numpy():
                         [0., 0., 0., 0., 0., 1., 0.]])
   labels = jnp.eye(7)[jnp.asarray([1, 6, 0])]
   mask = jnp.asarray([True, True, False])
-  sums = losses.classification_sums(logits, labels, mask)
+  sums = evaluators.classification_sums(logits, labels, mask)
   assert float(sums["top1"]) == 1.0  # Row 0 right, row 1 wrong, row 2 masked out.
   assert float(sums["top5"]) == 1.0  # Row 1: class 6 ties with 1..5 at 0; top_k keeps the lower indices.
   log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -52,6 +52,23 @@ def test_rsqrt():
   assert _f(s(100 + 1000)) == pytest.approx(1 / math.sqrt(2))
 
 
+def test_default_schedule_is_the_reference_stair():
+  """big_vision's default decay_type is 'stair' with no steps: 1 after warmup."""
+  for s in (optim.make_schedule(100, warmup_steps=10), optim.schedule_from_config({}, 100),
+            optim.schedule_from_config(dict(warmup_steps=10), 100)):
+    assert _f(s(50)) == pytest.approx(1.0) and _f(s(99)) == pytest.approx(1.0)
+  assert _f(optim.make_schedule(100, warmup_steps=10)(5)) == pytest.approx(0.5)
+  stair = optim.make_schedule(100, decay_type="stair", steps=[30, 60], mults=[0.1, 0.01])
+  got = [_f(stair(t)) for t in (0, 28, 29, 30, 59, 60, 99)]
+  assert got == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_config_schedule_default_is_stair():
+  from flexivit_jax import config as config_lib
+  c = config_lib.default_config()
+  assert c.schedule.get("decay_type", "stair") == "stair"
+
+
 def test_schedule_is_jittable():
   s = optim.make_schedule(100, warmup_steps=10)
   assert _f(jax.jit(s)(jnp.int32(5))) == pytest.approx(0.5)
@@ -59,7 +76,9 @@ def test_schedule_is_jittable():
 
 def test_schedule_errors():
   with pytest.raises(ValueError, match="stair.*allowed"):
-    optim.make_schedule(10, decay_type="stair")
+    optim.make_schedule(10, decay_type="stairs")
+  with pytest.raises(ValueError, match="equal lengths"):
+    optim.make_schedule(10, decay_type="stair", steps=[3], mults=[])
   with pytest.raises(ValueError, match="bogus.*allowed"):
     optim.schedule_from_config(dict(decay_type="cosine", bogus=1), 10)
   with pytest.raises(ValueError, match="warmup_steps=20"):

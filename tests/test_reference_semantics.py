@@ -1,0 +1,196 @@
+"""big_vision's config semantics: eval metric, label maps, several teachers, kernel loading."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import DEMO_CONFIG, REF_MODEL
+from flexivit_jax import checkpoint, data, evaluators, losses, trainer
+from flexivit_jax import config as config_lib
+from flexivit_jax.model import FlexiViT
+
+# ----------------------------------------------------------------------------
+# Classification metric.
+
+
+def _np_prec1(logits, labels, mask):
+  """big_vision's evaluator, written out: weight = mask * max(row), hit = label at argmax."""
+  w = mask * labels.max(axis=1)
+  hit = labels[np.arange(len(labels)), logits.argmax(axis=1)]
+  return (hit * w).sum() / w.sum()
+
+
+def test_empty_label_rows_are_excluded():
+  logits = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]
+  labels = np.eye(4, dtype=np.float32)[[0, 2, 2, 3]]
+  labels[3] = 0  # ImageNet-ReaL: an image with no valid label.
+  mask = np.array([1, 1, 1, 1], bool)
+  correct, count = evaluators.classification_counts(logits, labels, mask)
+  assert float(count) == 3 and float(correct) == 2  # 2/3, not 2/4.
+  assert float(correct) / float(count) == pytest.approx(_np_prec1(logits, labels, mask))
+  # Padding examples (mask False) drop out as well.
+  correct, count = evaluators.classification_counts(logits, labels, np.array([1, 1, 0, 0], bool))
+  assert (float(correct), float(count)) == (1, 2)
+
+
+def test_smoothed_labels_are_not_all_hits():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(64, 10)).astype(np.float32)
+  ids = rng.integers(0, 10, 64)
+  on, off = 0.9, 0.1 / 9
+  labels = np.full((64, 10), off, np.float32)
+  labels[np.arange(64), ids] = on
+  correct, count = evaluators.classification_counts(logits, labels, np.ones(64, bool))
+  got = float(correct) / float(count)
+  true_acc = (logits.argmax(1) == ids).mean()
+  assert got == pytest.approx(_np_prec1(logits, labels, np.ones(64)), rel=1e-6)
+  assert got == pytest.approx(true_acc * on + (1 - true_acc) * off, rel=1e-5)
+  assert got < 0.5
+
+
+# ----------------------------------------------------------------------------
+# Label mapping.
+
+
+def test_map_logits_and_loading(tmp_path):
+  logits = jnp.array([[0.0, 5.0, 1.0, 3.0]])
+  mapped = evaluators.map_logits(logits, [3, 2, -1])
+  np.testing.assert_array_equal(mapped, [[3.0, 1.0, -np.inf]])
+  assert evaluators.load_label_mapping([3, 2, -1], 4).tolist() == [3, 2, -1]
+  (tmp_path / "m.json").write_text(json.dumps([1, 0]))
+  (tmp_path / "m.txt").write_text("1\n0\n")
+  for name in ("m.json", "m.txt"):
+    assert evaluators.load_label_mapping(str(tmp_path / name), 4).tolist() == [1, 0]
+  assert evaluators.load_label_mapping(None) is None
+  for bad, match in [([4], "outside"), ([], "non-empty"), (["a"], "list of ints"),
+                     (str(tmp_path / "nope.json"), "does not exist")]:
+    with pytest.raises(ValueError, match=match):
+      evaluators.load_label_mapping(bad, 4)
+
+
+def _tiny_model():
+  return FlexiViT(num_classes=6, width=16, depth=1, num_heads=2, mlp_dim=32,
+                  patch_size=(4, 4), posemb_size=(2, 2), head_zeroinit=False)
+
+
+def test_eval_step_with_label_mapping():
+  model = _tiny_model()
+  images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
+  params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
+  logits, _ = jax.jit(functools.partial(model.apply, seqhw=2))({"params": params}, images)
+  mapping = np.array([4, 1, 5, -1], np.int32)  # 4 dataset classes, the last not modelled
+  want_top = np.asarray(logits)[:, mapping[:3]].argmax(1)
+  labels = np.eye(4, dtype=np.float32)[want_top]
+  labels[:2] = np.eye(4, dtype=np.float32)[3]  # labelled with the class the model lacks: misses
+  batch = {"image": images, "labels": labels, "_mask": np.ones(8, bool)}
+  step = jax.jit(trainer.make_eval_step(model, mapping), static_argnames="flexi")
+  correct, count = step(params, batch, flexi=(("seqhw", 2),))
+  assert (float(correct), float(count)) == (6, 8)
+  steps = trainer.make_eval_steps(model, {"a": {"label_mapping": mapping.tolist()}, "b": {}},
+                                  (None, None))
+  assert steps["a"].label_mapping.tolist() == mapping.tolist() and steps["b"].label_mapping is None
+
+
+def test_config_checks_label_mapping_and_new_keys():
+  base = dict(total_steps=1, input=dict(pp="decode"), model=dict(num_classes=10))
+  ok = config_lib.complete({**base, "evals": {"i1k": dict(data={}, pp="x", label_mapping=[9, 0])},
+                            "model_load": dict(kernel="pi_resize")})
+  assert ok.distill.combine_teachers == "sum"
+  for extra, match in [({"evals": {"e": dict(data={}, pp="x", label_mapping=[10])}}, "outside"),
+                       ({"model_load": dict(kernel="resize")}, "kernel"),
+                       ({"model_load": dict(bogus=1)}, "model_load.bogus"),
+                       ({"distill": dict(combine_teachers="max")}, "combine_teachers")]:
+    with pytest.raises(ValueError, match=match):
+      config_lib.complete({**base, **extra})
+
+
+# ----------------------------------------------------------------------------
+# Several teachers.
+
+
+def test_several_teachers_sum_by_default():
+  config = config_lib.default_config()
+  config.distill.teachers = {"a": {}, "b": {}}
+  rng = np.random.default_rng(0)
+  student, ta, tb = (jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(3))
+  kl_a, kl_b = losses.distill_kl(student, ta), losses.distill_kl(student, tb)
+  got = trainer.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
+  assert float(got) == pytest.approx(float(kl_a + kl_b), rel=1e-6)
+  config.distill.combine_teachers = "mean"
+  got = trainer.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
+  assert float(got) == pytest.approx(float(kl_a + kl_b) / 2, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Loading a 32x32 checkpoint into a 16x16 model.
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(patch):
+  model = FlexiViT(**{**REF_MODEL, "patch_size": patch}, pool_type="gap")
+  return jax.jit(model.apply, static_argnames="seqhw")
+
+
+def _load(ref_params, kernel):
+  init = jax.tree.map(np.zeros_like, dict(ref_params))
+  init["embedding"] = {**init["embedding"], "kernel": np.zeros((16, 16, 3, 48), np.float32)}
+  params, report = checkpoint.load_pretrained(init, ref_params, kernel=kernel, log=lambda _: None)
+  return params, report
+
+
+def test_kernel_loading_modes(ref_params, ref_outputs):
+  kept, report = _load(ref_params, "keep")
+  assert kept["embedding"]["kernel"].shape == (32, 32, 3, 48)
+  assert any("kept the checkpoint's 32x32" in line for line in report)
+  resized, report = _load(ref_params, "pi_resize")
+  assert resized["embedding"]["kernel"].shape == (16, 16, 3, 48)
+  assert any("PI-resized embedding/kernel from 32x32" in line for line in report)
+  np.testing.assert_allclose(resized["embedding"]["kernel"], ref_outputs["pi_resize:16"],
+                             rtol=0, atol=1e-5)
+  images = ref_outputs["images"]
+  run = lambda params, s: np.asarray(_apply((16, 16))({"params": params}, images, seqhw=s)[0])
+  # 240 / 15 = 16 px: the resized kernel is used as is and gives the reference's logits.
+  np.testing.assert_allclose(run(resized, 15), ref_outputs["logits:seqhw=15"], rtol=0, atol=1e-4)
+  # The default keeps the 32x32 kernel: reference logits at every size (one shown here,
+  # all in test_checkpoint); the chained resize 32->16->8 of pi_resize differs there.
+  want = ref_outputs["logits:seqhw=30"]
+  np.testing.assert_allclose(run(kept, 30), want, rtol=0, atol=1e-4)
+  assert np.abs(run(resized, 30) - want).max() > 1e-3
+  with pytest.raises(ValueError, match="kernel='bogus'"):
+    _load(ref_params, "bogus")
+
+
+def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
+  """evaluate() applies an evaluator's label_mapping (here: classes read in reverse)."""
+  user = config_lib.load_config_file(f"{DEMO_CONFIG}:runlocal").to_dict()
+  pp3 = user["input"]["pp"]
+  user["evals"] = {
+      "plain": dict(data=dict(name="sklearn_digits", split="test[:64]"), pp=pp3, batch_size=32),
+      "mapped": dict(data=dict(name="sklearn_digits", split="test[:64]"), pp=pp3,
+                     batch_size=32, label_mapping=list(range(9, -1, -1))),
+  }
+  config = config_lib.complete(user)
+  model = trainer.build_model(config.model)
+  mesh = trainer.make_mesh(config.mesh)
+  images = jnp.zeros((1, 16, 16, 3))
+  params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  steps = trainer.make_eval_steps(model, config.evals, (repl, repl))
+  flexis = [(("seqhw", 2),)]
+  got = trainer.evaluate(config, config.evals, steps, params, flexis, mesh)
+  # Reference numbers from the logits, computed directly.
+  batch = next(iter(data.eval_iterator(
+      dict(name="sklearn_digits", split="test[:64]", data_dir=digits_data_dir), pp3, 64)))
+  logits = np.asarray(model.apply({"params": params}, batch["image"], seqhw=2)[0])
+  ids = batch["labels"].argmax(1)
+  plain = (logits.argmax(1) == ids).mean()
+  mapped = (logits[:, ::-1].argmax(1) == ids).mean()
+  assert got["eval/plain/seqhw=2/prec@1"] == pytest.approx(plain)
+  assert got["eval/mapped/seqhw=2/prec@1"] == pytest.approx(mapped)
+  assert plain != mapped
+  with pytest.raises(ValueError, match="make_eval_steps"):
+    trainer.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
