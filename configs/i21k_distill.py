@@ -13,12 +13,13 @@ Batch 4096, 90 epochs. The reference never ran this config publicly (SPEC 7).
 Arguments: epochs=N; init=NPZ (default: the AugReg B/8 file on gs://vit_models,
 big_vision's `howto-i21k-B/8`); i1k_evals (ImageNet-1k evals through the
 i21k->i1k label map: needs the eval `label_mapping` key); runlocal (tiny
-student and teacher from configs/testdata/tiny_vit.npz on the digits, 2 steps).
+student and teacher from configs/testdata/tiny_vit.npz on the digits, 2 steps:
+the toy form of i1k_deit3_distill with this recipe's loss).
 Reference keys under other names here: docs/configs.md.
 """
 import os
 
-from flexivit_jax.config import default_config, parse_arg
+from flexivit_jax.config import default_config, load_config_file, parse_arg
 
 SEQHW = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
 HOWTO_B8 = ("gs://vit_models/augreg/"
@@ -31,9 +32,7 @@ I1K_EVALS = (("student_i1k_val", "imagenet2012", "validation", "i1k_i21k"),
              ("student_i1k_a", "imagenet_a", "test", "i1ka_i21k"),
              ("student_i1k_r", "imagenet_r", "test", "i1kr_i21k"),
              ("student_i1k_real", "imagenet2012_real", "validation", "i1k_i21k"))
-TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata", "tiny_vit.npz")
-TINY_MODEL = dict(width=16, depth=1, num_heads=2, mlp_dim=32, pool_type="tok",
-                  patch_size=(8, 8))
+I1K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "i1k_deit3_distill.py")
 
 
 def get_config(arg=None):
@@ -85,24 +84,11 @@ def get_config(arg=None):
 
 
 def _runlocal(c, arg):
-  """The recipe's structure at toy scale: digits, 16 px student, 24 px teacher."""
-  c.total_steps = 2
-  c.input.data = dict(name="sklearn_digits", split="train")
-  c.input.batch_size = 8
-  label = '|onehot(10, key="label", key_result="labels")'
-  c.input.pp = ('decode|inception_crop|flip_lr|copy("image", "prof")|resize(16)'
-                '|value_range(-1, 1)|resize(24, outkey="prof")|value_range(-1, 1, key="prof")'
-                + label + '|keep("image", "prof", "labels")')
-  c.model = dict(TINY_MODEL, posemb_size=(2, 2), num_classes=10)
-  c.model_init = arg.init or TINY
-  c.distill.teachers = dict(prof=dict(model=dict(TINY_MODEL, posemb_size=(3, 3),
-                                                 num_classes=10),
-                                      init=arg.init or TINY, input_key="prof"))
-  c.flexi = dict(seqhw=dict(v=(1, 2, 4)))
-  c.schedule = dict(warmup_steps=1, decay_type="cosine")
-  c.evals = dict(student_test=dict(
-      data=dict(name="sklearn_digits", split="test[:16]"), batch_size=8,
-      pp="decode|resize(16)|value_range(-1, 1)" + label + '|keep("image", "labels")'))
-  c.log_training_steps = 1
-  c.log_eval_steps = 2
+  """The i1k recipe's toy form (same structure), with this recipe's loss and names."""
+  local = load_config_file(I1K + ":runlocal" + (f",init={arg.init}" if arg.init else ""))
+  for key in ("total_steps", "input", "model", "model_init", "flexi", "schedule",
+              "log_training_steps", "log_eval_steps"):
+    c[key] = local[key]
+  c.distill.teachers = local.distill.teachers
+  c.evals = dict(student_test=local.evals["val"])
   return c

@@ -136,21 +136,18 @@ def format_table(results: Mapping[str, Mapping[Any, float]], image_size: Optiona
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
-                  image_size: Optional[int] = None, title: str = "") -> str:
-  """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
+def _plot_lines(lines: Mapping[str, tuple], path: str, *, xlabel: str, title: str,
+                invert_x: bool = False) -> str:
+  """Writes a PNG of prec@1 curves {label: (xs, accuracies in [0, 1])}."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for label, curve in curves.items():
-    xs = sorted(curve, key=seqhw_side)
-    sides = [seqhw_side(x) for x in xs]
-    xvals = [image_size // s for s in sides] if image_size else sides
-    ax.plot(xvals, [curve[x] * 100 for x in xs], marker="o", label=label)
-  ax.set_xlabel("patch size (px)" if image_size else "seqhw (tokens per side)")
+  for label, (xs, accs) in lines.items():
+    ax.plot(xs, [a * 100 for a in accs], marker="o", label=label)
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("prec@1 (%)")
-  if image_size:
+  if invert_x:
     ax.invert_xaxis()
   ax.grid(alpha=0.3)
   ax.legend()
@@ -159,6 +156,19 @@ def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
+                  image_size: Optional[int] = None, title: str = "") -> str:
+  """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
+  lines = {}
+  for label, curve in curves.items():
+    xs = sorted(curve, key=seqhw_side)
+    sides = [seqhw_side(x) for x in xs]
+    lines[label] = ([image_size // s for s in sides] if image_size else sides,
+                    [curve[x] for x in xs])
+  xlabel = "patch size (px)" if image_size else "seqhw (tokens per side)"
+  return _plot_lines(lines, path, xlabel=xlabel, title=title, invert_x=bool(image_size))
 
 
 def _parse_eval_key(key: str):
@@ -204,21 +214,10 @@ def format_compute_table(curves: Mapping[str, list], seqhw) -> str:
 
 def plot_over_compute(curves: Mapping[str, list], path: str, *, title: str = "") -> str:
   """Writes a PNG of prec@1 against cumulative training GFLOPs, one line per run."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, points in curves.items():
-    ax.plot([g for g, _ in points], [a * 100 for _, a in points], marker="o", label=label)
-  ax.set_xlabel("training compute (GFLOPs, XLA cost analysis)")
-  ax.set_ylabel("prec@1 (%)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  lines = {label: ([g for g, _ in points], [a for _, a in points])
+           for label, points in curves.items()}
+  return _plot_lines(lines, path, xlabel="training compute (GFLOPs, XLA cost analysis)",
+                     title=title)
 
 
 def final_eval_curves(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[Any, float]]:
