@@ -26,6 +26,7 @@ setuptools.setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-xdist"]},
+    # scikit-image: sample photos for benchmarks/data_throughput.py.
+    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run"]},
 )

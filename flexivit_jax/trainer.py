@@ -401,7 +401,7 @@ def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
     hits = {f: 0.0 for f in flexis}
     count = 0.0
     bs = ev.get("batch_size", config.input.batch_size)
-    for local in data.eval_iterator(_data_cfg(config, ev["data"]), ev["pp"], bs):
+    for local in data.eval_data(_data_cfg(config, ev["data"]), ev["pp"], bs).iterate():
       local = pad_batch({k: local[k] for k in ("image", "labels", data.MASK_KEY)},
                         local_devices)
       batch = to_global(local, batch_sharding(mesh))

@@ -150,29 +150,75 @@ def test_eval_each_example_exactly_once(data_dir):
   assert b2["_mask"].sum() == 300 - 256
 
 
-def test_batched_pp_equals_per_example(data_dir):
+def test_in_graph_record_parsing_equals_tfds_decoding(data_dir):
+  """The array_record reader parses in the graph; tfds parses in Python."""
   from flexivit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   src = tfds.data_source("sklearn_digits", split="train", data_dir=data_dir,
                          download=False, try_gcs=False,
                          decoders={"image": tfds.decode.SkipDecoding()})
-  proc = pipeline._ExampleProcessor(src, TRAIN_PP)  # pylint: disable=protected-access
-  idx = [5, 17, 3, 900]
-  seeds = [(11, i) for i in idx]
-  batched = proc.batch(idx, seeds)
-  single = [proc(i, s) for i, s in zip(idx, seeds)]
-  assert_batches_equal(batched, single)
+  in_graph = pipeline._record_reader(src)  # pylint: disable=protected-access
+  in_python = pipeline._python_reader(src)  # pylint: disable=protected-access
+  for i in (0, 17, 900, 1496):
+    a = in_graph(tf.constant(i, tf.int64))
+    b = in_python(tf.constant(i, tf.int64))
+    assert a.keys() == b.keys() == {"image", "label", "index"}
+    for k in a:
+      assert a[k].numpy() == b[k].numpy(), k
+    assert a["image"].numpy() == src[i]["image"]
 
 
-def test_abandoned_iterator_stops_threads(data_dir):
-  import gc  # pylint: disable=g-import-not-at-top
-  it = data.train_iterator(cfg(data_dir), TRAIN_PP, 8, seed=0,
-                           process_index=0, process_count=1, num_threads=2)
-  next(it)
-  feeder = it._feeder  # pylint: disable=protected-access
-  del it
-  gc.collect()
-  feeder.join(timeout=5)
-  assert not feeder.is_alive()
+def test_iterators_close_and_are_context_managers(data_dir, image_folder):
+  """Random access, streaming and eval iterators share one interface."""
+  pp = 'decode|resize(8)|keep("image")'
+  its = [
+      data.train_iterator(cfg(data_dir), pp, 8, seed=0, process_index=0,
+                          process_count=1),
+      data.train_iterator({"folder": image_folder, "streaming": True}, pp, 4,
+                          seed=0, process_index=0, process_count=1),
+      data.eval_iterator(cfg(data_dir, "test"), pp, 8, process_index=0,
+                         process_count=1),
+  ]
+  for it in its:
+    assert isinstance(it, data.BatchIterator)
+    with it as same:
+      assert same is it and next(it)["image"].shape[1:] == (8, 8, 3)
+    with pytest.raises(StopIteration):
+      next(it)  # closed by the with block
+    it.close()  # closing twice is fine
+
+
+PP_TRACES = []
+
+
+@data.ops.register("count_pp_traces")
+def _count_pp_traces():
+  def fn(ex):
+    PP_TRACES.append(1)  # a Python side effect: runs once per trace
+    return ex
+  return fn
+
+
+def test_eval_data_is_reused_without_retracing(data_dir):
+  """A second evaluation replays the built pipeline: the pp is not re-traced."""
+  pp = "decode|value_range(0, 1)|count_pp_traces|keep('image', 'label')"
+  kw = dict(process_index=0, process_count=1)
+  ev = data.eval_data(cfg(data_dir, "test"), pp, 128, **kw)
+  first = list(ev.iterate())
+  assert sum(b["_mask"].sum() for b in first) == 300
+  traced = len(PP_TRACES)
+  again = data.eval_data(cfg(data_dir, "test"), pp, 128, **kw)
+  assert again is ev
+  assert_batches_equal(list(again.iterate()), first)
+  assert len(PP_TRACES) == traced
+  list(data.eval_iterator(cfg(data_dir, "test"), pp, 128, **kw))
+  assert len(PP_TRACES) > traced  # a fresh pipeline does trace
+
+
+def test_unbatchable_pp_is_a_user_error(data_dir, image_folder):
+  it = data.train_iterator({"folder": image_folder}, "decode", 4, seed=0,
+                           process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="fixed shapes"):
+    next(it)
 
 
 def test_batch_size_must_divide():

@@ -8,14 +8,17 @@ from flexivit_jax.data import ops
 from flexivit_jax.data.digits import ensure_built
 from flexivit_jax.data.ops import get_pp_fn
 from flexivit_jax.data.pipeline import MASK_KEY
+from flexivit_jax.data.pipeline import BatchIterator
+from flexivit_jax.data.pipeline import EvalData
 from flexivit_jax.data.pipeline import dataset_info
+from flexivit_jax.data.pipeline import eval_data
 from flexivit_jax.data.pipeline import eval_iterator
 from flexivit_jax.data.pipeline import num_eval_batches
 from flexivit_jax.data.pipeline import train_iterator
 from flexivit_jax.data.pipeline import train_positions
 
 __all__ = [
-    "MASK_KEY", "dataset_info", "digits", "ensure_built", "eval_iterator",
-    "get_pp_fn", "num_eval_batches", "ops", "train_iterator",
-    "train_positions",
+    "BatchIterator", "EvalData", "MASK_KEY", "dataset_info", "digits",
+    "ensure_built", "eval_data", "eval_iterator", "get_pp_fn",
+    "num_eval_batches", "ops", "train_iterator", "train_positions",
 ]

@@ -1,7 +1,8 @@
 """Deterministic, process-count-invariant input pipelines.
 
 Random-access mode (default): examples are read with `tfds.data_source`
-(array_record) by index. The order of training examples is a pure function of
+(array_record) by index, inside a tf.data pipeline (Python picks the indices,
+tf.data's threads read, parse and preprocess them outside the GIL). The order of training examples is a pure function of
 (seed, step): epoch e is the permutation `np.random.default_rng([seed, e])` of
 all example indices; global batch k holds positions k*B .. (k+1)*B - 1 of the
 concatenated epoch streams, and process p of P reads (only) the contiguous
@@ -20,14 +21,14 @@ is NOT process-count invariant and restarts reshuffle instead of resuming.
 """
 from __future__ import annotations
 
-import concurrent.futures
+import collections
+import copy
 import dataclasses
 import logging
 import math
 import os
-import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -112,20 +113,16 @@ def _skip_image_decoding(features) -> dict:
 
 
 class _FolderSource:
-  """Random access over an ImageFolder split: encoded bytes + label."""
+  """Random access over an ImageFolder split: file paths and label ids."""
 
   def __init__(self, builder, split):
-    self._examples = builder._split_examples[split]  # pylint: disable=protected-access
-    self._str2int = builder.info.features["label"].str2int
+    examples = builder._split_examples[split]  # pylint: disable=protected-access
+    str2int = builder.info.features["label"].str2int
+    self.paths = [ex.image_path for ex in examples]
+    self.labels = np.array([str2int(ex.label) for ex in examples], np.int64)
 
   def __len__(self):
-    return len(self._examples)
-
-  def __getitem__(self, i):
-    ex = self._examples[i]
-    with tf.io.gfile.GFile(ex.image_path, "rb") as f:
-      return {"image": f.read(), "label": self._str2int(ex.label),
-              "image/filename": ex.image_path}
+    return len(self.paths)
 
 
 @dataclasses.dataclass
@@ -143,10 +140,11 @@ class _Dataset:
     return self.source is None
 
   def as_dataset(self, split, shuffle_files=False, seed=None):
-    kw = {}
+    # Images stay encoded until the pp's `decode`: shuffle buffers hold
+    # bytes, and decoding runs in the pp's parallel map.
+    kw = {"decoders": _skip_image_decoding(self.info.features)}
     if not isinstance(self.builder, tfds.folder_dataset.ImageFolder):
       kw["read_config"] = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-      kw["decoders"] = _skip_image_decoding(self.info.features)
     try:
       return self.builder.as_dataset(split=split, shuffle_files=shuffle_files,
                                      **kw)
@@ -208,6 +206,16 @@ def _parse_classes(classes) -> tuple[int, ...]:
   return tuple(int(c) for c in classes)
 
 
+def _folder_subset(src: "_FolderSource", classes) -> "_FolderSource":
+  """An image folder's files of `classes`, labels renumbered in that order."""
+  new_label = {c: i for i, c in enumerate(classes)}
+  keep = [i for i, label in enumerate(src.labels) if int(label) in new_label]
+  sub = copy.copy(src)
+  sub.paths = [src.paths[i] for i in keep]
+  sub.labels = np.array([new_label[int(src.labels[i])] for i in keep], np.int64)
+  return sub
+
+
 def _restrict_classes(ds: _Dataset, classes) -> _Dataset:
   """The dataset seen through `_ClassSubset` (random access only)."""
   classes = _parse_classes(classes)
@@ -215,7 +223,9 @@ def _restrict_classes(ds: _Dataset, classes) -> _Dataset:
     raise UserError(f"data config classes={classes} needs random access (array_record); "
                      f"{ds.name} is read by streaming here")
   key = (ds.name, ds.split, ds.data_dir, classes)
-  if key not in _SUBSETS:
+  if key not in _SUBSETS and isinstance(ds.source, _FolderSource):
+    _SUBSETS[key] = _folder_subset(ds.source, classes)
+  elif key not in _SUBSETS:
     _SUBSETS[key] = _ClassSubset(ds.source, classes)
   return dataclasses.replace(ds, source=_SUBSETS[key], num_examples=None)
 
@@ -289,211 +299,17 @@ def num_eval_batches(data_cfg, global_batch_size: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Random-access machinery.
+# Random-access machinery: Python decides WHICH examples (a pure function of
+# (seed, step)); tf.data reads and preprocesses them in its own threads.
 # ---------------------------------------------------------------------------
+
+_MAX_STEPS = 2**62  # "forever" for tf.data.Dataset.range
 
 
 def _epoch_tag(seed: int, epoch: int) -> int:
   """A 31-bit number mixing (seed, epoch): first half of example seeds."""
   ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED])
   return int(ss.generate_state(1, np.uint32)[0] >> 1)
-
-
-def _to_tensor_value(v):
-  if isinstance(v, (str, bytes)):
-    return v  # (np.asarray would strip trailing NUL bytes of binary data)
-  a = np.asarray(v)
-  if a.dtype.kind == "O" and a.ndim == 0:
-    return a.item()
-  return a
-
-
-def _spec_of(v) -> tf.TensorSpec:
-  t = tf.constant(v)
-  return tf.TensorSpec([None] * t.shape.rank, t.dtype)
-
-
-def _stack_inputs(values: list):
-  """Stacks per-example input values, or returns None if shapes differ."""
-  first = values[0]
-  if isinstance(first, (str, bytes)):
-    if not all(isinstance(v, type(first)) for v in values):
-      return None
-    return np.array(values, dtype=object)
-  try:
-    out = np.stack(values)
-  except ValueError:
-    return None
-  return out.astype(object) if out.dtype.kind in "US" else out
-
-
-class _ExampleProcessor:
-  """Reads examples by index and runs the pp as a tf.function.
-
-  The pp is traced once for one example (`_one`) and once for a batch
-  (`_many`: tf.map_fn of the same per-example function, which avoids Python
-  call overhead); both give identical results. The batched path is used when
-  the raw inputs of a batch can be stacked (e.g. encoded images).
-  """
-
-  def __init__(self, source, pp: str):
-    self._source = source
-    self._pp_fn = ops.get_pp_fn(pp)
-    self._lock = threading.Lock()
-    self._one = self._many = None
-    self._init_lock = threading.Lock()
-
-  def read(self, index: int) -> dict:
-    with self._lock:
-      ex = self._source[int(index)]
-    return {k: _to_tensor_value(v) for k, v in ex.items()}
-
-  def _trace(self, ex):
-    sig = {k: _spec_of(v) for k, v in ex.items()}
-    sig[ops.SEED_KEY] = tf.TensorSpec([2], tf.int64)
-    pp_fn = self._pp_fn
-
-    def run(data):
-      out = pp_fn(data)
-      return {k: v for k, v in out.items() if k != ops.SEED_KEY}
-
-    one = tf.function(run, input_signature=[sig])
-    outs = one.get_concrete_function().structured_outputs
-    out_sig = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in outs.items()}
-    bsig = {k: tf.TensorSpec([None, *v.shape], v.dtype) for k, v in sig.items()}
-
-    def run_many(batch):
-      return tf.map_fn(run, batch, fn_output_signature=out_sig,
-                       parallel_iterations=8)
-
-    self._many = tf.function(run_many, input_signature=[bsig])
-    self._one = one
-
-  def _ensure_traced(self, ex):
-    if self._one is None:
-      with self._init_lock:
-        if self._one is None:
-          self._trace(ex)
-
-  def __call__(self, index: int, seed_pair) -> dict:
-    return self.batch([index], [seed_pair])[0]
-
-  def batch(self, indices, seed_pairs) -> list[dict]:
-    """Preprocessed examples (dicts of numpy arrays) for the given indices."""
-    exs = [self.read(i) for i in indices]
-    if not exs:
-      return []
-    self._ensure_traced(exs[0])
-    for ex, sp in zip(exs, seed_pairs):
-      ex[ops.SEED_KEY] = np.asarray(sp, np.int64)
-    if len(exs) > 1 and exs[0].keys() == set.intersection(
-        *[set(e) for e in exs]):
-      stacked = {k: _stack_inputs([e[k] for e in exs]) for k in exs[0]}
-      if all(v is not None for v in stacked.values()):
-        out = {k: v.numpy() for k, v in self._many(stacked).items()}
-        return [{k: v[j] for k, v in out.items()} for j in range(len(exs))]
-    return [{k: v.numpy() for k, v in self._one(ex).items()} for ex in exs]
-
-
-def _stack(examples: list[dict]) -> dict:
-  out = {}
-  for k in examples[0]:
-    try:
-      out[k] = np.stack([e[k] for e in examples])
-    except ValueError as err:
-      shapes = sorted({ex[k].shape for ex in examples})
-      raise UserError(
-          f"Cannot batch key {k!r}: examples have shapes {shapes}; the pp "
-          f"string must produce fixed shapes (e.g. end with resize(...))"
-      ) from err
-  return out
-
-
-class _BackgroundIterator:
-  """Runs make_batch(k) for k in steps on a thread pool, yields in order.
-
-  A feeder thread submits jobs and puts their futures into a bounded queue,
-  so at most `num_threads + prefetch` batches are in flight or ready.
-  """
-
-  def __init__(self, make_batch: Callable[[int], dict], steps: Iterator[int],
-               num_threads: int, prefetch: int):
-    # The feeder thread must not reference `self`, so that an abandoned
-    # iterator is garbage collected and its __del__ stops the threads.
-    pool = concurrent.futures.ThreadPoolExecutor(
-        max(1, num_threads), thread_name_prefix="flexivit_data")
-    q = queue.Queue(maxsize=max(1, num_threads + prefetch))
-    stop = threading.Event()
-    done = object()
-    self._pool, self._queue, self._stop, self._done = pool, q, stop, done
-
-    def put(item) -> bool:
-      while not stop.is_set():
-        try:
-          q.put(item, timeout=0.1)
-          return True
-        except queue.Full:
-          continue
-      return False
-
-    def feed():
-      try:
-        for k in steps:
-          if stop.is_set():
-            return
-          fut = pool.submit(make_batch, k)
-          if not put(fut):
-            fut.cancel()
-            return
-        put(done)
-      except BaseException as e:  # pylint: disable=broad-except
-        put(e)
-
-    self._feeder = threading.Thread(target=feed, daemon=True,
-                                    name="flexivit_data_feeder")
-    self._feeder.start()
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    if self._stop.is_set():
-      raise StopIteration
-    item = self._queue.get()
-    if item is self._done:
-      self.close()
-      raise StopIteration
-    if isinstance(item, BaseException):
-      self.close()
-      raise item
-    try:
-      return item.result()
-    except BaseException:
-      self.close()
-      raise
-
-  def close(self):
-    if self._stop.is_set():
-      return
-    self._stop.set()
-    while True:  # drop pending work
-      try:
-        item = self._queue.get_nowait()
-      except queue.Empty:
-        break
-      if isinstance(item, concurrent.futures.Future):
-        item.cancel()
-    self._pool.shutdown(wait=False, cancel_futures=True)
-
-  def __del__(self):
-    try:
-      self.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
-
-
-def _default_threads() -> int:
-  return max(2, min(16, os.cpu_count() or 2))
 
 
 class _EpochPermutations:
@@ -533,6 +349,141 @@ def _slice_positions(perms, n, step, gbs, pi, pc):
   return out
 
 
+def _python_value(v):
+  """A source value as numpy_function can return it (bytes keep NULs)."""
+  if isinstance(v, (str, bytes)):
+    return np.array(v, dtype=object)
+  a = np.asarray(v)
+  return a.astype(object) if a.dtype.kind in "US" else a
+
+
+def _folder_reader(src: _FolderSource) -> Callable[[tf.Tensor], dict]:
+  """index -> {image bytes, label, image/filename}, entirely in the graph."""
+  paths = tf.constant(src.paths)
+  labels = tf.constant(src.labels)
+
+  def read(index):
+    path = tf.gather(paths, index)
+    return {"image": tf.io.read_file(path), "label": tf.gather(labels, index),
+            "image/filename": path}
+
+  return read
+
+
+def _record_reader(src) -> Callable[[tf.Tensor], dict]:
+  """index -> example: one raw array_record read, parsed in the graph."""
+  raw_source, lock = src.data_source, threading.Lock()
+  features, decoders = src.dataset_info.features, src.decoders
+
+  def raw(index):
+    with lock:
+      return np.array(raw_source[int(index)], dtype=object)
+
+  def read(index):
+    record = tf.numpy_function(raw, [index], tf.string, stateful=False)
+    record.set_shape([])
+    return features.deserialize_example(record, decoders=decoders)
+
+  return read
+
+
+def _python_reader(src) -> Callable[[tf.Tensor], dict]:
+  """index -> example for any Python source (e.g. mocked data sources)."""
+  lock = threading.Lock()
+  probe = {k: _python_value(v) for k, v in src[0].items()}
+  keys = list(probe)
+  dtypes = [tf.constant(probe[k]).dtype for k in keys]
+
+  def raw(index):
+    with lock:
+      ex = src[int(index)]
+    return [_python_value(ex[k]) for k in keys]
+
+  def read(index):
+    values = tf.numpy_function(raw, [index], dtypes, stateful=False)
+    for v, k in zip(values, keys):
+      v.set_shape([None] * np.ndim(probe[k]))
+    return dict(zip(keys, values))
+
+  return read
+
+
+def _example_reader(src) -> Callable[[tf.Tensor], dict]:
+  if isinstance(src, _FolderSource):
+    return _folder_reader(src)
+  inner = getattr(src, "data_source", None)
+  if (hasattr(src, "dataset_info") and inner is not None and len(inner)
+      and isinstance(inner[0], bytes)):
+    return _record_reader(src)
+  return _python_reader(src)
+
+
+def _preprocess(read: Callable, pp: str) -> Callable:
+  """(index, seed int64[2]) -> preprocessed example, as a tf.data map fn."""
+  pp_fn = ops.get_pp_fn(pp)
+
+  def fn(index, seed):
+    ex = dict(read(index))
+    ex[ops.SEED_KEY] = seed
+    return _strip_internal(pp_fn(ex))
+
+  return fn
+
+
+def _strip_internal(ex):
+  return {k: v for k, v in ex.items() if k != ops.SEED_KEY}
+
+
+def _parallel(num_threads: int | None) -> int:
+  return num_threads if num_threads and num_threads > 0 else tf.data.AUTOTUNE
+
+
+def _finish(ds: tf.data.Dataset, b: int, prefetch: int) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return (ds.batch(b, drop_remainder=True).prefetch(max(1, prefetch))
+          .with_options(options))
+
+
+def _batching_error(err: tf.errors.InvalidArgumentError) -> UserError:
+  return UserError(
+      f"Cannot batch the preprocessed examples ({err.message.splitlines()[0]}):"
+      f" the pp string must produce fixed shapes (e.g. end with resize(...))")
+
+
+class BatchIterator:
+  """Iterator of dicts of numpy arrays over a tf.data pipeline.
+
+  The one interface of every pipeline here: `next()`, `close()` (frees the
+  pipeline's buffers and threads), and a context manager that closes.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._it = dataset.as_numpy_iterator()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      raise StopIteration
+    try:
+      return next(self._it)
+    except tf.errors.InvalidArgumentError as e:
+      if "to the batch" in e.message or "Cannot batch" in e.message:
+        raise _batching_error(e) from None
+      raise
+
+  def close(self):
+    self._it = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
 # ---------------------------------------------------------------------------
 # Public iterators.
 # ---------------------------------------------------------------------------
@@ -542,75 +493,130 @@ def train_iterator(data_cfg, pp: str, global_batch_size: int, *, seed: int,
                    start_step: int = 0, process_index: int | None = None,
                    process_count: int | None = None,
                    num_threads: int | None = None, prefetch: int = 2,
-                   shuffle_buffer: int = 50_000) -> Iterator[dict]:
+                   shuffle_buffer: int = 50_000) -> BatchIterator:
   """Infinite iterator of this process's slice of global batches start_step..
 
   Yields dicts of numpy arrays with leading dim global_batch_size //
-  process_count. `shuffle_buffer` only matters in streaming mode.
+  process_count. `num_threads` examples are preprocessed in parallel (default:
+  tf.data's autotuning); `shuffle_buffer` only matters in streaming mode.
   """
   pi, pc = _process(process_index, process_count)
   b = _local_batch(global_batch_size, pc)
   ds = _open(data_cfg)
-  num_threads = num_threads or _default_threads()
   if ds.streaming:
-    return _streaming_train(ds, pp, b, seed=seed, start_step=start_step,
-                            pi=pi, pc=pc, prefetch=prefetch,
-                            shuffle_buffer=shuffle_buffer)
+    return BatchIterator(_streaming_train(
+        ds, pp, b, seed=seed, start_step=start_step, pi=pi, pc=pc,
+        num_threads=num_threads, prefetch=prefetch,
+        shuffle_buffer=shuffle_buffer))
   n = ds.count()
   if n == 0:
     raise UserError(f"{ds.name}:{ds.split} has no examples")
-  proc = _ExampleProcessor(ds.source, pp)
   perms = _EpochPermutations(seed, n)
 
-  def make_batch(step):
-    pos = _slice_positions(perms, n, step, global_batch_size, pi, pc)
+  def slice_keys(step):
+    pos = _slice_positions(perms, n, int(step), global_batch_size, pi, pc)
     seeds = [(perms(epoch)[1], idx) for epoch, idx in pos]
-    return _stack(proc.batch([idx for _, idx in pos], seeds))
+    return (np.array([idx for _, idx in pos], np.int64),
+            np.array(seeds, np.int64))
 
-  def steps():
-    k = int(start_step)
-    while True:
-      yield k
-      k += 1
+  def keys(step):
+    idx, seeds = tf.numpy_function(slice_keys, [step], (tf.int64, tf.int64),
+                                   stateful=False)
+    return tf.ensure_shape(idx, [b]), tf.ensure_shape(seeds, [b, 2])
 
-  return _BackgroundIterator(make_batch, steps(), num_threads, prefetch)
+  examples = (tf.data.Dataset.range(int(start_step), _MAX_STEPS)
+              .map(keys).unbatch()
+              .map(_preprocess(_example_reader(ds.source), pp),
+                   num_parallel_calls=_parallel(num_threads)))
+  return BatchIterator(_finish(examples, b, prefetch))
 
 
-def eval_iterator(data_cfg, pp: str, global_batch_size: int, *,
-                  process_index: int | None = None,
-                  process_count: int | None = None,
-                  num_threads: int | None = None, prefetch: int = 2,
-                  seed: int = 0) -> Iterator[dict]:
-  """One pass over the split, in order; the last batch is zero-padded.
+class EvalData:
+  """One eval pass over a split, built (and its pp traced) once.
 
-  Every example appears exactly once over all processes; `_mask` (bool) marks
-  real examples. Random-access mode: process p gets the contiguous slice p of
-  each global batch.
+  `iterate()` starts a new pass over the same tf.data pipeline, so repeated
+  evaluations neither re-open the dataset nor re-trace the pp. Every example
+  appears exactly once over all processes; the last batch(es) are
+  zero-padded and `_mask` (bool) marks real examples. Random-access mode:
+  process p gets the contiguous slice p of each global batch.
   """
-  pi, pc = _process(process_index, process_count)
-  b = _local_batch(global_batch_size, pc)
-  ds = _open(data_cfg)
-  num_threads = num_threads or _default_threads()
-  n = ds.count()
-  num_batches = max(1, math.ceil(n / global_batch_size))
-  if ds.streaming:
-    return _streaming_eval(ds, pp, b, num_batches, pi=pi, pc=pc,
-                           prefetch=prefetch)
-  proc = _ExampleProcessor(ds.source, pp)
-  tag = _epoch_tag(seed, 0)
-  template = {k: np.zeros_like(v) for k, v in proc(0, (tag, 0)).items()}
 
-  def make_batch(step):
-    start = step * global_batch_size + pi * b
-    real = list(range(start, min(start + b, n)))
-    exs = proc.batch(real, [(tag, i) for i in real])
-    exs += [template] * (b - len(real))
-    out = _stack(exs)
-    out[MASK_KEY] = np.arange(start, start + b) < n
-    return out
+  def __init__(self, data_cfg, pp: str, global_batch_size: int, *,
+               process_index: int | None = None,
+               process_count: int | None = None,
+               num_threads: int | None = None, prefetch: int = 2,
+               seed: int = 0):
+    pi, pc = _process(process_index, process_count)
+    b = _local_batch(global_batch_size, pc)
+    ds = _open(data_cfg)
+    n = ds.count()
+    self.num_batches = max(1, math.ceil(n / global_batch_size))
+    if ds.streaming:
+      real = _streaming_eval_examples(ds, pp, pi, pc, num_threads)
+    else:
+      # Process p's positions, batch after batch; the real ones form a prefix.
+      pos = np.arange(self.num_batches)[:, None] * global_batch_size + (
+          pi * b + np.arange(b))[None, :]
+      idx = pos.reshape(-1)[pos.reshape(-1) < n].astype(np.int64)
+      tag = _epoch_tag(seed, 0)
+      fn = _preprocess(_example_reader(ds.source), pp)
+      real = tf.data.Dataset.from_tensor_slices(idx).map(
+          lambda i: fn(i, tf.stack([tf.constant(tag, tf.int64), i])),
+          num_parallel_calls=_parallel(num_threads))
+    self.dataset = _finish(_padded(real, self.num_batches * b), b, prefetch)
 
-  return _BackgroundIterator(make_batch, iter(range(num_batches)), num_threads,
-                             prefetch)
+  def iterate(self) -> BatchIterator:
+    return BatchIterator(self.dataset)
+
+  def __iter__(self):
+    return self.iterate()
+
+
+def _padded(real: tf.data.Dataset, total: int) -> tf.data.Dataset:
+  """`real` with `_mask`=True, then zero examples (`_mask`=False) up to total.
+
+  Shapes the graph leaves open (e.g. after `decode`) are taken from the first
+  example: the zero padding needs them.
+  """
+  shapes = {k: s.shape for k, s in real.element_spec.items()}
+  if not all(s.is_fully_defined() for s in shapes.values()):
+    first = next(iter(real.take(1)))
+    shapes = {k: v.shape for k, v in first.items()}
+  dtypes = {k: s.dtype for k, s in real.element_spec.items()}
+  real = real.map(lambda ex: {
+      **{k: tf.ensure_shape(v, shapes[k]) for k, v in ex.items()},
+      MASK_KEY: tf.constant(True)})
+  pad = {k: tf.zeros(shapes[k], dtypes[k]) for k in shapes}
+  pad[MASK_KEY] = tf.constant(False)
+  return real.concatenate(
+      tf.data.Dataset.from_tensors(pad).repeat()).take(total)
+
+
+_EVAL_CACHE: collections.OrderedDict = collections.OrderedDict()
+_EVAL_CACHE_SIZE = 8
+
+
+def _cfg_key(data_cfg) -> tuple:
+  keys = ("name", "split", "streaming", "folder")
+  return tuple(str(_get(data_cfg, k)) for k in keys) + (_data_dir(data_cfg),)
+
+
+def eval_data(data_cfg, pp: str, global_batch_size: int, **kwargs) -> EvalData:
+  """The `EvalData` for these arguments, reused while among the last 8 used."""
+  key = (_cfg_key(data_cfg), pp, global_batch_size,
+         tuple(sorted(kwargs.items())))
+  if key not in _EVAL_CACHE:
+    _EVAL_CACHE[key] = EvalData(data_cfg, pp, global_batch_size, **kwargs)
+    while len(_EVAL_CACHE) > _EVAL_CACHE_SIZE:
+      _EVAL_CACHE.popitem(last=False)
+  _EVAL_CACHE.move_to_end(key)
+  return _EVAL_CACHE[key]
+
+
+def eval_iterator(data_cfg, pp: str, global_batch_size: int, **kwargs
+                  ) -> BatchIterator:
+  """One pass over the split in order (see `EvalData`), built afresh."""
+  return EvalData(data_cfg, pp, global_batch_size, **kwargs).iterate()
 
 
 # ---------------------------------------------------------------------------
@@ -636,12 +642,8 @@ def _with_seed(seed: int):
   return add
 
 
-def _strip_internal(ex):
-  return {k: v for k, v in ex.items() if k != ops.SEED_KEY}
-
-
-def _streaming_train(ds, pp, b, *, seed, start_step, pi, pc, prefetch,
-                     shuffle_buffer):
+def _streaming_train(ds, pp, b, *, seed, start_step, pi, pc, num_threads,
+                     prefetch, shuffle_buffer):
   split, shard = _split_for_process(ds, pi, pc)
   # Restarts cannot resume a stream: reshuffle with a (seed, start_step) seed.
   run_seed = _epoch_tag(seed, 1_000_003 + int(start_step)) + pi
@@ -654,30 +656,16 @@ def _streaming_train(ds, pp, b, *, seed, start_step, pi, pc, prefetch,
           .enumerate()
           .map(_with_seed(run_seed))
           .map(lambda ex: _strip_internal(pp_fn(ex)),
-               num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(b, drop_remainder=True)
-          .prefetch(prefetch))
-  return data.as_numpy_iterator()
+               num_parallel_calls=_parallel(num_threads)))
+  return _finish(data, b, prefetch)
 
 
-def _streaming_eval(ds, pp, b, num_batches, *, pi, pc, prefetch):
+def _streaming_eval_examples(ds, pp, pi, pc, num_threads):
   split, shard = _split_for_process(ds, pi, pc)
   data = ds.as_dataset(split, shuffle_files=False)
   if shard:
     data = data.shard(pc, pi)
   pp_fn = ops.get_pp_fn(pp)
-
-  def fn(i, ex):
-    out = _strip_internal(pp_fn(_with_seed(0)(i, ex)))
-    out[MASK_KEY] = tf.constant(True)
-    return out
-
-  data = data.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-  spec = data.element_spec
-  if not all(s.shape.is_fully_defined() for s in spec.values()):
-    raise UserError(f"eval pp must produce fixed shapes, got {spec}")
-  pad = tf.data.Dataset.from_tensors(
-      {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}).repeat()
-  data = (data.concatenate(pad).take(num_batches * b)
-          .batch(b, drop_remainder=True).prefetch(prefetch))
-  return data.as_numpy_iterator()
+  return data.enumerate().map(
+      lambda i, ex: _strip_internal(pp_fn(_with_seed(0)(i, ex))),
+      num_parallel_calls=_parallel(num_threads))
