@@ -58,7 +58,7 @@ def get_config(arg=None):
                  num_classes=classes)
   c.model_init = init
   # PI-resize the stored kernel to patch_size at load, as the reference (issue 12's option).
-  c.model_load = dict(pi_resize_kernel=True)
+  c.model_load = dict(kernel="pi_resize")
   c.distill.teachers = dict(prof=dict(
       model=dict(variant=arg.variant, pool_type="tok", patch_size=(16, 16),
                  posemb_size=(teacher_res // 16, teacher_res // 16), num_classes=classes),
