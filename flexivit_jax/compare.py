@@ -1,11 +1,16 @@
-"""Compares finished runs: accuracy per patch size, as a table and one plot.
+"""Compares runs: accuracy per patch size, or accuracy against training compute.
 
   python -m flexivit_jax.compare workdirs/demo workdirs/base --out compare.png
   python -m flexivit_jax.compare eval_demo eval_base --out compare_gflops.png
+  python -m flexivit_jax.compare workdirs/curr workdirs/base --x flops --out curr.png
 
-Reads the last evaluation of each run's metrics.jsonl, or, when every argument
-holds an eval.json of `flexivit_jax.evaluate`, plots top-1 against GFLOPs
-(no JAX needed).
+`--x seqhw` (default) reads the last evaluation of each run; `--x flops` reads
+every evaluation with the cumulative `compute/gflops` logged beside it, at one
+seqhw (`--seqhw`, default the largest that every run evaluated). Reads the
+runs' metrics.jsonl only (no JAX needed).
+
+When every argument holds an eval.json of `flexivit_jax.evaluate`, plots top-1
+against inference GFLOPs instead.
 """
 from __future__ import annotations
 
@@ -56,13 +61,49 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
   return table
 
 
+def _label(workdir: str) -> str:
+  return os.path.basename(os.path.normpath(workdir))
+
+
+def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
+                  evaluator: Optional[str] = None, seqhw: Optional[int] = None) -> str:
+  """prec@1 against cumulative training GFLOPs; returns a table of each run's points."""
+  runs = {}
+  for wd in workdirs:
+    rows = metrics.read_metrics(wd)
+    if not rows:
+      raise UserError(f"{wd} has no metrics.jsonl: is it a flexivit_jax workdir?")
+    runs[_label(wd)] = metrics.eval_curve_over_compute(rows, evaluator)
+    if not runs[_label(wd)]:
+      raise UserError(f"{wd} has no evaluation rows with compute/gflops")
+  common = set.intersection(*[set(s for _, accs in r for s in accs) for r in runs.values()])
+  if seqhw is None:
+    if not common:
+      raise UserError("the runs share no evaluated seqhw; pass --seqhw")
+    seqhw = max(common, key=metrics.seqhw_side)
+  curves = {}
+  for name, points in runs.items():
+    curves[name] = [(g, accs[seqhw]) for g, accs in points if seqhw in accs]
+    if not curves[name]:
+      raise UserError(f"run {name} has no evaluation at seqhw={seqhw}")
+  if out:
+    metrics.plot_over_compute(curves, out, title=f"prec@1 at seqhw={seqhw} against compute")
+  return metrics.format_compute_table(curves, seqhw)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+", help="training workdirs, or eval.json dirs/files")
   parser.add_argument("--out", default=None, help="PNG to write")
   parser.add_argument("--eval", default=None, help="evaluator name (default: the first)")
+  parser.add_argument("--x", choices=("seqhw", "flops"), default="seqhw",
+                      help="x axis: patch size of the final eval, or training GFLOPs")
+  parser.add_argument("--seqhw", type=int, default=None,
+                      help="with --x flops: the seqhw to plot (default: largest common)")
   args = parser.parse_args(argv)
-  if all(report.has_eval(p) for p in args.workdirs):
+  if args.x == "flops":
+    print(compare_flops(args.workdirs, args.out, args.eval, args.seqhw))
+  elif all(report.has_eval(p) for p in args.workdirs):
     print(report.compare_evals(args.workdirs, args.out))
   else:
     print(compare(args.workdirs, args.out, args.eval))

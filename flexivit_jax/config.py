@@ -27,7 +27,7 @@ FLEXI_ARGS = ("seqhw", "patch_size")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 EVAL_TYPES = ("classification",)
 TEACHER_COMBINE = ("sum", "mean")
-EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "label_mapping")
+EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "log_percent", "label_mapping")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
-  c.mixup = dict(p=0.0)
+  c.mixup = dict(p=0.0, n=2, fold_in=None)  # n, fold_in: big_vision's keys, one value each.
 
   c.evals = {}
   c.log_training_steps = 50
@@ -158,6 +158,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if unknown:
       raise UserError(f"unknown config key 'evals.{name}.{unknown[0]}'; allowed: "
                        f"{', '.join(EVAL_KEYS)}")
+    if "log_steps" in ev and "log_percent" in ev:
+      raise UserError(f"evals.{name}: give log_steps or log_percent, not both")
+    percent = ev.get("log_percent")
+    if percent is not None and not 0 < percent <= 1:
+      raise UserError(f"evals.{name}.log_percent={percent!r} must be a fraction in (0, 1]")
     if "data" not in ev or "pp" not in ev:
       raise UserError(f"evals.{name} needs 'data' and 'pp'")
     evaluators.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
@@ -170,6 +175,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.distill.combine_teachers not in TEACHER_COMBINE:
     raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
                     f"allowed: {TEACHER_COMBINE}")
+  if c.mixup.n != 2 or c.mixup.fold_in is not None:
+    raise UserError(f"mixup n={c.mixup.n}, fold_in={c.mixup.fold_in!r}: this trainer mixes "
+                     "n=2 images (a batch with its roll) with a per-step key (fold_in=None)")
   for name, teacher in c.distill.teachers.items():
     unknown = sorted(set(teacher) - {"model", "init", "input_key", "call"})
     if unknown:

@@ -114,7 +114,7 @@ class Throughput:
     return rate
 
 
-def _side(seqhw) -> int:
+def seqhw_side(seqhw) -> int:
   """Tokens along the height, for an int or an (h, w) seqhw."""
   return seqhw if isinstance(seqhw, int) else seqhw[0]
 
@@ -123,11 +123,11 @@ def format_table(results: Mapping[str, Mapping[Any, float]], image_size: Optiona
                  ) -> str:
   """Accuracy per flexi value, one column per evaluator."""
   names = list(results)
-  values = sorted({v for r in results.values() for v in r}, key=_side)
+  values = sorted({v for r in results.values() for v in r}, key=seqhw_side)
   header = ["seqhw", "patch"] + [f"{n} prec@1" for n in names]
   rows = []
   for v in values:
-    side = _side(v)
+    side = seqhw_side(v)
     patch = f"{image_size // side}" if image_size else "-"
     rows.append([str(v), patch] + [f"{results[n].get(v, float('nan')) * 100:6.2f}%"
                                    for n in names])
@@ -136,21 +136,18 @@ def format_table(results: Mapping[str, Mapping[Any, float]], image_size: Optiona
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
-                  image_size: Optional[int] = None, title: str = "") -> str:
-  """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
+def _plot_lines(lines: Mapping[str, tuple], path: str, *, xlabel: str, title: str,
+                invert_x: bool = False) -> str:
+  """Writes a PNG of prec@1 curves {label: (xs, accuracies in [0, 1])}."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for label, curve in curves.items():
-    xs = sorted(curve, key=_side)
-    sides = [_side(x) for x in xs]
-    xvals = [image_size // s for s in sides] if image_size else sides
-    ax.plot(xvals, [curve[x] * 100 for x in xs], marker="o", label=label)
-  ax.set_xlabel("patch size (px)" if image_size else "seqhw (tokens per side)")
+  for label, (xs, accs) in lines.items():
+    ax.plot(xs, [a * 100 for a in accs], marker="o", label=label)
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("prec@1 (%)")
-  if image_size:
+  if invert_x:
     ax.invert_xaxis()
   ax.grid(alpha=0.3)
   ax.legend()
@@ -161,6 +158,68 @@ def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
   return path
 
 
+def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
+                  image_size: Optional[int] = None, title: str = "") -> str:
+  """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
+  lines = {}
+  for label, curve in curves.items():
+    xs = sorted(curve, key=seqhw_side)
+    sides = [seqhw_side(x) for x in xs]
+    lines[label] = ([image_size // s for s in sides] if image_size else sides,
+                    [curve[x] for x in xs])
+  xlabel = "patch size (px)" if image_size else "seqhw (tokens per side)"
+  return _plot_lines(lines, path, xlabel=xlabel, title=title, invert_x=bool(image_size))
+
+
+def _parse_eval_key(key: str):
+  """'eval/NAME/seqhw=S/prec@1' -> (NAME, S) or None."""
+  parts = key.split("/")
+  if len(parts) == 4 and parts[0] == "eval" and parts[3] == "prec@1":
+    seqhw = parts[2].split("=", 1)[1]
+    seqhw = int(seqhw) if seqhw.isdigit() else tuple(int(s) for s in seqhw.split("x"))
+    return parts[1], seqhw
+  return None
+
+
+def eval_curve_over_compute(rows: Iterable[Mapping[str, Any]], evaluator: Optional[str] = None
+                            ) -> list:
+  """[(cumulative GFLOPs, {seqhw: prec@1})] of every eval row that logged its compute.
+
+  `evaluator` defaults to the first name (sorted) found in the rows.
+  """
+  points = []
+  for row in rows:
+    if "compute/gflops" not in row:
+      continue
+    accs = {}
+    for key, value in row.items():
+      parsed = _parse_eval_key(key)
+      if parsed:
+        evaluator = evaluator or parsed[0]
+        if parsed[0] == evaluator:
+          accs[parsed[1]] = value
+    if accs:
+      points.append((row["compute/gflops"], accs))
+  return points
+
+
+def format_compute_table(curves: Mapping[str, list], seqhw) -> str:
+  """One line per eval point: run, GFLOPs, prec@1."""
+  lines = [f"{'run':>16}  {'train GFLOPs':>14}  prec@1 (seqhw={seqhw})"]
+  for name, points in curves.items():
+    for gflops, acc in points:
+      lines.append(f"{name:>16}  {gflops:14.1f}  {acc * 100:6.2f}%")
+  return "\n".join(lines)
+
+
+def plot_over_compute(curves: Mapping[str, list], path: str, *, title: str = "") -> str:
+  """Writes a PNG of prec@1 against cumulative training GFLOPs, one line per run."""
+  lines = {label: ([g for g, _ in points], [a for _, a in points])
+           for label, points in curves.items()}
+  return _plot_lines(lines, path, xlabel="training compute (GFLOPs, XLA cost analysis)",
+                     title=title)
+
+
 def final_eval_curves(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[Any, float]]:
   """{evaluator: {seqhw: prec@1}} from the last eval row of a metrics.jsonl."""
   last = {}
@@ -169,9 +228,7 @@ def final_eval_curves(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[Any, 
       last = row
   curves: Dict[str, Dict[Any, float]] = {}
   for key, value in last.items():
-    parts = key.split("/")
-    if len(parts) == 4 and parts[0] == "eval" and parts[3] == "prec@1":
-      seqhw = parts[2].split("=", 1)[1]
-      seqhw = int(seqhw) if seqhw.isdigit() else tuple(int(s) for s in seqhw.split("x"))
-      curves.setdefault(parts[1], {})[seqhw] = value
+    parsed = _parse_eval_key(key)
+    if parsed:
+      curves.setdefault(parsed[0], {})[parsed[1]] = value
   return curves

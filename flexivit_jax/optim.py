@@ -195,6 +195,16 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
   return getter(key, default)
 
 
+def momentum_hp(momentum: float = 0.9, dtype: Any = jnp.bfloat16,
+                nesterov: bool = False) -> optax.GradientTransformation:
+  """SGD momentum with the accumulator in `dtype` (big_vision's transfer optimizer)."""
+  return optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=dtype)
+
+
+# Optimizers named as in big_vision's configs that optax does not provide.
+OWN_OPTIMIZERS = {"big_vision.momentum_hp": momentum_hp}
+
+
 def make_optimizer(
   config: Any, total_steps: int
 ) -> Tuple[optax.GradientTransformation, ScheduleFn]:
@@ -222,15 +232,18 @@ def make_optimizer(
   if clip is not None and bad_clip:
     raise UserError(f"config.grad_clip_norm={clip!r} must be a positive number or None.")
   optax_name = _cfg_get(config, "optax_name", "scale_by_adam")
-  optax_fn = getattr(optax, optax_name, None) if isinstance(optax_name, str) else None
-  if not callable(optax_fn) or not optax_name.startswith("scale_by_"):
+  optax_fn = OWN_OPTIMIZERS.get(optax_name) or (
+      getattr(optax, optax_name, None) if isinstance(optax_name, str) else None)
+  if not callable(optax_fn) or not (optax_name.startswith("scale_by_")
+                                    or optax_name in OWN_OPTIMIZERS):
     raise UserError(
       f"config.optax_name={optax_name!r} must name an optax 'scale_by_*' "
-      "transformation, e.g. 'scale_by_adam'."
+      f"transformation, e.g. 'scale_by_adam', or one of {sorted(OWN_OPTIMIZERS)}."
     )
   optax_kwargs = dict(_cfg_get(config, "optax", None) or {})
-  if isinstance(optax_kwargs.get("mu_dtype"), str):
-    optax_kwargs["mu_dtype"] = jnp.dtype(optax_kwargs["mu_dtype"])
+  for key in ("mu_dtype", "dtype"):
+    if isinstance(optax_kwargs.get(key), str):
+      optax_kwargs[key] = jnp.dtype(optax_kwargs[key])
   sched_fn = schedule_from_config(_cfg_get(config, "schedule"), total_steps)
 
   parts = []

@@ -24,7 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flexivit_jax import checkpoint, data, losses, metrics, optim, state_files, train_state
+from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, train_state
 from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax.model import FlexiViT, resolve_patch
@@ -93,13 +93,24 @@ class Teacher:
   call: Tuple[Tuple[str, Any], ...]
 
 
+def load_teacher_params(model: FlexiViT, path: str) -> dict:
+  """A teacher checkpoint adapted to its model (posemb cls row / grid, like model_init)."""
+  hp = model.hparams()
+  grid = resize.to_hw(model.posemb_size, "posemb_size")
+  image = jnp.zeros((1, grid[0] * hp["patch_size"][0], grid[1] * hp["patch_size"][1], 3))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image)["params"])
+  init = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+  params, _ = checkpoint.load_pretrained(init, path, log=log.info)
+  return params
+
+
 def build_teachers(distill_cfg) -> Tuple[Tuple[Teacher, ...], Dict[str, Any]]:
   teachers, params = [], {}
   for name, t in sorted(distill_cfg.teachers.items()):
     call = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                         for k, v in dict(t.get("call", {})).items()))
     teachers.append(Teacher(name, build_model(t["model"]), t.get("input_key", "image"), call))
-    params[name] = checkpoint.load_params(t["init"])
+    params[name] = load_teacher_params(teachers[-1].model, t["init"])
   return tuple(teachers), params
 
 
@@ -238,16 +249,30 @@ def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings
 class CompiledSteps:
   """One compiled executable per flexi value (its static argument), cached."""
 
-  def __init__(self, fn: Callable, shardings, donate: bool):
+  def __init__(self, fn: Callable, shardings, donate: bool, num_devices: int = 1):
     self._jit = jax.jit(fn, static_argnames=("flexi",), out_shardings=shardings,
                         donate_argnums=(0,) if donate else ())
     self._compiled: Dict[FlexiKey, Any] = {}
     self.label_mapping = None  # Set by make_eval_steps for label-mapped evals.
+    self._num_devices = num_devices
 
   def compile(self, flexi: FlexiKey, *args):
     if flexi not in self._compiled:
       self._compiled[flexi] = self._jit.lower(*args, flexi=flexi).compile()
     return self._compiled[flexi]
+
+  def num_compiled(self) -> int:
+    return len(self._compiled)
+
+  def gflops(self, flexi: FlexiKey, *args) -> float:
+    """GFLOPs of one call on all devices, from XLA's cost analysis of the executable.
+
+    The SPMD executable's analysis counts one device's share; times the devices.
+    """
+    cost = self.compile(flexi, *args).cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
+      cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan"))) * self._num_devices / 1e9
 
   def __call__(self, flexi: FlexiKey, *args):
     return self.compile(flexi, *args)(*args)
@@ -352,13 +377,26 @@ def resume_step(workdir: str) -> int:
 # Evaluation.
 
 
+def pad_batch(local: Mapping[str, np.ndarray], multiple: int) -> Dict[str, np.ndarray]:
+  """Appends all-zero examples (their `_mask` False) up to a multiple of `multiple`."""
+  n = len(local[data.MASK_KEY])
+  pad = -n % multiple
+  if not pad:
+    return dict(local)
+  return {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+          for k, v in local.items()}
+
+
 def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, float]:
   """prec@1 of every evaluator at every flexi value; one data pass per evaluator.
 
   `eval_steps`: one CompiledSteps for all, or make_eval_steps' dict (needed for
   evaluators with a label_mapping).
+  An eval batch need not divide the device count: each process pads its slice
+  with masked examples up to a multiple of its devices.
   """
   results = {}
+  local_devices = mesh.size // jax.process_count()
   for name, ev in evaluators.items():
     steps = eval_steps[name] if isinstance(eval_steps, Mapping) else eval_steps
     if ev.get("label_mapping") is not None and steps.label_mapping is None:
@@ -370,8 +408,9 @@ def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, 
       if steps.label_mapping is not None and local["labels"].shape[-1] != len(steps.label_mapping):
         raise UserError(f"evals.{name}: label_mapping has {len(steps.label_mapping)} entries "
                         f"but its pp makes labels with {local['labels'].shape[-1]} classes")
-      batch = to_global({k: local[k] for k in ("image", "labels", "_mask")},
-                        batch_sharding(mesh))
+      local = pad_batch({k: local[k] for k in ("image", "labels", data.MASK_KEY)},
+                        local_devices)
+      batch = to_global(local, batch_sharding(mesh))
       for f in flexis:
         h, c = steps(f, params, batch)
         hits[f] += float(h)
@@ -379,6 +418,17 @@ def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, 
     for f in flexis:
       results[f"eval/{name}/{flexi_label(f)}/prec@1"] = hits[f] / max(count, 1.0)
   return results
+
+
+def evals_due(config, done: int, steps: int) -> Dict[str, Any]:
+  """The evaluators to run after step `done`: each every `log_steps` (or
+  `log_percent` of the run; default `config.log_eval_steps`), all at the end."""
+  def every(ev):
+    if ev.get("log_percent"):
+      return max(1, int(round(ev["log_percent"] * steps)))
+    return ev.get("log_steps", config.log_eval_steps)
+  return {name: ev for name, ev in config.evals.items()
+          if done == steps or done % every(ev) == 0}
 
 
 def print_final_table(workdir: str, results: Mapping[str, float], image_size: int,
@@ -426,13 +476,16 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   mesh = make_mesh(config.mesh)
   check_batch_size(config.input.batch_size, mesh, "input.batch_size")
-  for name, ev in config.evals.items():
-    check_batch_size(ev.get("batch_size", config.input.batch_size), mesh,
-                     f"evals.{name}.batch_size")
+  for name, ev in config.evals.items():  # Eval batches are padded to the devices.
+    bs = ev.get("batch_size", config.input.batch_size)
+    if bs % jax.process_count():
+      raise UserError(f"evals.{name}.batch_size={bs} must be divisible by the "
+                       f"{jax.process_count()} processes")
   steps = total_steps(config)
   teachers, teacher_params = build_teachers(config.distill)
-  sampler = FlexiSampler(config.flexi, seed=config.seed)
-  eval_sampler = FlexiSampler(config.eval_flexi, seed=0) if config.eval_flexi else sampler
+  sampler = FlexiSampler(config.flexi, seed=config.seed, total_steps=steps)
+  eval_sampler = (FlexiSampler(config.eval_flexi, seed=0, total_steps=steps)
+                  if config.eval_flexi else sampler)
   tx, _ = optim.make_optimizer(config, steps)
   start_step = resume_step(workdir)
   train_iter = data.train_iterator(
@@ -465,7 +518,9 @@ def check_inputs(run: Run) -> None:
     if t.input_key not in first:
       raise UserError(f"teacher {t.name!r} reads batch key {t.input_key!r}, which input.pp "
                        f"does not produce (keys: {sorted(first)})")
-    check_flexi_fits([dict(t.call)], first[t.input_key].shape[1:3])
+    # Without call arguments a teacher runs at its stored patch size.
+    call = dict(t.call) or {"patch_size": t.model.hparams()["patch_size"]}
+    check_flexi_fits([call], first[t.input_key].shape[1:3])
 
 
 def log_train_step(run: Run, done: int, step_metrics, flexi: FlexiKey, throughput) -> dict:
@@ -475,6 +530,27 @@ def log_train_step(run: Run, done: int, step_metrics, flexi: FlexiKey, throughpu
     raise TrainingDivergedError(f"train/loss is {loss} at step {done}")
   return {"train/loss": loss, "grad_norm": float(step_metrics["grad_norm"]),
           **dict(flexi), "lr": float(run.lr_fn(done - 1)), "img_per_s": throughput(done)}
+
+
+class ComputeMeter:
+  """Cumulative training GFLOPs: steps taken per flexi value times that step's cost.
+
+  Counts are integers and the sum runs in a fixed order, so a resumed run (whose
+  earlier steps are recounted from the sampler) reports exactly the same numbers.
+  """
+
+  def __init__(self, gflops_of: Callable[[FlexiKey], float], sampler: FlexiSampler,
+               start_step: int):
+    self._gflops_of = gflops_of
+    self._counts: Dict[FlexiKey, int] = {}
+    for step in range(start_step):
+      self.add(flexi_key(sampler(step)))
+
+  def add(self, flexi: FlexiKey) -> None:
+    self._counts[flexi] = self._counts.get(flexi, 0) + 1
+
+  def total_gflops(self) -> float:
+    return float(sum(self._counts[f] * self._gflops_of(f) for f in sorted(self._counts)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -542,14 +618,17 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Di
   train_steps = CompiledSteps(
       make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
                       mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
-      (shardings, repl), donate=True)
+      (shardings, repl), donate=True, num_devices=mesh.size)
   eval_steps = make_eval_steps(run.model, config.evals, (repl, repl))
   bsh = batch_sharding(mesh)
+  # Shapes and shardings only: compiling later must not touch donated buffers.
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          (state, teacher_params, to_global(first, bsh)))
   if config.aot_compile:
-    example = to_global(first, bsh)
     for v in run.sampler.all_values():
-      train_steps.compile(flexi_key(v), state, teacher_params, example)
-
+      train_steps.compile(flexi_key(v), *abstract)
+  compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
+                         run.start_step)
   is_main = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
   progress = metrics.Progress(steps, run.start_step, config.input.batch_size,
@@ -561,18 +640,20 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Di
     for step in range(run.start_step, steps):
       flexi = flexi_key(run.sampler(step))
       state, step_metrics = train_steps(flexi, state, teacher_params, to_global(local, bsh))
+      compute.add(flexi)
       done = step + 1
       if done % config.log_training_steps == 0 or done == steps:
         row = log_train_step(run, done, step_metrics, flexi, throughput)
+        row["compute/gflops"] = compute.total_gflops()
         writer.write(done, row)
         last.update(row)
         progress.update(1, loss=f"{row['train/loss']:.4f}", **{k: str(v) for k, v in flexi})
       else:
         progress.update(1)
-      if config.evals and (done % config.log_eval_steps == 0 or done == steps):
-        results = evaluate(config, config.evals, eval_steps, state["params"], run.eval_flexis,
-                           mesh)
-        writer.write(done, results)
+      due = evals_due(config, done, steps)
+      if due:
+        results = evaluate(config, due, eval_steps, state["params"], run.eval_flexis, mesh)
+        writer.write(done, {**results, "compute/gflops": compute.total_gflops()})
         last.update(results)
         if done == steps:
           print_final_table(workdir, results, first["image"].shape[1], progress)

@@ -89,3 +89,54 @@ def test_bad_seed_and_step():
       sampler(step)
   with pytest.raises(ValueError, match="'nope'"):
     sampler.values("nope")
+
+
+# Curricula: a list of stages dict(until=FRACTION, v=..., p=...).
+
+CURRICULUM = dict(seqhw=[dict(until=0.3, v=(5, 8)), dict(until=0.7, v=(8, 10, 12), p=(1, 1, 2)),
+                         dict(until=1.0, v=(15,))])
+
+
+def test_curriculum_counts_follow_the_stages():
+  total = 4000
+  sampler = FlexiSampler(CURRICULUM, seed=0, total_steps=total)
+  draws = [sampler(s)["seqhw"] for s in range(total)]
+  bounds = [(0, 1200, {5: 0.5, 8: 0.5}), (1200, 2800, {8: 0.25, 10: 0.25, 12: 0.5}),
+            (2800, 4000, {15: 1.0})]
+  for start, end, probs in bounds:
+    stage = draws[start:end]
+    n = end - start
+    assert set(stage) == set(probs), (start, set(stage))
+    for value, p in probs.items():
+      sd = np.sqrt(n * p * (1 - p))
+      assert abs(stage.count(value) - n * p) <= 4 * sd + 1e-9, (value, stage.count(value), n * p)
+  assert sampler.values("seqhw") == (5, 8, 10, 12, 15)
+  np.testing.assert_allclose(sampler.probabilities("seqhw", 1500), (0, 0.25, 0.25, 0.5, 0))
+  assert [v["seqhw"] for v in sampler.all_values()] == [5, 8, 10, 12, 15]
+  # A pure function of (seed, step): a fresh sampler replays any step.
+  again = FlexiSampler(CURRICULUM, seed=0, total_steps=total)
+  assert [again(s)["seqhw"] for s in range(3999, 1000, -7)] == draws[3999:1000:-7]
+
+
+def test_curriculum_all_values_are_only_reachable_combinations():
+  cfg = dict(seqhw=[dict(until=0.5, v=(4,)), dict(until=1.0, v=(8,))],
+             patch_size=dict(v=((2, 2), (4, 4))))
+  sampler = FlexiSampler(cfg, seed=1, total_steps=10)
+  assert len(sampler.all_values()) == 4
+  cfg = dict(seqhw=[dict(until=0.5, v=(4,)), dict(until=1.0, v=(8,))],
+             patch_size=[dict(until=0.5, v=((2, 2),)), dict(until=1.0, v=((4, 4),))])
+  combos = FlexiSampler(cfg, seed=1, total_steps=10).all_values()
+  assert combos == [dict(seqhw=4, patch_size=(2, 2)), dict(seqhw=8, patch_size=(4, 4))]
+
+
+@pytest.mark.parametrize("stages,total,message", [
+    ([dict(until=0.5, v=(1,)), dict(until=0.4, v=(2,))], 10, r"until=0.4 must be .* increasing"),
+    ([dict(until=0.5, v=(1,))], 10, "last stage must have until=1.0"),
+    ([dict(until=1.0, v=(1,), q=2)], 10, "unknown keys"),
+    ([dict(until=1.0, v=())], 10, "non-empty sequence"),
+    ([dict(until=1.0, v=(1,))], None, "needs total_steps"),
+    ([], 10, "non-empty list of stages"),
+])
+def test_curriculum_errors_name_the_stage(stages, total, message):
+  with pytest.raises(ValueError, match=message):
+    FlexiSampler(dict(seqhw=stages), seed=0, total_steps=total)

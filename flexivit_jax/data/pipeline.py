@@ -11,6 +11,10 @@ example from (seed, epoch, example index). Hence a global batch does not
 depend on the number of processes, and restarting at `start_step=k` continues
 exactly with batch k without replaying anything.
 
+`data_cfg.classes=(c0, c1, ...)` keeps only the examples of those classes and
+renumbers their labels to 0, 1, ... in that order (e.g. digits 5-9 become a
+5-class task); it is a random-access view, so all of the above still holds.
+
 Streaming mode (`data_cfg.streaming=True`, or automatic for datasets that are
 only prepared as tfrecord): tf.data over `tfds.even_splits(split, P)[p]`. It
 is NOT process-count invariant and restarts reshuffle instead of resuming.
@@ -18,6 +22,7 @@ is NOT process-count invariant and restarts reshuffle instead of resuming.
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import logging
 import math
@@ -171,7 +176,67 @@ class _Dataset:
     return self.num_examples
 
 
+class _ClassSubset:
+  """Random access to the examples of some classes, labels renumbered 0..k-1."""
+
+  def __init__(self, source, classes, label_key="label"):
+    self._source, self._label_key = source, label_key
+    self._new_label = {int(c): i for i, c in enumerate(classes)}
+    labels = np.asarray([int(source[i][label_key]) for i in range(len(source))])
+    self._indices = np.flatnonzero(np.isin(labels, list(self._new_label)))
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    ex = dict(self._source[int(self._indices[int(i)])])
+    ex[self._label_key] = np.int64(self._new_label[int(ex[self._label_key])])
+    return ex
+
+
+_SUBSETS: dict = {}  # (name, split, data_dir, classes) -> _ClassSubset: one label scan each.
+
+
+def _parse_classes(classes) -> tuple[int, ...]:
+  ok = isinstance(classes, (list, tuple)) and classes and all(
+      isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in classes)
+  if not ok or len(set(classes)) != len(classes):
+    raise UserError(f"data config classes={classes!r} must be a non-empty sequence of "
+                     "distinct class indices (ints >= 0), e.g. (5, 6, 7, 8, 9)")
+  return tuple(int(c) for c in classes)
+
+
+def _folder_subset(src: "_FolderSource", classes) -> "_FolderSource":
+  """An image folder's files of `classes`, labels renumbered in that order."""
+  new_label = {c: i for i, c in enumerate(classes)}
+  keep = [i for i, label in enumerate(src.labels) if int(label) in new_label]
+  sub = copy.copy(src)
+  sub.paths = [src.paths[i] for i in keep]
+  sub.labels = np.array([new_label[int(src.labels[i])] for i in keep], np.int64)
+  return sub
+
+
+def _restrict_classes(ds: _Dataset, classes) -> _Dataset:
+  """The dataset seen through `_ClassSubset` (random access only)."""
+  classes = _parse_classes(classes)
+  if ds.streaming:
+    raise UserError(f"data config classes={classes} needs random access (array_record); "
+                     f"{ds.name} is read by streaming here")
+  key = (ds.name, ds.split, ds.data_dir, classes)
+  if key not in _SUBSETS and isinstance(ds.source, _FolderSource):
+    _SUBSETS[key] = _folder_subset(ds.source, classes)
+  elif key not in _SUBSETS:
+    _SUBSETS[key] = _ClassSubset(ds.source, classes)
+  return dataclasses.replace(ds, source=_SUBSETS[key], num_examples=None)
+
+
 def _open(data_cfg) -> _Dataset:
+  ds = _open_all(data_cfg)
+  classes = _get(data_cfg, "classes")
+  return ds if classes is None else _restrict_classes(ds, classes)
+
+
+def _open_all(data_cfg) -> _Dataset:
   name = _get(data_cfg, "name")
   split = _get(data_cfg, "split", "train")
   data_dir = _data_dir(data_cfg)
