@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flexivit_jax import checkpoint, data, losses, metrics, optim
 from flexivit_jax.flexi import FlexiSampler
+from flexivit_jax import model as model_lib
 from flexivit_jax.model import FlexiViT, resolve_patch
 from flexivit_jax.errors import TrainingDivergedError, UserError
 
@@ -76,13 +77,7 @@ def state_sharding(mesh: Mesh, shape: Tuple[int, ...], mode: str) -> NamedShardi
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> FlexiViT:
-  kwargs = dict(model_cfg)
-  for key in ("patch_size", "posemb_size", "seqhw"):
-    if isinstance(kwargs.get(key), list):
-      kwargs[key] = tuple(kwargs[key])
-  model = FlexiViT(**kwargs)
-  model.hparams()  # Validates fields now, not at trace time.
-  return model
+  return model_lib.from_config(model_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
