@@ -25,15 +25,15 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flexivit_jax import checkpoint, data, losses, metrics, optim
+from flexivit_jax import checkpoint, data, losses, metrics, optim, tree
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax import model as model_lib
 from flexivit_jax.model import FlexiViT, resolve_patch
-from flexivit_jax.errors import TrainingDivergedError, UserError
+from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
 
 log = logging.getLogger("flexivit_jax")
 CKPT_PATTERN = "checkpoint_{step:09d}.npz"
-FlexiKey = Tuple[Tuple[str, Any], ...]
+FlexiKey = metrics.FlexiKey
 
 
 # ----------------------------------------------------------------------------
@@ -103,11 +103,6 @@ def flexi_key(values: Mapping[str, Any]) -> FlexiKey:
   return tuple(sorted(values.items()))
 
 
-def flexi_label(key: FlexiKey) -> str:
-  fmt = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
-  return ",".join(f"{k}={fmt(v)}" for k, v in key)
-
-
 def state_from_params(tx, params) -> dict:
   """The train state at step 0: params, fresh optimizer state, step."""
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -169,7 +164,11 @@ def make_loss_fn(config) -> Callable:
 
 def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teacher, ...],
                     *, seed: int, mixup_p: float) -> Callable:
-  """train_step(state, teacher_params, batch, flexi) -> (state, metrics)."""
+  """train_step(state, teacher_params, batch, flexi) -> (state, metrics).
+
+  metrics["finite"] says whether the loss and the gradient norm are finite: one
+  scalar the loop fetches every step to stop at the first divergence.
+  """
 
   def train_step(state, teacher_params, batch, flexi: FlexiKey):
     step = state["step"]
@@ -194,7 +193,9 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
     out = {"params": params, "opt_state": opt_state, "step": step + 1}
-    return out, {"train/loss": value, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    return out, {"train/loss": value, "grad_norm": grad_norm, "finite": finite}
 
   return train_step
 
@@ -206,7 +207,7 @@ def make_eval_step(model: FlexiViT) -> Callable:
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
     top1 = jnp.argmax(logits, axis=-1)
     hit = jnp.take_along_axis(batch["labels"], top1[:, None], axis=-1)[:, 0] > 0
-    mask = batch["_mask"].astype(jnp.float32)
+    mask = batch[data.MASK_KEY].astype(jnp.float32)
     return jnp.sum(hit * mask), jnp.sum(mask)
 
   return eval_step
@@ -268,12 +269,11 @@ def check_flexi_fits(values, image_hw: Tuple[int, int]) -> None:
 # Checkpoints: flat npz, big_vision-style keys (params/..., opt/..., step).
 
 
-def _state_keys(tree) -> list[str]:
+def _state_keys(state) -> list[str]:
   """Checkpoint keys of a train state's leaves: params/..., opt/..., step."""
   keys = []
-  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path]
-    keys.append(re.sub(r"^opt_state", "opt", "/".join(names)))
+  for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
+    keys.append(re.sub(r"^opt_state", "opt", tree.path_name(path)))
   return keys
 
 
@@ -357,14 +357,14 @@ def evaluate(config, evaluators, eval_steps: CompiledSteps, params, flexis, mesh
     count = 0.0
     bs = ev.get("batch_size", config.input.batch_size)
     for local in data.eval_iterator(_data_cfg(config, ev["data"]), ev["pp"], bs):
-      batch = to_global({k: local[k] for k in ("image", "labels", "_mask")},
+      batch = to_global({k: local[k] for k in ("image", "labels", data.MASK_KEY)},
                         batch_sharding(mesh))
       for f in flexis:
         h, c = eval_steps(f, params, batch)
         hits[f] += float(h)
       count += float(c)
     for f in flexis:
-      results[f"eval/{name}/{flexi_label(f)}/prec@1"] = hits[f] / max(count, 1.0)
+      results[metrics.eval_metric_name(name, f)] = hits[f] / max(count, 1.0)
   return results
 
 
@@ -421,7 +421,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   teachers, teacher_params = build_teachers(config.distill)
   sampler = FlexiSampler(config.flexi, seed=config.seed)
   eval_sampler = FlexiSampler(config.eval_flexi, seed=0) if config.eval_flexi else sampler
-  tx, _ = optim.make_optimizer(config, steps)
+  tx, sched_fn = optim.make_optimizer(config, steps)
   latest = checkpoint.latest_checkpoint(workdir)
   start_step = (int(checkpoint.CHECKPOINT_RE.match(os.path.basename(latest)).group(1))
                 if latest else 0)
@@ -432,7 +432,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   run = Run(config, workdir, mesh, steps, start_step, latest, build_model(config.model),
             teachers, teacher_params, sampler,
             [flexi_key(v) for v in eval_sampler.all_values()], tx,
-            optim.make_lr_fn(config, steps), train_iter, next(train_iter))
+            optim.make_lr_fn(config.lr, sched_fn), train_iter, next(train_iter))
   try:
     check_inputs(run)
   except ValueError:
@@ -458,11 +458,27 @@ def check_inputs(run: Run) -> None:
     check_flexi_fits([dict(t.call)], first[t.input_key].shape[1:3])
 
 
+def check_finite(done: int, step_metrics, flexi: FlexiKey, last_saved: Optional[int]) -> None:
+  """Stops at the first step whose loss or gradient is not finite (fetches one bool)."""
+  if bool(step_metrics["finite"]):
+    return
+  resume = f"step {last_saved}" if last_saved else "the start (no checkpoint yet)"
+  raise TrainingDivergedError(
+      f"training diverged at step {done} ({metrics.flexi_label(flexi)}): train/loss="
+      f"{float(step_metrics['train/loss'])}, grad_norm={float(step_metrics['grad_norm'])}; "
+      f"nothing was written for this step, a restart resumes from {resume}; lower config.lr "
+      "or raise schedule.warmup_steps", step=done)
+
+
+def evals_due(config, done: int, steps: int) -> Dict[str, Any]:
+  """The evaluators to run after step `done`: each every `log_steps` (default log_eval_steps)."""
+  return {name: ev for name, ev in config.evals.items()
+          if done == steps or done % (ev.get("log_steps") or config.log_eval_steps) == 0}
+
+
 def log_train_step(run: Run, done: int, step_metrics, flexi: FlexiKey, throughput) -> dict:
-  """Fetches the step's metrics (a host sync) and checks for divergence."""
+  """Fetches the step's metrics (a host sync)."""
   loss = float(step_metrics["train/loss"])
-  if run.config.check_nan and not np.isfinite(loss):
-    raise TrainingDivergedError(f"train/loss is {loss} at step {done}")
   return {"train/loss": loss, "grad_norm": float(step_metrics["grad_norm"]),
           **dict(flexi), "lr": float(run.lr_fn(done - 1)), "img_per_s": throughput(done)}
 
@@ -501,15 +517,34 @@ def _train(run: Run) -> Dict[str, Any]:
   is_main = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
   progress = metrics.Progress(steps, run.start_step, config.input.batch_size,
-                              enabled=is_main and config.progress_bar)
+                              enabled=is_main and metrics.show_progress_bar(config.progress_bar))
+  try:
+    last, final = _loop(run, state, teacher_params, train_steps, eval_steps, writer, progress)
+  finally:
+    progress.close()
+    writer.close()
+  if final:  # After the bar is closed, so the table never lands inside its line.
+    print_final_table(workdir, final, first["image"].shape[1], progress)
+  return last
+
+
+def _loop(run: Run, state, teacher_params, train_steps: CompiledSteps,
+          eval_steps: CompiledSteps, writer, progress) -> Tuple[Dict[str, Any], Dict[str, float]]:
+  """Steps from the resume point to the end: (last metrics and state, final eval results)."""
+  config, steps, mesh = run.config, run.total_steps, run.mesh
+  bsh = batch_sharding(mesh)
   throughput = metrics.Throughput(config.input.batch_size, run.start_step)
   last: Dict[str, Any] = {}
-  local = first
+  final: Dict[str, float] = {}
+  last_saved = run.start_step or None
+  local = run.first_batch
   with Preemption() as preemption:
     for step in range(run.start_step, steps):
       flexi = flexi_key(run.sampler(step))
       state, step_metrics = train_steps(flexi, state, teacher_params, to_global(local, bsh))
       done = step + 1
+      if config.check_nan:  # Before anything is written for this step.
+        check_finite(done, step_metrics, flexi, last_saved)
       if done % config.log_training_steps == 0 or done == steps:
         row = log_train_step(run, done, step_metrics, flexi, throughput)
         writer.write(done, row)
@@ -517,23 +552,18 @@ def _train(run: Run) -> Dict[str, Any]:
         progress.update(1, loss=f"{row['train/loss']:.4f}", **{k: str(v) for k, v in flexi})
       else:
         progress.update(1)
-      if config.evals and (done % config.log_eval_steps == 0 or done == steps):
-        results = evaluate(config, config.evals, eval_steps, state["params"], run.eval_flexis,
-                           mesh)
+      due = evals_due(config, done, steps)
+      if due:
+        results = evaluate(config, due, eval_steps, state["params"], run.eval_flexis, mesh)
         writer.write(done, results)
         last.update(results)
-        if done == steps:
-          print_final_table(workdir, results, first["image"].shape[1], progress)
+        final = results if done == steps else final
       stop = preemption.should_stop()
       if done % config.ckpt_steps == 0 or done == steps or stop:
-        save_checkpoint(workdir, state, config.keep_ckpt)
+        save_checkpoint(run.workdir, state, config.keep_ckpt)
+        last_saved = done
       if stop:
-        progress.write(f"SIGTERM: saved checkpoint at step {done}, exiting")
-        progress.close()
-        writer.close()
-        raise SystemExit(143)
+        raise Preempted(done)
       if done < steps:
         local = next(run.train_iter)
-  progress.close()
-  writer.close()
-  return {**last, "step": steps, "state": state}
+  return {**last, "step": steps, "state": state}, final

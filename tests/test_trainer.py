@@ -76,7 +76,7 @@ def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
   config = demo_config(progress_bar=False, log_training_steps=1, evals={})
   trainer.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  lr_fn = optim.make_lr_fn(config, config.total_steps)
+  lr_fn = optim.make_lr_fn(config.lr, optim.make_optimizer(config, config.total_steps)[1])
   np.testing.assert_allclose([r["lr"] for r in rows], [float(lr_fn(r["step"] - 1)) for r in rows],
                              rtol=1e-6)
   # The patch-size sequence is the sampler's, a pure function of (seed, step).
