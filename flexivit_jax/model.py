@@ -345,6 +345,17 @@ def _type_ok(value: Any, hint: Any) -> bool:
   return isinstance(value, hint) if isinstance(hint, type) else True
 
 
+def _hint_text(hint: Any) -> str:
+  """Optional[int] -> 'an int'; Sequence[int] -> 'a sequence of ints'."""
+  args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+  names = []
+  for a in args:
+    if a is not type(None):
+      name = "sequence of ints" if typing.get_origin(a) else getattr(a, "__name__", str(a))
+      names.append(("an " if name[0] in "aeiou" else "a ") + name)
+  return " or ".join(names)
+
+
 def from_config(model_cfg: Any, where: str = "model") -> FlexiViT:
   """A FlexiViT from a config dict; bad field names, types or values raise UserError."""
   hints = typing.get_type_hints(FlexiViT)
@@ -354,8 +365,8 @@ def from_config(model_cfg: Any, where: str = "model") -> FlexiViT:
       raise UserError(f"unknown config key '{where}.{key}'; FlexiViT fields: "
                       f"{', '.join(MODEL_FIELDS)}")
     if not _type_ok(value, hints[key]):
-      raise UserError(f"bad value for config key '{where}.{key}': {value!r} is not a "
-                      f"{getattr(hints[key], '__name__', str(hints[key]).replace('typing.', ''))}")
+      raise UserError(f"bad value for config key '{where}.{key}': {value!r} is not "
+                      f"{_hint_text(hints[key])}")
     kwargs[key] = tuple(value) if isinstance(value, list) else value
   model = FlexiViT(**kwargs)
   model.hparams()  # Validates the variant and the fields now, not at trace time.

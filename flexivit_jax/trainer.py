@@ -122,8 +122,12 @@ def _shardings_of(abstract, mesh, mode):
   return jax.tree.map(lambda a: state_sharding(mesh, a.shape, mode), abstract)
 
 
-def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey):
-  """eval_shape -> shardings -> jit(init); or starts from `config.model_init`."""
+def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey, loaded=None):
+  """eval_shape -> shardings -> jit(init); or starts from `config.model_init`.
+
+  `loaded`: the params of `config.model_init` when already read (`prepare_run`
+  reads them before anything compiles, so a bad file fails early).
+  """
   init_fn = make_init_fn(model, tx, image_shape, flexi, config.init_head_bias)
   rng = jax.random.key(config.seed)
   if not config.model_init:
@@ -131,7 +135,7 @@ def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey):
     return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
   init_params = jax.jit(lambda r: init_fn(r)["params"])(rng)
   params, _ = checkpoint.load_pretrained(
-      jax.tree.map(np.asarray, init_params), config.model_init,
+      jax.tree.map(np.asarray, init_params), config.model_init if loaded is None else loaded,
       dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info)
   # The loaded kernel may keep another size than init's: shard by the loaded shapes.
   from_params = lambda p: state_from_params(tx, p)
@@ -404,6 +408,7 @@ class Run:
   lr_fn: Callable
   train_iter: Any
   first_batch: Dict[str, np.ndarray]
+  model_init: Optional[Dict[str, Any]] = None  # The params of config.model_init.
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -419,6 +424,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                      f"evals.{name}.batch_size")
   steps = total_steps(config)
   teachers, teacher_params = build_teachers(config.distill)
+  model_init = checkpoint.load_params(config.model_init) if config.model_init else None
   sampler = FlexiSampler(config.flexi, seed=config.seed)
   eval_sampler = FlexiSampler(config.eval_flexi, seed=0) if config.eval_flexi else sampler
   tx, sched_fn = optim.make_optimizer(config, steps)
@@ -432,7 +438,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   run = Run(config, workdir, mesh, steps, start_step, latest, build_model(config.model),
             teachers, teacher_params, sampler,
             [flexi_key(v) for v in eval_sampler.all_values()], tx,
-            optim.make_lr_fn(config.lr, sched_fn), train_iter, next(train_iter))
+            optim.make_lr_fn(config.lr, sched_fn), train_iter, next(train_iter), model_init)
   try:
     check_inputs(run)
   except ValueError:
@@ -497,7 +503,7 @@ def _train(run: Run) -> Dict[str, Any]:
   config, workdir = run.config, run.workdir
   mesh, steps, first = run.mesh, run.total_steps, run.first_batch
   state, shardings = init_state(config, run.model, run.tx, mesh, first["image"].shape[1:],
-                                flexi_key(run.sampler.all_values()[0]))
+                                flexi_key(run.sampler.all_values()[0]), run.model_init)
   if run.latest_checkpoint:
     state = restore_checkpoint(run.latest_checkpoint, shardings, jax.eval_shape(lambda s: s, state))
     log.info("resumed from %s at step %d", run.latest_checkpoint, run.start_step)
