@@ -261,6 +261,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive_int(c.input, "batch_size")
   for key in ("lr", "wd"):
     _non_negative(c, key)
+  if "p" in c.mixup:
+    _non_negative(c.mixup, "p")
   if not c.input.pp:
     raise UserError("config key 'input.pp' (the preprocessing string) is empty")
   if c.progress_bar not in PROGRESS_BAR:

@@ -50,6 +50,7 @@ class CompileCounter:
 COMPILES = CompileCounter()
 
 
+@pytest.mark.slow
 def test_end_to_end_run(digits_data_dir, tmp_path):
   config = demo_config(**{"progress_bar": False, "keep_ckpt": 1})
   out = trainer.train_and_evaluate(config, str(tmp_path))
@@ -72,6 +73,7 @@ def test_end_to_end_run(digits_data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded, final)
 
 
+@pytest.mark.slow
 def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
   config = demo_config(progress_bar=False, log_training_steps=1, evals={})
   trainer.train_and_evaluate(config, str(tmp_path))
@@ -117,6 +119,7 @@ def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
   assert "prof" not in state["params"]
 
 
+@pytest.mark.slow
 def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path):
   teacher = _tiny_teacher(tmp_path / "teacher.npz")
   config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
@@ -282,6 +285,7 @@ def test_total_epochs_and_init_head_bias(digits_data_dir):
   assert len(bf16) == len(jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   """Fine-tuning start: posemb resampled 7x7 -> 2x2, 32x32 kernel kept, new head."""
   ref = str(pathlib.Path(__file__).parent / "data" / "bv_gap_ckpt.npz")
