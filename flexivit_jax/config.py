@@ -22,7 +22,7 @@ import ml_collections
 
 from flexivit_jax import losses, optim
 from flexivit_jax.errors import UserError
-from flexivit_jax.flexi import SPEC_KEYS
+from flexivit_jax.flexi import SPEC_KEYS, FlexiSampler
 from flexivit_jax.model import MODEL_FIELDS, from_config as model_from_config
 
 FLEXI_ARGS = ("seqhw", "patch_size")
@@ -269,6 +269,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
                     "True, False")
   model_from_config(c.model, "model")
+  for key in ("flexi", "eval_flexi"):
+    FlexiSampler(c[key])  # Checks the spec; the values are checked against the images later.
+  if c.total_steps is not None:
+    optim.schedule_from_config(c.schedule, c.total_steps)
   if c.loss not in losses.LOSSES:
     raise UserError(f"unknown config value loss={c.loss!r}{_close(c.loss, losses.LOSSES)}; "
                     f"allowed: {', '.join(losses.LOSSES)}")

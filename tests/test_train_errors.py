@@ -2,7 +2,7 @@
 
 Each case runs in its own copy of a workdir that already holds checkpoints of a
 real run; every file there must be byte-identical afterwards, and nothing new
-may be checkpointed. The cases run two at a time.
+may be checkpointed. The cases run three at a time.
 """
 import hashlib
 import json
@@ -98,7 +98,7 @@ def _run_case(case, trained, tmp_path):
 def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path):
   before = _hashes(trained_workdir)
   assert set(before) == {"checkpoint_000000001.npz", NPZ}
-  with ThreadPoolExecutor(2) as pool:
+  with ThreadPoolExecutor(3) as pool:
     results = list(pool.map(lambda c: _run_case(c, trained_workdir, tmp_path), CASES))
   failures = []
   for (name, args, expected, status), (workdir, proc) in zip(CASES, results):
