@@ -173,7 +173,7 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
     ({"progress_bar": "maybe"}, "'progress_bar' is 'maybe'"),
     ({"evals.test.log_steps": 0}, "'log_steps' must be a positive int"),
     ({"loss": "hinge"}, "unknown config value loss='hinge'"),
-    ({"flexi.seqhws": dict(v=(1,))}, "unknown flexi argument 'flexi.seqhws'"),
+    ({"flexi.seqhws": dict(v=(1,))}, r"unknown config key 'flexi.seqhws' \(did you mean 'seqhw'"),
     ({"total_epochs": 2.0}, "set exactly one of config keys 'total_steps' and 'total_epochs'"),
     ({"ckpt_steps": 0}, "'ckpt_steps' must be a positive int"),
     ({"lr": "fast"}, "bad value for config key 'lr'"),
