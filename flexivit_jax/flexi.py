@@ -164,13 +164,13 @@ class FlexiSampler:
   def __call__(self, step: int) -> Dict[str, Hashable]:
     """Draws `{arg_name: value}` for `step`, a pure function of (seed, step)."""
     if isinstance(step, bool):
-      raise UserError(f"step={step!r} must be a non-negative int.")
+      raise ValueError(f"step={step!r} must be a non-negative int.")
     try:
       step = operator.index(step)
     except TypeError as e:
-      raise UserError(f"step={step!r} must be a non-negative int.") from e
+      raise ValueError(f"step={step!r} must be a non-negative int.") from e
     if step < 0:
-      raise UserError(f"step={step!r} must be a non-negative int.")
+      raise ValueError(f"step={step!r} must be a non-negative int.")
     out = {}
     for name in self._stages:
       # One independent stream per argument: adding/removing another flexi

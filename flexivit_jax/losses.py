@@ -85,12 +85,12 @@ def mixup(
   use and `weights` the shape-(n,) float32 weights (`weights[0]` is `a`).
   """
   if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-    raise UserError(f"mixup n={n!r} must be an int >= 2.")
+    raise ValueError(f"mixup n={n!r} must be an int >= 2.")
   if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0):
     raise UserError(f"mixup p={p!r} must be a non-negative number or None.")
   batch_sizes = {x.shape[0] for x in arrays if x is not None}
   if len(batch_sizes) > 1:
-    raise UserError(f"mixup arrays must share the batch size; got {sorted(batch_sizes)}.")
+    raise ValueError(f"mixup arrays must share the batch size; got {sorted(batch_sizes)}.")
   for x in arrays:
     if x is not None and not jnp.issubdtype(x.dtype, jnp.inexact):
       raise UserError(

@@ -9,9 +9,12 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
+
+# A flexi value as a hashable key, e.g. (("seqhw", 4),) or (("patch_size", (8, 8)),).
+FlexiKey = Tuple[Tuple[str, Any], ...]
 
 
 def _jsonable(value: Any) -> Any:
@@ -71,8 +74,18 @@ class MetricWriter:
       self._tb.close()
 
 
+def show_progress_bar(setting: Any) -> bool:
+  """config.progress_bar: True, False, or 'auto' (only when stdout and stderr are terminals)."""
+  if setting == "auto":
+    return sys.stdout.isatty() and sys.stderr.isatty()
+  return bool(setting)
+
+
 class Progress:
-  """A terminal progress bar with images/s and ETA (tqdm), off when not wanted."""
+  """A terminal progress bar (on stderr) with images/s and ETA (tqdm), off when not wanted.
+
+  Write text through `write` (or after `close`) so it never lands inside the bar's line.
+  """
 
   def __init__(self, total: int, initial: int, batch_size: int, enabled: bool):
     self.batch_size = batch_size
@@ -99,6 +112,7 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      self._bar = None
 
 
 class Throughput:
@@ -119,18 +133,73 @@ def seqhw_side(seqhw) -> int:
   return seqhw if isinstance(seqhw, int) else seqhw[0]
 
 
-def format_table(results: Mapping[str, Mapping[Any, float]], image_size: Optional[int] = None
-                 ) -> str:
-  """Accuracy per flexi value, one column per evaluator."""
+# ----------------------------------------------------------------------------
+# Eval metric names: 'eval/<evaluator>/<flexi label>/<metric>', written and parsed here only.
+
+
+def flexi_label(key: FlexiKey) -> str:
+  """(("seqhw", 4),) -> 'seqhw=4'; (("patch_size", (8, 8)),) -> 'patch_size=8x8'."""
+  fmt = lambda v: "x".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+  return ",".join(f"{k}={fmt(v)}" for k, v in key)
+
+
+def parse_flexi_label(label: str) -> FlexiKey:
+  """The inverse of `flexi_label`."""
+  out = []
+  for item in label.split(","):
+    name, _, text = item.partition("=")
+    value = tuple(int(x) for x in text.split("x")) if "x" in text else int(text)
+    out.append((name, value))
+  return tuple(out)
+
+
+def eval_metric_name(evaluator: str, key: FlexiKey, metric: str = "prec@1") -> str:
+  return f"eval/{evaluator}/{flexi_label(key)}/{metric}"
+
+
+def parse_eval_metric_name(name: str) -> Optional[Tuple[str, FlexiKey, str]]:
+  """'eval/test/seqhw=4/prec@1' -> ('test', (('seqhw', 4),), 'prec@1'); else None."""
+  parts = name.split("/")
+  if len(parts) != 4 or parts[0] != "eval":
+    return None
+  try:
+    return parts[1], parse_flexi_label(parts[2]), parts[3]
+  except ValueError:
+    return None
+
+
+def _seqhw_and_patch(key: FlexiKey, image_size: Optional[int]
+                     ) -> Tuple[Optional[int], Optional[int]]:
+  """Tokens and pixels per side of a flexi value (None where not known)."""
+  side = lambda v: v if isinstance(v, int) else v[0]
+  values = dict(key)
+  if "seqhw" in values:
+    seqhw = side(values["seqhw"])
+    return seqhw, (image_size // seqhw if image_size else None)
+  if "patch_size" in values:
+    patch = side(values["patch_size"])
+    return (image_size // patch if image_size else None), patch
+  return None, None
+
+
+def _sort_key(key: FlexiKey, image_size: Optional[int]):
+  seqhw, patch = _seqhw_and_patch(key, image_size)
+  return (seqhw if seqhw is not None else -(patch or 0), flexi_label(key))
+
+
+def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
+                 image_size: Optional[int] = None) -> str:
+  """Accuracy per flexi value (seqhw and patch side), one column per evaluator."""
   names = list(results)
-  values = sorted({v for r in results.values() for v in r}, key=seqhw_side)
+  values = sorted({v for r in results.values() for v in r},
+                  key=lambda v: _sort_key(v, image_size))
   header = ["seqhw", "patch"] + [f"{n} prec@1" for n in names]
   rows = []
   for v in values:
-    side = seqhw_side(v)
-    patch = f"{image_size // side}" if image_size else "-"
-    rows.append([str(v), patch] + [f"{results[n].get(v, float('nan')) * 100:6.2f}%"
-                                   for n in names])
+    seqhw, patch = _seqhw_and_patch(v, image_size)
+    rows.append([str(dict(v).get("seqhw", seqhw if seqhw is not None else "-")),
+                 str(patch if patch is not None else "-")]
+                + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names])
   widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
   line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
   return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -158,27 +227,17 @@ def _plot_lines(lines: Mapping[str, tuple], path: str, *, xlabel: str, title: st
   return path
 
 
-def plot_accuracy(curves: Mapping[str, Mapping[int, float]], path: str, *,
+def plot_accuracy(curves: Mapping[str, Mapping[FlexiKey, float]], path: str, *,
                   image_size: Optional[int] = None, title: str = "") -> str:
   """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
   lines = {}
   for label, curve in curves.items():
-    xs = sorted(curve, key=seqhw_side)
-    sides = [seqhw_side(x) for x in xs]
-    lines[label] = ([image_size // s for s in sides] if image_size else sides,
+    xs = sorted(curve, key=lambda x: _sort_key(x, image_size))
+    points = [_seqhw_and_patch(x, image_size) for x in xs]
+    lines[label] = ([p if image_size or t is None else t for t, p in points],
                     [curve[x] for x in xs])
   xlabel = "patch size (px)" if image_size else "seqhw (tokens per side)"
   return _plot_lines(lines, path, xlabel=xlabel, title=title, invert_x=bool(image_size))
-
-
-def _parse_eval_key(key: str):
-  """'eval/NAME/seqhw=S/prec@1' -> (NAME, S) or None."""
-  parts = key.split("/")
-  if len(parts) == 4 and parts[0] == "eval" and parts[3] == "prec@1":
-    seqhw = parts[2].split("=", 1)[1]
-    seqhw = int(seqhw) if seqhw.isdigit() else tuple(int(s) for s in seqhw.split("x"))
-    return parts[1], seqhw
-  return None
 
 
 def eval_curve_over_compute(rows: Iterable[Mapping[str, Any]], evaluator: Optional[str] = None
@@ -193,11 +252,11 @@ def eval_curve_over_compute(rows: Iterable[Mapping[str, Any]], evaluator: Option
       continue
     accs = {}
     for key, value in row.items():
-      parsed = _parse_eval_key(key)
-      if parsed:
+      parsed = parse_eval_metric_name(key)
+      if parsed and parsed[2] == "prec@1" and [k for k, _ in parsed[1]] == ["seqhw"]:
         evaluator = evaluator or parsed[0]
         if parsed[0] == evaluator:
-          accs[parsed[1]] = value
+          accs[parsed[1][0][1]] = value
     if accs:
       points.append((row["compute/gflops"], accs))
   return points
@@ -220,15 +279,16 @@ def plot_over_compute(curves: Mapping[str, list], path: str, *, title: str = "")
                      title=title)
 
 
-def final_eval_curves(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[Any, float]]:
-  """{evaluator: {seqhw: prec@1}} from the last eval row of a metrics.jsonl."""
+def final_eval_curves(rows: Iterable[Mapping[str, Any]]
+                      ) -> Dict[str, Dict[FlexiKey, float]]:
+  """{evaluator: {flexi key: prec@1}} from the last eval row of a metrics.jsonl."""
   last = {}
   for row in rows:
     if any(k.startswith("eval/") for k in row):
       last = row
-  curves: Dict[str, Dict[Any, float]] = {}
+  curves: Dict[str, Dict[FlexiKey, float]] = {}
   for key, value in last.items():
-    parsed = _parse_eval_key(key)
-    if parsed:
+    parsed = parse_eval_metric_name(key)
+    if parsed and parsed[2] == "prec@1":
       curves.setdefault(parsed[0], {})[parsed[1]] = value
   return curves

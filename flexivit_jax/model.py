@@ -7,6 +7,9 @@ and resized on the fly (`flexivit_jax.resize`) to the grid of each call.
 """
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import typing
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -398,3 +401,54 @@ class FlexiViT(nn.Module):
 
 def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------
+# Building the model from a config dict (the `model` key of a training config).
+
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(FlexiViT)
+                     if f.name not in ("parent", "name"))
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+  """Whether a config value fits a FlexiViT field's type hint (ints, strs, int pairs)."""
+  origin = typing.get_origin(hint)
+  if origin is Union:
+    return any(_type_ok(value, h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if origin in (collections.abc.Sequence, list, tuple):
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _hint_text(hint: Any) -> str:
+  """Optional[int] -> 'an int'; Sequence[int] -> 'a sequence of ints'."""
+  args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+  names = []
+  for a in args:
+    if a is not type(None):
+      name = "sequence of ints" if typing.get_origin(a) else getattr(a, "__name__", str(a))
+      names.append(("an " if name[0] in "aeiou" else "a ") + name)
+  return " or ".join(names)
+
+
+def from_config(model_cfg: Any, where: str = "model") -> FlexiViT:
+  """A FlexiViT from a config dict; bad field names, types or values raise UserError."""
+  hints = typing.get_type_hints(FlexiViT)
+  kwargs = {}
+  for key, value in dict(model_cfg).items():
+    if key not in MODEL_FIELDS:
+      raise UserError(f"unknown config key '{where}.{key}'; FlexiViT fields: "
+                      f"{', '.join(MODEL_FIELDS)}")
+    if not _type_ok(value, hints[key]):
+      raise UserError(f"bad value for config key '{where}.{key}': {value!r} is not "
+                      f"{_hint_text(hints[key])}")
+    kwargs[key] = tuple(value) if isinstance(value, list) else value
+  model = FlexiViT(**kwargs)
+  model.hparams()  # Validates the variant and the fields now, not at trace time.
+  return model

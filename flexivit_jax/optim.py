@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flexivit_jax import tree
 from flexivit_jax.errors import UserError
 
 ScheduleFn = Callable[[Any], jax.Array]
@@ -167,23 +168,10 @@ def schedule_from_config(
   return make_schedule(total_steps, **kwargs)
 
 
-def _path_name(path: Tuple[Any, ...]) -> str:
-  """Joins a pytree key path into 'a/b/kernel'."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
 def kernel_mask(params: Any) -> Any:
   """True for leaves whose path ends in 'kernel': the only weight-decayed params."""
   return jax.tree.map_with_path(
-    lambda path, _: _path_name(path).split("/")[-1] == "kernel", params
+    lambda path, _: tree.key_name(path[-1]) == "kernel", params
   )
 
 
@@ -215,7 +203,7 @@ def make_optimizer(
   `optax_name` (default 'scale_by_adam') and `optax` (kwargs of that optax
   function, e.g. `dict(mu_dtype='bfloat16', b2=0.95)`). Returns `(tx, sched_fn)`
   where `sched_fn` is the lr multiplier, so the trainer can log
-  `config.lr * sched_fn(step)` (see `make_lr_fn`).
+  `config.lr * sched_fn(step)` (`make_lr_fn(config.lr, sched_fn)`).
   """
   for key in UNSUPPORTED_OPTIM_KEYS:
     if _cfg_get(config, key) is not None:
@@ -262,10 +250,6 @@ def make_optimizer(
   return optax.chain(*parts), sched_fn
 
 
-def make_lr_fn(config: Any, total_steps: int) -> Callable[[Any], float]:
-  """Effective learning rate `config.lr * sched(step)`, for logging only."""
-  lr = _cfg_get(config, "lr")
-  if lr is None:
-    raise UserError("config.lr is required.")
-  sched_fn = schedule_from_config(_cfg_get(config, "schedule"), total_steps)
+def make_lr_fn(lr: float, sched_fn: ScheduleFn) -> Callable[[Any], float]:
+  """Effective learning rate `lr * sched_fn(step)` (the schedule `make_optimizer` returned)."""
   return lambda step: float(lr) * float(sched_fn(step))

@@ -1,7 +1,11 @@
 """Entry point: flags, distributed init, hand-off to `trainer.train_and_evaluate`.
 
   python -m flexivit_jax.train --config configs/demo_digits.py --workdir /tmp/demo \
-      [--config.total_steps=100 ...]
+      [--config.total_steps=100 --config.model.variant=S ...] [--verbose]
+
+`--config.KEY=VALUE` sets any config key, FlexiViT fields included (`config.complete`).
+Exit status: 0 done, 2 bad input (one `error: ...` line), 3 the loss diverged,
+143 preempted (SIGTERM; a checkpoint was saved); `--verbose` adds tracebacks.
 
 Multi-host: `--num_processes=N --process_id=i --coordinator_address=host:port`
 (or the FLEXIVIT_NUM_PROCESSES / FLEXIVIT_PROCESS_ID / FLEXIVIT_COORDINATOR_ADDRESS
@@ -11,15 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from absl import app, flags
+from typing import List, Sequence, Tuple
+
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from flexivit_jax import cli
+from flexivit_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:arg]`.",
-                                lock_config=True)
+CONFIG_PREFIX = "--config."
+flags.DEFINE_string("config", None, "Config file, `path.py[:arg]`; set any key with "
+                    "--config.KEY=VALUE.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 
 
@@ -64,12 +72,40 @@ def quiet_libraries() -> None:
   logging.getLogger("flexivit_jax").setLevel(logging.INFO)
 
 
-def main(argv) -> None:
-  del argv
-  if FLAGS.workdir is None:
-    raise app.UsageError("--workdir is required")
+def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+  """Takes `--config.KEY=VALUE` (or `--config.KEY VALUE`) out of argv: (rest, overrides)."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith(CONFIG_PREFIX):
+      key, eq, value = arg[len(CONFIG_PREFIX):].partition("=")
+      if not eq:  # `--config.KEY VALUE`, or a bare `--config.KEY` meaning True.
+        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        value = argv[i + 1] if has_value else "True"
+        i += has_value
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def parse_flags(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+  rest, overrides = split_config_overrides(argv)
+  return cli.parse_absl_flags(rest), overrides
+
+
+def main(parsed) -> None:
+  argv, overrides = parsed
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+  if not FLAGS.config:
+    raise UserError("--config is required (a config file, e.g. configs/demo_digits.py)")
+  if not FLAGS.workdir:
+    raise UserError("--workdir is required (where checkpoints and metrics go)")
   from flexivit_jax import config as config_lib
-  config = config_lib.complete(FLAGS.config)  # Fails on unknown keys before JAX starts.
+  # Every key and value is checked here, before JAX starts.
+  config = config_lib.complete(config_lib.load_config_file(FLAGS.config), overrides)
   setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
             FLAGS.num_processes, FLAGS.process_id)
   from flexivit_jax import trainer
@@ -81,17 +117,12 @@ def main(argv) -> None:
     with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     os.replace(path + ".tmp", path)
-  from flexivit_jax.errors import EXIT_PREEMPTED, Preempted
-  try:
-    trainer.train_and_evaluate(config, FLAGS.workdir)
-  except Preempted:
-    sys.exit(EXIT_PREEMPTED)  # The checkpoint of that step is saved: a restart resumes.
+  trainer.train_and_evaluate(config, FLAGS.workdir)  # Preempted -> 143 in cli.
 
 
 def run() -> None:
   """Console script `flexivit-train`."""
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run_absl(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

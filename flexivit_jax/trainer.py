@@ -27,11 +27,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, train_state
 from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
+from flexivit_jax import model as model_lib
 from flexivit_jax.model import FlexiViT, resolve_patch
 from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
 
 log = logging.getLogger("flexivit_jax")
-FlexiKey = Tuple[Tuple[str, Any], ...]
+FlexiKey = metrics.FlexiKey
 
 
 # ----------------------------------------------------------------------------
@@ -75,13 +76,7 @@ def state_sharding(mesh: Mesh, shape: Tuple[int, ...], mode: str) -> NamedShardi
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> FlexiViT:
-  kwargs = dict(model_cfg)
-  for key in ("patch_size", "posemb_size", "seqhw"):
-    if isinstance(kwargs.get(key), list):
-      kwargs[key] = tuple(kwargs[key])
-  model = FlexiViT(**kwargs)
-  model.hparams()  # Validates fields now, not at trace time.
-  return model
+  return model_lib.from_config(model_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +113,6 @@ def flexi_key(values: Mapping[str, Any]) -> FlexiKey:
   return tuple(sorted(values.items()))
 
 
-def flexi_label(key: FlexiKey) -> str:
-  fmt = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
-  return ",".join(f"{k}={fmt(v)}" for k, v in key)
-
-
 def state_from_params(tx, params) -> dict:
   """The train state at step 0: params, fresh optimizer state, step."""
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -142,8 +132,12 @@ def _shardings_of(abstract, mesh, mode):
   return jax.tree.map(lambda a: state_sharding(mesh, a.shape, mode), abstract)
 
 
-def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey):
-  """eval_shape -> shardings -> jit(init); or starts from `config.model_init`."""
+def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey, loaded=None):
+  """eval_shape -> shardings -> jit(init); or starts from `config.model_init`.
+
+  `loaded`: the params of `config.model_init` when already read (`prepare_run`
+  reads them before anything compiles, so a bad file fails early).
+  """
   init_fn = make_init_fn(model, tx, image_shape, flexi, config.init_head_bias)
   rng = jax.random.key(config.seed)
   if not config.model_init:
@@ -151,7 +145,7 @@ def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey):
     return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
   init_params = jax.jit(lambda r: init_fn(r)["params"])(rng)
   params, _ = checkpoint.load_pretrained(
-      jax.tree.map(np.asarray, init_params), config.model_init,
+      jax.tree.map(np.asarray, init_params), config.model_init if loaded is None else loaded,
       dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info,
       kernel=config.model_load.get("kernel", "keep"))
   # The loaded kernel may keep another size than init's: shard by the loaded shapes.
@@ -186,7 +180,11 @@ def make_loss_fn(config) -> Callable:
 
 def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teacher, ...],
                     *, seed: int, mixup_p: float) -> Callable:
-  """train_step(state, teacher_params, batch, flexi) -> (state, metrics)."""
+  """train_step(state, teacher_params, batch, flexi) -> (state, metrics).
+
+  metrics["finite"] says whether the loss and the gradient norm are finite: one
+  scalar the loop fetches every step to stop at the first divergence.
+  """
 
   def train_step(state, teacher_params, batch, flexi: FlexiKey):
     step = state["step"]
@@ -211,7 +209,9 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
     out = {"params": params, "opt_state": opt_state, "step": step + 1}
-    return out, {"train/loss": value, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    return out, {"train/loss": value, "grad_norm": grad_norm, "finite": finite}
 
   return train_step
 
@@ -228,7 +228,7 @@ def make_eval_step(model: FlexiViT, label_mapping=None) -> Callable:
     logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
     if label_mapping is not None:
       logits = eval_lib.map_logits(logits, label_mapping)
-    return eval_lib.classification_counts(logits, batch["labels"], batch["_mask"])
+    return eval_lib.classification_counts(logits, batch["labels"], batch[data.MASK_KEY])
 
   return eval_step
 
@@ -416,7 +416,7 @@ def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, 
         hits[f] += float(h)
       count += float(c)
     for f in flexis:
-      results[f"eval/{name}/{flexi_label(f)}/prec@1"] = hits[f] / max(count, 1.0)
+      results[metrics.eval_metric_name(name, f)] = hits[f] / max(count, 1.0)
   return results
 
 
@@ -426,7 +426,7 @@ def evals_due(config, done: int, steps: int) -> Dict[str, Any]:
   def every(ev):
     if ev.get("log_percent"):
       return max(1, int(round(ev["log_percent"] * steps)))
-    return ev.get("log_steps", config.log_eval_steps)
+    return ev.get("log_steps") or config.log_eval_steps
   return {name: ev for name, ev in config.evals.items()
           if done == steps or done % every(ev) == 0}
 
@@ -466,6 +466,7 @@ class Run:
   lr_fn: Callable
   train_iter: Any
   first_batch: Dict[str, np.ndarray]
+  model_init: Optional[Dict[str, Any]] = None  # The params of config.model_init.
 
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -483,10 +484,11 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                        f"{jax.process_count()} processes")
   steps = total_steps(config)
   teachers, teacher_params = build_teachers(config.distill)
+  model_init = checkpoint.load_params(config.model_init) if config.model_init else None
   sampler = FlexiSampler(config.flexi, seed=config.seed, total_steps=steps)
   eval_sampler = (FlexiSampler(config.eval_flexi, seed=0, total_steps=steps)
                   if config.eval_flexi else sampler)
-  tx, _ = optim.make_optimizer(config, steps)
+  tx, sched_fn = optim.make_optimizer(config, steps)
   start_step = resume_step(workdir)
   train_iter = data.train_iterator(
       _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
@@ -495,7 +497,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   run = Run(config, workdir, mesh, steps, start_step, build_model(config.model),
             teachers, teacher_params, sampler,
             [flexi_key(v) for v in eval_sampler.all_values()], tx,
-            optim.make_lr_fn(config, steps), train_iter, next(train_iter))
+            optim.make_lr_fn(config.lr, sched_fn), train_iter, next(train_iter), model_init)
   try:
     check_inputs(run)
   except ValueError:
@@ -523,11 +525,21 @@ def check_inputs(run: Run) -> None:
     check_flexi_fits([call], first[t.input_key].shape[1:3])
 
 
+def check_finite(done: int, step_metrics, flexi: FlexiKey, last_saved: Optional[int]) -> None:
+  """Stops at the first step whose loss or gradient is not finite (fetches one bool)."""
+  if bool(step_metrics["finite"]):
+    return
+  resume = f"step {last_saved}" if last_saved else "the start (no checkpoint yet)"
+  raise TrainingDivergedError(
+      f"training diverged at step {done} ({metrics.flexi_label(flexi)}): train/loss="
+      f"{float(step_metrics['train/loss'])}, grad_norm={float(step_metrics['grad_norm'])}; "
+      f"nothing was written for this step, a restart resumes from {resume}; lower config.lr "
+      "or raise schedule.warmup_steps", step=done)
+
+
 def log_train_step(run: Run, done: int, step_metrics, flexi: FlexiKey, throughput) -> dict:
-  """Fetches the step's metrics (a host sync) and checks for divergence."""
+  """Fetches the step's metrics (a host sync)."""
   loss = float(step_metrics["train/loss"])
-  if run.config.check_nan and not np.isfinite(loss):
-    raise TrainingDivergedError(f"train/loss is {loss} at step {done}")
   return {"train/loss": loss, "grad_norm": float(step_metrics["grad_norm"]),
           **dict(flexi), "lr": float(run.lr_fn(done - 1)), "img_per_s": throughput(done)}
 
@@ -582,7 +594,8 @@ def start_state(run: Run, ckpts: train_state.StateCheckpoints):
     abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
     shardings = _shardings_of(abstract, run.mesh, config.param_sharding)
   else:
-    state, shardings = init_state(config, run.model, run.tx, run.mesh, image_shape, flexi)
+    state, shardings = init_state(config, run.model, run.tx, run.mesh, image_shape, flexi,
+                                  run.model_init)
     if not run.start_step:
       return state, shardings
     abstract = jax.eval_shape(lambda s: s, state)
@@ -603,14 +616,15 @@ def _train(run: Run) -> Dict[str, Any]:
   config = run.config
   ckpts = train_state.StateCheckpoints(run.workdir, config.keep_ckpt, config.keep_ckpt_every)
   try:
-    return _loop(run, ckpts, *start_state(run, ckpts))
+    return _train_from(run, ckpts, *start_state(run, ckpts))
   finally:
     ckpts.wait()  # A started save always completes, also on errors and preemption.
     ckpts.close()
 
 
-def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Dict[str, Any]:
-  """Steps from `run.start_step` to the end, saving through `ckpts`."""
+def _train_from(run: Run, ckpts: train_state.StateCheckpoints, state, shardings
+                ) -> Dict[str, Any]:
+  """Compiles the steps, then runs them from `run.start_step`, saving through `ckpts`."""
   config, workdir = run.config, run.workdir
   mesh, steps, first = run.mesh, run.total_steps, run.first_batch
   repl = NamedSharding(mesh, P())
@@ -632,16 +646,37 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Di
   is_main = jax.process_index() == 0
   writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
   progress = metrics.Progress(steps, run.start_step, config.input.batch_size,
-                              enabled=is_main and config.progress_bar)
+                              enabled=is_main and metrics.show_progress_bar(config.progress_bar))
+  try:
+    last, final = _loop(run, ckpts, state, teacher_params, train_steps, eval_steps, compute,
+                        writer, progress)
+  finally:
+    progress.close()
+    writer.close()
+  if final:  # After the bar is closed, so the table never lands inside its line.
+    print_final_table(workdir, final, first["image"].shape[1], progress)
+  return last
+
+
+def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
+          train_steps: CompiledSteps, eval_steps, compute: "ComputeMeter", writer, progress
+          ) -> Tuple[Dict[str, Any], Dict[str, float]]:
+  """Steps from the resume point to the end: (last metrics and state, final eval results)."""
+  config, steps, mesh = run.config, run.total_steps, run.mesh
+  bsh = batch_sharding(mesh)
   throughput = metrics.Throughput(config.input.batch_size, run.start_step)
   last: Dict[str, Any] = {}
-  local = first
+  final: Dict[str, float] = {}
+  last_saved = run.start_step or None
+  local = run.first_batch
   with Preemption(config.preemption_check_steps) as preemption:
     for step in range(run.start_step, steps):
       flexi = flexi_key(run.sampler(step))
       state, step_metrics = train_steps(flexi, state, teacher_params, to_global(local, bsh))
       compute.add(flexi)
       done = step + 1
+      if config.check_nan:  # Before anything is written for this step.
+        check_finite(done, step_metrics, flexi, last_saved)
       if done % config.log_training_steps == 0 or done == steps:
         row = log_train_step(run, done, step_metrics, flexi, throughput)
         row["compute/gflops"] = compute.total_gflops()
@@ -655,19 +690,14 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, shardings) -> Di
         results = evaluate(config, due, eval_steps, state["params"], run.eval_flexis, mesh)
         writer.write(done, {**results, "compute/gflops": compute.total_gflops()})
         last.update(results)
-        if done == steps:
-          print_final_table(workdir, results, first["image"].shape[1], progress)
+        final = results if done == steps else final
       stop = preemption.should_stop(done)
       if done % config.ckpt_steps == 0 or done == steps or stop:
         ckpts.save(done, state)  # Asynchronous: the next steps run while it is written.
+        last_saved = done
       if stop:
         ckpts.wait()
-        progress.write(f"SIGTERM: saved checkpoint at step {done}, exiting")
-        progress.close()
-        writer.close()
         raise Preempted(done)
       if done < steps:
         local = next(run.train_iter)
-  progress.close()
-  writer.close()
-  return {**last, "step": steps, "state": state}
+  return {**last, "step": steps, "state": state}, final

@@ -44,3 +44,25 @@ def test_compare_errors_name_the_workdir(tmp_path):
   run = _fake_run(tmp_path / "run", {3: 0.5})
   with pytest.raises(ValueError, match="has no evaluator 'val'; it has \\['test'\\]"):
     compare.compare([run], evaluator="val")
+
+
+def test_eval_metric_names_round_trip_and_patch_keyed_evals_show_their_patch():
+  for key in [(("seqhw", 4),), (("seqhw", (4, 6)),), (("patch_size", (8, 8)),)]:
+    name = metrics.eval_metric_name("test", key)
+    assert metrics.parse_eval_metric_name(name) == ("test", key, "prec@1")
+  assert metrics.eval_metric_name("test", (("patch_size", (8, 8)),)) == \
+      "eval/test/patch_size=8x8/prec@1"
+  row = {"step": 5, "eval/test/patch_size=8x8/prec@1": 0.9,
+         "eval/test/patch_size=16x16/prec@1": 0.5, "eval/test/seqhw=12/prec@1": 0.7}
+  curves = metrics.final_eval_curves([row])
+  assert curves == {"test": {(("patch_size", (8, 8)),): 0.9, (("patch_size", (16, 16)),): 0.5,
+                             (("seqhw", 12),): 0.7}}
+  lines = metrics.format_table(curves, image_size=48).splitlines()
+  assert [l.split() for l in lines[2:]] == [["3", "16", "50.00%"], ["6", "8", "90.00%"],
+                                            ["12", "4", "70.00%"]]
+
+
+def test_progress_bar_auto_needs_a_terminal():
+  assert metrics.show_progress_bar(True) and not metrics.show_progress_bar(False)
+  # Under pytest stdout is captured (not a terminal): 'auto' shows no bar.
+  assert not metrics.show_progress_bar("auto")

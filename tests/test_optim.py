@@ -211,7 +211,8 @@ def test_kernel_mask_and_lr_fn():
   mask = optim.kernel_mask({"a": {"kernel": 1, "bias": 2, "my_kernel": 3}, "kernel": 4})
   assert mask == {"a": {"kernel": True, "bias": False, "my_kernel": False}, "kernel": True}
   schedule = dict(decay_type="cosine", warmup_steps=10)
-  lr_fn = optim.make_lr_fn(_config(lr=0.1, schedule=schedule), 100)
+  _, sched_fn = optim.make_optimizer(_config(lr=0.1, schedule=schedule), 100)
+  lr_fn = optim.make_lr_fn(0.1, sched_fn)
   assert lr_fn(5) == pytest.approx(0.05)
 
 

@@ -50,7 +50,7 @@ def test_pi_resize_downsampling_is_least_squares():
 
 
 def test_resize_matrix_matches_tensorflow():
-  tf = pytest.importorskip("tensorflow")
+  import tensorflow as tf  # Plainly: a broken TF must fail, not skip.
   for old, new in [(32, 48), (32, 8), (7, 15), (16, 10)]:
     eye = np.eye(old, dtype=np.float32)[:, :, None, None]  # (old images) x old x 1 x 1
     tf_cols = tf.image.resize(eye, (new, 1), method="bilinear").numpy()[:, :, 0, 0].T

@@ -18,6 +18,7 @@ import pytest
 from conftest import DEMO_CONFIG, REPO
 from flexivit_jax import state_files, train_state
 
+pytestmark = pytest.mark.slow  # Every test here trains in subprocesses.
 STEPS = 14
 COMMON = [f"--config.total_steps={STEPS}", "--config.ckpt_steps=3", "--config.log_training_steps=1",
           "--config.log_eval_steps=1000", "--config.progress_bar=False", "--config.keep_ckpt=2",
@@ -77,18 +78,20 @@ def uninterrupted(digits_data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tmp_path):
-  rng = random.Random()
-  kill_steps = rng.sample(range(2, STEPS - 2), 2)  # Two different random steps.
+  # Two different random steps; FLEXIVIT_TEST_SEED=<seed> replays a failure.
+  seed = int(os.environ.get("FLEXIVIT_TEST_SEED", random.randrange(2**31)))
+  kill_steps = random.Random(seed).sample(range(2, STEPS - 2), 2)
+  print(f"SIGKILL steps {kill_steps} from FLEXIVIT_TEST_SEED={seed}")
   for kill_at in kill_steps:
     workdir = tmp_path / f"killed_at_{kill_at}"
     code, err = start_and_signal(workdir, signal.SIGKILL, kill_at)
-    assert code == -signal.SIGKILL, (kill_at, code, err[-2000:])
+    assert code == -signal.SIGKILL, (seed, kill_at, code, err[-2000:])
     assert STEPS not in state_files.complete_steps(str(workdir))
     run(workdir)  # Resumes from its newest checkpoint.
     assert_same_state(final_state(workdir), final_state(uninterrupted))
     # metrics.jsonl reads as one run: each step once, the same losses.
     rows, ref = train_rows(workdir), train_rows(uninterrupted)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), kill_at
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), (seed, kill_at)
     np.testing.assert_array_equal([r["train/loss"] for r in rows], [r["train/loss"] for r in ref])
 
 
@@ -99,7 +102,8 @@ def test_sigterm_saves_a_checkpoint_before_exit(uninterrupted, tmp_path):
   assert code == 143, err[-2000:]
   last_logged = max(r["step"] for r in train_rows(workdir))
   assert state_files.complete_steps(str(workdir))[-1] == last_logged
-  assert "SIGTERM: saved checkpoint at step" in err
+  assert err.strip().splitlines()[-1] == f"preempted: saved checkpoint at step {last_logged}"
+  assert "Traceback" not in err
   run(workdir)
   assert_same_state(final_state(workdir), final_state(uninterrupted))
 

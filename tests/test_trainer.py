@@ -49,6 +49,7 @@ class CompileCounter:
 COMPILES = CompileCounter()
 
 
+@pytest.mark.slow
 def test_end_to_end_run(digits_data_dir, tmp_path):
   config = demo_config(**{"progress_bar": False, "keep_ckpt": 1})
   out = trainer.train_and_evaluate(config, str(tmp_path))
@@ -70,11 +71,12 @@ def test_end_to_end_run(digits_data_dir, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded, final)
 
 
+@pytest.mark.slow
 def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
   config = demo_config(progress_bar=False, log_training_steps=1, evals={})
   trainer.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  lr_fn = optim.make_lr_fn(config, config.total_steps)
+  lr_fn = optim.make_lr_fn(config.lr, optim.make_optimizer(config, config.total_steps)[1])
   np.testing.assert_allclose([r["lr"] for r in rows], [float(lr_fn(r["step"] - 1)) for r in rows],
                              rtol=1e-6)
   # The patch-size sequence is the sampler's, a pure function of (seed, step).
@@ -115,6 +117,7 @@ def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
   assert "prof" not in state["params"]
 
 
+@pytest.mark.slow
 def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path):
   teacher = _tiny_teacher(tmp_path / "teacher.npz")
   config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
@@ -147,14 +150,29 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
     trainer.train_and_evaluate(config, str(tmp_path / "wd"))
   assert COMPILES.count == compiles
   assert not (tmp_path / "wd" / state_files.CHECKPOINT_SUBDIR).exists()
+  # Positive control: the counter does see a compile (a fresh function, never cached).
+  jax.jit(lambda x: x * 3 + compiles).lower(jnp.float32(1)).compile()
+  assert COMPILES.count > compiles
 
 
 @pytest.mark.parametrize("overrides,message", [
     ({"bogus": 1}, "unknown config key 'bogus'"),
     ({"input.batch_sise": 3}, "unknown config key 'input.batch_sise'"),
-    ({"model.widht": 3}, "unknown config key 'model.widht'; FlexiViT fields"),
+    ({"model.widht": 3}, r"unknown config key 'model.widht' \(did you mean 'width'\?\)"),
+    ({"model.width": "wide"}, "bad value for config key 'model.width': 'wide' is not an int"),
+    ({"model.variant": "Q"}, "unknown ViT variant 'Q'"),
+    ({"model_load": dict(dontload=1)}, "unknown config key 'model_load.dontload'.*dont_load"),
+    ({"input.data": dict(name="x", splt="test")}, "unknown config key 'input.data.splt'"),
+    ({"mesh": dict(tensor=2)}, "unknown config key 'mesh.tensor'"),
+    ({"distill.teachers": {"t": dict(model={}, init="x", modle=1)}},
+     "unknown config key 'distill.teachers.t.modle'"),
+    ({"lr": float("nan")}, "'lr' must be a finite number >= 0, got nan"),
+    ({"lr": -1.0}, "'lr' must be a finite number >= 0"),
+    ({"wd": float("inf")}, "'wd' must be a finite number >= 0, got inf"),
+    ({"progress_bar": "maybe"}, "'progress_bar' is 'maybe'"),
+    ({"evals.test.log_steps": 0}, "'log_steps' must be a positive int"),
     ({"loss": "hinge"}, "unknown config value loss='hinge'"),
-    ({"flexi.seqhws": dict(v=(1,))}, "unknown flexi argument 'flexi.seqhws'"),
+    ({"flexi.seqhws": dict(v=(1,))}, r"unknown config key 'flexi.seqhws' \(did you mean 'seqhw'"),
     ({"total_epochs": 2.0}, "set exactly one of config keys 'total_steps' and 'total_epochs'"),
     ({"ckpt_steps": 0}, "'ckpt_steps' must be a positive int"),
     ({"lr": "fast"}, "bad value for config key 'lr'"),
@@ -169,6 +187,52 @@ def test_config_errors_name_the_key(overrides, message):
   user = demo_user_config(**overrides)
   with pytest.raises(ValueError, match=message):
     config_lib.complete(user)
+
+
+@pytest.mark.parametrize("key,text,message", [
+    ("total_steps", "abc", "config key 'total_steps': 'abc' is not an int"),
+    ("lr", "fast", "config key 'lr': 'fast' is not a float"),
+    ("aot_compile", "maybe", "config key 'aot_compile': 'maybe' is not a bool"),
+    ("totl_steps", "3", r"unknown config key 'totl_steps' \(did you mean 'total_steps'"),
+    ("model.widht", "3", r"unknown config key 'model.widht' \(did you mean 'width'"),
+    ("input.data.nmae", "x", r"unknown config key 'input.data.nmae' \(did you mean 'name'"),
+    ("evals.test.bs", "3", "unknown config key 'evals.test.bs'"),
+    ("seed.x", "3", "config key 'seed' is 0, not a dict"),
+])
+def test_command_line_override_errors_name_the_key(key, text, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.complete(demo_user_config(), [(key, text)])
+
+
+def test_any_model_field_can_be_set_from_the_command_line():
+  config = config_lib.complete(demo_user_config(), [
+      ("model.variant", "S"), ("model.posemb", "sincos2d"), ("model.patch_size", "(4, 4)"),
+      ("lr", "1"), ("progress_bar", "False"), ("evals.test.log_steps", "2"),
+      ("flexi.seqhw.v", "(2, 4)"), ("input.data.split", "train[:50%]")])
+  assert config.model.variant == "S" and config.model.patch_size == (4, 4)
+  assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
+  assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
+  assert trainer.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
+  with pytest.raises(AttributeError):  # Still locked afterwards.
+    config.model.widht = 3
+
+
+def test_config_argument_errors():
+  with pytest.raises(ValueError, match=r"unknown config argument 'runlcal' \(did you mean "
+                     "'runlocal'"):
+    config_lib.parse_arg("runlcal", runlocal=False)
+  with pytest.raises(ValueError, match="config argument 'steps': 'ten' is not an int"):
+    config_lib.parse_arg("steps=ten", steps=3)
+  assert config_lib.parse_arg("steps=10,runlocal", steps=3, runlocal=False).to_dict() == dict(
+      steps=10, runlocal=True)
+
+
+def test_each_eval_runs_at_its_own_cadence():
+  config = demo_config(**{"log_eval_steps": 4, "evals.fast": dict(
+      data=dict(name="sklearn_digits", split="test"), pp="keep", log_steps=2)})
+  due = {d: sorted(trainer.evals_due(config, d, 8)) for d in range(1, 9)}
+  assert due == {1: [], 2: ["fast"], 3: [], 4: ["fast", "test"], 5: [], 6: ["fast"], 7: [],
+                 8: ["fast", "test"]}
 
 
 def test_completed_config_is_locked():
@@ -204,6 +268,17 @@ def test_mesh_and_fsdp_sharding_rules():
   assert trainer.state_sharding(mesh, (64, 32), "fsdp").spec == jax.sharding.PartitionSpec()
 
 
+def test_fsdp_rule_splits_the_largest_divisible_axis():
+  P = jax.sharding.PartitionSpec
+  mesh = jax.sharding.AbstractMesh((2, 4), ("data", "fsdp"))  # fsdp > 1 without 8 devices.
+  rule = lambda shape, mode="fsdp": trainer.state_sharding(mesh, shape, mode).spec
+  assert rule((64, 32)) == P("fsdp", None)
+  assert rule((6, 8)) == P(None, "fsdp")  # 6 is not divisible by 4.
+  assert rule((3, 32, 16)) == P(None, "fsdp", None)
+  assert rule((6, 3)) == P() and rule(()) == P() and rule((2,)) == P()
+  assert rule((64, 32), "replicated") == P()
+
+
 def test_total_epochs_and_init_head_bias(digits_data_dir):
   config = demo_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
   assert trainer.total_steps(config) == round(2 * 1497 / 16)
@@ -217,6 +292,7 @@ def test_total_epochs_and_init_head_bias(digits_data_dir):
   assert len(bf16) == len(jax.tree.leaves(state["params"]))
 
 
+@pytest.mark.slow
 def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   """Fine-tuning start: posemb resampled 7x7 -> 2x2, 32x32 kernel kept, new head."""
   ref = str(pathlib.Path(__file__).parent / "data" / "bv_gap_ckpt.npz")

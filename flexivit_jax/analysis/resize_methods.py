@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax import _cli
+from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.errors import UserError
 from flexivit_jax.model import FlexiViT
@@ -85,7 +85,7 @@ def plot(results: Mapping[str, Mapping[str, float]], path: str) -> str:
                           "resizing the patch embedding")
 
 
-@_cli.main_wrapper
+@cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", default=None, help="a fixed-patch ViT (default: train one)")

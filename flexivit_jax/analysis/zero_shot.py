@@ -15,7 +15,7 @@ import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from flexivit_jax import _cli, evaluation
+from flexivit_jax import cli, evaluation
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.model import FlexiViT
 
@@ -67,7 +67,7 @@ def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
       posemb=posemb, steps=None if args.runlocal else args.steps, runlocal=args.runlocal)
 
 
-@_cli.main_wrapper
+@cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--vit", default=None, help="a fixed-patch ViT checkpoint (default: train one)")

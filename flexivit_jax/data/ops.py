@@ -37,7 +37,7 @@ def register(name: str, *, random: bool = False):
 
   def wrap(factory):
     if name in _REGISTRY:
-      raise UserError(f"pp op {name!r} is already registered")
+      raise RuntimeError(f"pp op {name!r} is already registered")
     _REGISTRY[name] = _OpSpec(name, factory, random)
     return factory
 

@@ -69,7 +69,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise UserError(f"process_index={process_index} not in "
+    raise ValueError(f"process_index={process_index} not in "
                      f"[0, process_count={process_count})")
   return int(process_index), int(process_count)
 

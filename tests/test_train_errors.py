@@ -1,0 +1,120 @@
+"""Bad inputs through `python -m flexivit_jax.train`: one line, status 2 (3: divergence), no harm.
+
+Each case runs in its own copy of a workdir that already holds checkpoints of a
+real run; every file there must be byte-identical afterwards, and nothing new
+may be checkpointed. The cases run three at a time.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO
+
+BASE = [f"--config={DEMO_CONFIG}:runlocal", "--config.progress_bar=False"]
+NPZ = "checkpoint_000000002.npz"
+
+# (name, command-line arguments, text the last stderr line must contain, exit status)
+CASES = [
+    ("unknown top-level key", ["--config.no_such_key=1"], "'no_such_key'", 2),
+    ("unknown model key", ["--config.model.widht=3"], "'model.widht' (did you mean 'width'?)", 2),
+    ("unknown model_load key", ["--config.model_load.dontload=x"], "'model_load.dontload'", 2),
+    ("unknown input.data key", ["--config.input.data.nmae=x"], "'input.data.nmae'", 2),
+    ("unknown evals key", ["--config.evals.test.bs=3"], "'evals.test.bs'", 2),
+    ("unknown mesh axis", ["--config.mesh.tensor=2"], "'mesh.tensor'", 2),
+    ("unknown flag", ["--bogus_flag=1"], "bogus_flag", 2),
+    ("int key given text", ["--config.total_steps=abc"], "'total_steps': 'abc' is not an int", 2),
+    ("float key given text", ["--config.lr=fast"], "'lr': 'fast'", 2),
+    ("model field given text", ["--config.model.width=wide"], "'model.width': 'wide'", 2),
+    ("bad config argument", [f"--config={DEMO_CONFIG}:bogus"], "'bogus'", 2),
+    ("missing config file", ["--config=configs/no_such_file.py"], "no_such_file.py", 2),
+    ("lr nan", ["--config.lr=nan"], "'lr' must be a finite number >= 0, got nan", 2),
+    ("lr negative", ["--config.lr=-1"], "'lr' must be a finite number >= 0, got -1", 2),
+    ("wd negative", ["--config.wd=-0.5"], "'wd' must be a finite number >= 0, got -0.5", 2),
+    ("unknown variant", ["--config.model.variant=Q"], "unknown ViT variant 'Q'", 2),
+    ("patch larger than image", ["--config.flexi.seqhw.v=(2,40)"], "seqhw=40", 2),
+    ("unknown pp op", ["--config.input.pp=decode|bogus_op(1)"], "'bogus_op'", 2),
+    ("bad pp arguments", ['--config.input.pp=decode|resize("big")'], "'resize'", 2),
+    ("unknown dataset", ["--config.input.data.name=no_such_dataset"], "no_such_dataset", 2),
+    ("wrong num_classes", ["--config.model.num_classes=5"], "model.num_classes=5", 2),
+    ("mesh does not fit", ["--config.mesh.data=3"], "does not fit the 1 devices", 2),
+    ("batch not divisible", ["--num_cpu_devices=4", "--config.input.batch_size=6"],
+     "input.batch_size=6", 2),
+    ("missing model_init", ["--config.model_init=/no/such/ckpt.npz"], "/no/such/ckpt.npz", 2),
+    ("truncated model_init", ["--config.model_init={truncated}"], "truncated.npz", 2),
+    ("unknown loss", ["--config.loss=hinge"], "loss='hinge'", 2),
+    ("bad flexi spec", ["--config.flexi.seqhw.p=bogus"], "flexi.seqhw.p='bogus'", 2),
+    ("unknown flexi argument", ["--config.flexi.seqhws.v=(2,)"], "'flexi.seqhws'", 2),
+    ("bad schedule", ["--config.schedule.decay_type=cosin"], "decay_type='cosin'", 2),
+    ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
+    ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
+    ("divergence", ["--config.lr=1e30"], "training diverged at step", 3),
+]
+
+
+def _hashes(workdir):
+  out = {}
+  for name in sorted(os.listdir(workdir)):
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) and name.startswith("checkpoint_"):
+      with open(path, "rb") as f:
+        out[name] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(digits_data_dir, tmp_path_factory):
+  """A workdir holding checkpoints at steps 1 and 2 of a real run, and a truncated npz."""
+  workdir = tmp_path_factory.mktemp("trained")
+  cmd = [sys.executable, "-m", "flexivit_jax.train", *BASE, f"--workdir={workdir}",
+         "--config.total_steps=2", "--config.ckpt_steps=1", "--config.evals={}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  data = (workdir / NPZ).read_bytes()
+  (workdir.parent / "truncated.npz").write_bytes(data[:len(data) // 2])
+  return workdir
+
+
+def _run_case(case, trained, tmp_path):
+  name, args, _, _ = case
+  workdir = tmp_path / name.replace(" ", "_")
+  shutil.copytree(trained, workdir)
+  args = [a.format(truncated=trained.parent / "truncated.npz") for a in args]
+  flags = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
+  args = [a for a in args if a != "--no_workdir"]
+  # The case's --config replaces the base one (absl keeps the last value).
+  cmd = [sys.executable, "-m", "flexivit_jax.train", *BASE, *flags, *args]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  return workdir, proc
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path):
+  before = _hashes(trained_workdir)
+  assert set(before) == {"checkpoint_000000001.npz", NPZ}
+  with ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(lambda c: _run_case(c, trained_workdir, tmp_path), CASES))
+  failures = []
+  for (name, args, expected, status), (workdir, proc) in zip(CASES, results):
+    lines = proc.stderr.strip().splitlines() or [""]
+    problems = []
+    if proc.returncode != status:
+      problems.append(f"exit status {proc.returncode}, expected {status}")
+    if "Traceback" in proc.stderr:
+      problems.append("a traceback")
+    if expected not in lines[-1]:
+      problems.append(f"last line does not contain {expected!r}")
+    if _hashes(workdir) != before:
+      problems.append(f"checkpoints changed: {sorted(_hashes(workdir))}")
+    rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    if any(isinstance(v, float) and not math.isfinite(v) for r in rows for v in r.values()):
+      problems.append("a non-finite metric was written")
+    if problems:
+      failures.append(f"{name} {args}: {'; '.join(problems)}\n  last line: {lines[-1]}")
+  assert not failures, "\n".join(failures)
