@@ -214,11 +214,18 @@ def _plot_lines(lines: Mapping[str, tuple], path: str, *, xlabel: str, title: st
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, (xs, accs) in lines.items():
     ax.plot(xs, [a * 100 for a in accs], marker="o", label=label)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("prec@1 (%)")
   if invert_x:
     ax.invert_xaxis()
-  ax.grid(alpha=0.3)
+  return save_plot(fig, ax, path, xlabel=xlabel, ylabel="prec@1 (%)", title=title)
+
+
+def save_plot(fig, ax, path: str, *, xlabel: str, ylabel: str, title: str,
+              grid_which: str = "major") -> str:
+  """Labels an accuracy plot, saves it as PNG and closes it."""
+  import matplotlib.pyplot as plt
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, which=grid_which)
   ax.legend()
   ax.set_title(title)
   fig.tight_layout()

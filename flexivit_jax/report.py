@@ -10,6 +10,7 @@ import json
 import os
 from typing import Mapping, Optional, Sequence
 
+from flexivit_jax import metrics
 from flexivit_jax.errors import UserError
 
 EVAL_KEYS = ("seqhw", "patch", "tokens", "top1", "top5", "loss", "gflops", "img_per_s")
@@ -88,16 +89,8 @@ def plot_accuracy_vs_gflops(runs: Mapping[str, Sequence[Mapping]], path: str,
 
 def finish_plot(fig, ax, path: str, xlabel: str, title: str) -> str:
   """Labels a top-1 (%) plot, saves it as PNG and closes it."""
-  import matplotlib.pyplot as plt
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel("top-1 (%)")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend()
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return metrics.save_plot(fig, ax, path, xlabel=xlabel, ylabel="top-1 (%)", title=title,
+                           grid_which="both")
 
 
 def compare_evals(paths: Sequence[str], out: Optional[str] = None) -> str:

@@ -95,7 +95,7 @@ def test_eval_step_with_label_mapping():
 
 
 def test_config_checks_label_mapping_and_new_keys():
-  base = dict(total_steps=1, input=dict(pp="decode"), model=dict(num_classes=10))
+  base = dict(total_steps=1, input=dict(pp="decode"), model=dict(num_classes=10, variant="Ti"))
   ok = config_lib.complete({**base, "evals": {"i1k": dict(data={}, pp="x", label_mapping=[9, 0])},
                             "model_load": dict(kernel="pi_resize")})
   assert ok.distill.combine_teachers == "sum"
