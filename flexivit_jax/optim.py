@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flexivit_jax import tree
@@ -73,8 +74,8 @@ def _stairs(steps, mults):
     raise UserError(f"schedule steps={steps!r} and mults={mults!r} must have equal lengths")
   if steps != sorted(steps):
     raise UserError(f"schedule steps={steps!r} must be increasing")
-  return (jnp.asarray(steps, jnp.float32).reshape(-1),
-          jnp.asarray([1.0] + mults, jnp.float32))
+  # numpy, not jnp: building a schedule (config validation) must not start a JAX backend.
+  return (np.asarray(steps, np.float32).reshape(-1), np.asarray([1.0] + mults, np.float32))
 
 
 def make_schedule(

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from flexivit_jax import state_files
+from flexivit_jax import state_files, tree
 from flexivit_jax.errors import UserError
 
 log = logging.getLogger("flexivit_jax")
@@ -40,8 +40,7 @@ def leaf_names(tree) -> Dict[str, Any]:
   """'/'-joined path name -> leaf (dict keys, attribute names and indices alike)."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-    out["/".join(names)] = leaf
+    out[tree.path_name(path)] = leaf
   return out
 
 

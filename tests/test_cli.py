@@ -1,6 +1,10 @@
 """cli.main_wrapper: one line and an exit status per expected failure, tracebacks for bugs."""
+import subprocess
+import sys
+
 import pytest
 
+from conftest import DEMO_CONFIG
 from flexivit_jax import cli, errors
 
 
@@ -49,3 +53,15 @@ def test_success_exits_with_mains_status():
   with pytest.raises(SystemExit) as info:
     cli.main_wrapper(lambda args: None, ["prog"])
   assert info.value.code is None
+
+
+def test_config_validation_starts_no_jax_backend():
+  """`complete` runs before `setup_jax` (device count, distributed init): it must not
+  initialise a JAX backend, or `--num_cpu_devices` and multi-process runs break."""
+  code = ("import flexivit_jax.config as c\n"
+          "from jax._src import xla_bridge as xb\n"
+          f"c.complete(c.load_config_file({DEMO_CONFIG!r} + ':runlocal'))\n"
+          "assert not xb._backends, 'a JAX backend was initialised'\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]

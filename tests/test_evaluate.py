@@ -34,10 +34,8 @@ def test_classification_sums_match_numpy():
 def demo_workdir(digits_data_dir, tmp_path_factory):
   """The demo config (48 px, width 64, depth 4) trained for 2 steps, with its config.json."""
   wd = str(tmp_path_factory.mktemp("demo"))
-  config = config_lib.complete(config_lib.load_config_file(f"{DEMO_CONFIG}:steps=2"))
-  with config.unlocked():
-    config.progress_bar = False
-    config.schedule.warmup_steps = 1
+  config = config_lib.complete(config_lib.load_config_file(f"{DEMO_CONFIG}:steps=2"),
+                              [("progress_bar", "False"), ("schedule.warmup_steps", "1")])
   trainer.train_and_evaluate(config, wd)
   with open(os.path.join(wd, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
