@@ -20,7 +20,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from flexivit_jax import metrics, report
+from flexivit_jax import cli, metrics, report
 from flexivit_jax.errors import UserError
 
 
@@ -91,6 +91,7 @@ def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
   return metrics.format_compute_table(curves, seqhw)
 
 
+@cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+", help="training workdirs, or eval.json dirs/files")

@@ -36,10 +36,10 @@ from flexivit_jax.errors import UserError
 log = logging.getLogger("flexivit_jax")
 
 
-def leaf_names(tree) -> Dict[str, Any]:
+def leaf_names(pytree) -> Dict[str, Any]:
   """'/'-joined path name -> leaf (dict keys, attribute names and indices alike)."""
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(pytree)[0]:
     out[tree.path_name(path)] = leaf
   return out
 

@@ -92,7 +92,7 @@ def test_resize_methods_gives_method_factor_top1(digits_data_dir):
 def test_pi_resize_keeps_accuracy_when_upscaling_while_vanilla_drops(digits_data_dir, tmp_path):
   """The acceptance setup of docs/evaluate.md, shortened: 32 px, 8 px patches."""
   model, params = subjects.train_subject(str(tmp_path), image_size=32, train_seqhws=[4],
-                                         posemb=4, steps=400)
+                                         posemb=4, steps=800)
   results = resize_methods.resize_methods(
       model, params, 32, data_cfg=subjects.DIGITS_TEST, pp_template=subjects.DIGITS_PP,
       factors=(1.0, 1.5, 2.0), methods=("vanilla", "pi"))
