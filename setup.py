@@ -7,7 +7,7 @@ setuptools.setup(
     description="FlexiViT (one ViT for all patch sizes) in JAX/Flax, faithful to big_vision.",
     packages=setuptools.find_packages(include=["flexivit_jax", "flexivit_jax.*"]),
     python_requires=">=3.10",
-    # Exactly what flexivit_jax/ imports (plus array_record: the bundled dataset's file format).
+    # What flexivit_jax/ imports (plus array_record: the bundled dataset's file format).
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",
@@ -21,6 +21,11 @@ setuptools.setup(
         "tensorflow-cpu",
         "tensorflow-datasets>=4.9.6",
         "array_record",
+        # Not imported by flexivit_jax itself but needed at run time: tf.summary's
+        # TensorBoard writer, and what tensorflow-datasets imports without declaring.
+        "tensorboard",
+        "pillow",
+        "importlib_resources",
         "scikit-learn",
         "matplotlib",
         "tqdm",
