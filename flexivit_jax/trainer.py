@@ -469,6 +469,14 @@ class Run:
   model_init: Optional[Dict[str, Any]] = None  # The params of config.model_init.
 
 
+def make_train_iterator(config, start_step: int):
+  """The training input pipeline, positioned at `start_step`."""
+  return data.train_iterator(
+      _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
+      seed=config.seed, start_step=start_step, num_threads=config.input.num_threads,
+      prefetch=config.input.prefetch)
+
+
 def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Builds the pieces of a run and checks them against the data, compiling nothing."""
   os.makedirs(workdir, exist_ok=True)
@@ -490,10 +498,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                   if config.eval_flexi else sampler)
   tx, sched_fn = optim.make_optimizer(config, steps)
   start_step = resume_step(workdir)
-  train_iter = data.train_iterator(
-      _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
-      seed=config.seed, start_step=start_step, num_threads=config.input.num_threads,
-      prefetch=config.input.prefetch)
+  train_iter = make_train_iterator(config, start_step)
   run = Run(config, workdir, mesh, steps, start_step, build_model(config.model),
             teachers, teacher_params, sampler,
             [flexi_key(v) for v in eval_sampler.all_values()], tx,
@@ -578,10 +583,7 @@ def _restart_data(run: Run, step: int) -> None:
   """Points the input pipeline at `step` (the resume step moved back past a corrupt one)."""
   run.train_iter.close()
   config = run.config
-  run.train_iter = data.train_iterator(
-      _data_cfg(config, config.input.data), config.input.pp, config.input.batch_size,
-      seed=config.seed, start_step=step, num_threads=config.input.num_threads,
-      prefetch=config.input.prefetch)
+  run.train_iter = make_train_iterator(config, step)
   run.start_step, run.first_batch = step, next(run.train_iter)
 
 
