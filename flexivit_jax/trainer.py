@@ -10,6 +10,7 @@ uninterrupted one, and the same on 1 device, N devices, or N processes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
+import flax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -24,7 +26,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, train_state
+from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, step_cache
+from flexivit_jax import train_state
 from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax import model as model_lib
@@ -233,32 +236,62 @@ def make_eval_step(model: FlexiViT, label_mapping=None) -> Callable:
   return eval_step
 
 
-def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings
-                    ) -> Dict[str, "CompiledSteps"]:
+def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings,
+                    cache: Optional[step_cache.StepCache] = None) -> Dict[str, "CompiledSteps"]:
   """One CompiledSteps per evaluator; those without a label map share one."""
-  shared = CompiledSteps(make_eval_step(model), shardings, donate=False)
+  shared = CompiledSteps(make_eval_step(model), shardings, donate=False, cache=cache,
+                         name="eval")
   out = {}
   for name, ev in evals.items():
     mapping = eval_lib.load_label_mapping(ev.get("label_mapping"), model.num_classes)
+    # The map is a constant of the traced step: its bytes name the cache entry.
+    mapped_name = mapping is not None and "eval-" + hashlib.sha256(
+        np.asarray(mapping).tobytes()).hexdigest()[:16]
     out[name] = shared if mapping is None else CompiledSteps(
-        make_eval_step(model, mapping), shardings, donate=False)
+        make_eval_step(model, mapping), shardings, donate=False, cache=cache,
+        name=mapped_name)
     out[name].label_mapping = mapping
   return out
+
+
+def make_step_cache(config) -> Optional[step_cache.StepCache]:
+  """Traced steps under `compile_cache_dir/steps`, keyed by the config and this package."""
+  if not config.compile_cache_dir:
+    return None
+  parts = [config.to_json_best_effort(sort_keys=True),
+           step_cache.source_fingerprint(os.path.dirname(os.path.abspath(__file__))),
+           flax.__version__, optax.__version__, np.__version__]
+  return step_cache.StepCache(os.path.join(config.compile_cache_dir, "steps"),
+                              hashlib.sha256("\n".join(parts).encode()).hexdigest())
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
 class CompiledSteps:
   """One compiled executable per flexi value (its static argument), cached."""
 
-  def __init__(self, fn: Callable, shardings, donate: bool, num_devices: int = 1):
+  def __init__(self, fn: Callable, shardings, donate: bool, num_devices: int = 1,
+               cache: Optional[step_cache.StepCache] = None, name: str = "step"):
+    self._fn, self._shardings, self._donate = fn, shardings, (0,) if donate else ()
     self._jit = jax.jit(fn, static_argnames=("flexi",), out_shardings=shardings,
-                        donate_argnums=(0,) if donate else ())
+                        donate_argnums=self._donate)
     self._compiled: Dict[FlexiKey, Any] = {}
     self.label_mapping = None  # Set by make_eval_steps for label-mapped evals.
     self._num_devices = num_devices
+    self._cache, self._name = cache, name
 
   def compile(self, flexi: FlexiKey, *args):
+    """The executable for `flexi` (args may be ShapeDtypeStructs with shardings)."""
     if flexi not in self._compiled:
-      self._compiled[flexi] = self._jit.lower(*args, flexi=flexi).compile()
+      if self._cache is None:
+        self._compiled[flexi] = self._jit.lower(*args, flexi=flexi).compile()
+      else:
+        abstract = jax.tree.map(_abstract, args)
+        self._compiled[flexi] = self._cache.compile(
+            self._name, self._fn, flexi, abstract, out_shardings=self._shardings,
+            donate_argnums=self._donate)
     return self._compiled[flexi]
 
   def num_compiled(self) -> int:
@@ -631,14 +664,15 @@ def _train_from(run: Run, ckpts: train_state.StateCheckpoints, state, shardings
   mesh, steps, first = run.mesh, run.total_steps, run.first_batch
   repl = NamedSharding(mesh, P())
   teacher_params = jax.device_put(run.teacher_params, repl)
+  cache = make_step_cache(config)
   train_steps = CompiledSteps(
       make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
                       mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
-      (shardings, repl), donate=True, num_devices=mesh.size)
-  eval_steps = make_eval_steps(run.model, config.evals, (repl, repl))
+      (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
+  eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
   bsh = batch_sharding(mesh)
   # Shapes and shardings only: compiling later must not touch donated buffers.
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+  abstract = jax.tree.map(_abstract,
                           (state, teacher_params, to_global(first, bsh)))
   if config.aot_compile:
     for v in run.sampler.all_values():

@@ -180,11 +180,19 @@ def test_same_losses_on_1_device_8_devices_and_2_processes_and_resume_on_other_m
 
 
 @pytest.mark.slow
-def test_aot_compile_and_persistent_cache_give_the_same_run(uninterrupted, tmp_path):
+def test_aot_compile_and_persistent_caches_give_the_same_run(uninterrupted, tmp_path):
+  """Cold, then warm from the traced-step and XLA caches: the same run as without them."""
   cache = tmp_path / "xla_cache"
-  run(tmp_path / "wd", "--config.aot_compile=True", f"--config.compile_cache_dir={cache}")
-  assert len(os.listdir(cache)) >= 2  # At least one executable per seqhw value.
-  assert_same_state(final_state(tmp_path / "wd"), final_state(uninterrupted))
+  run(tmp_path / "cold", "--config.aot_compile=True", f"--config.compile_cache_dir={cache}")
+  steps = {f: os.stat(cache / "steps" / f).st_mtime_ns for f in os.listdir(cache / "steps")}
+  assert len([f for f in steps if f.startswith("train-")]) == 2  # One per seqhw value.
+  assert len(os.listdir(cache)) >= 3  # XLA's executables beside the traced steps.
+  run(tmp_path / "warm", "--config.aot_compile=True", f"--config.compile_cache_dir={cache}")
+  # Every traced step was read back, none traced again or rewritten.
+  assert {f: os.stat(cache / "steps" / f).st_mtime_ns
+          for f in os.listdir(cache / "steps")} == steps
+  for workdir in ("cold", "warm"):
+    assert_same_state(final_state(tmp_path / workdir), final_state(uninterrupted))
 
 
 @pytest.mark.slow
