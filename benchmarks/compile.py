@@ -31,6 +31,8 @@ import common
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
+from flexivit_jax import xla_env
+xla_env.apply_cpu_defaults()  # As the train CLI does.
 import jax
 import jax.numpy as jnp
 from flexivit_jax import config as config_lib, optim, trainer

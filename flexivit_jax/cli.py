@@ -9,7 +9,8 @@ Expected failures end in one line on stderr and a status (`errors.py`):
 file), `error: <message>` and 3 for divergence, `preempted: ...` and 143,
 `interrupted` and 130 on Ctrl-C. `--verbose` (taken out of argv before the
 CLI's own parser sees it) adds the traceback. Anything else is a bug and
-keeps its traceback (status 1).
+keeps its traceback (status 1). Every command also gets the CPU XLA settings of
+`xla_env` before it starts JAX.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-from flexivit_jax import errors
+from flexivit_jax import errors, xla_env
 
 VERBOSE = "--verbose"
 EXIT_INTERRUPTED = 130
@@ -48,6 +49,7 @@ def exit_status(exc: BaseException) -> Optional[Tuple[int, str]]:
 
 def _call(fn: Callable[[], Any], verbose: bool) -> Any:
   """fn(); an expected failure becomes its one line on stderr and SystemExit(status)."""
+  xla_env.apply_cpu_defaults()  # Before the command starts JAX.
   try:
     return fn()
   except SystemExit:
