@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable
 
 from flexivit_jax import xla_env
 
@@ -15,8 +15,6 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax import resize
-from flexivit_jax.model import FlexiViT
 
 FLEXI_PATCHES = (48, 40, 30, 24, 20, 16, 15, 12, 10, 8)
 
@@ -66,23 +64,6 @@ def compiled_flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", 0.0))
-
-
-def params_at_patch(model: FlexiViT, params: Dict, patch: int, image: int
-                    ) -> Tuple[FlexiViT, Dict]:
-  """Kernel and posemb resized once to `patch` (what a cached-kernel predictor does).
-
-  The returned model stores them at that size, so each call resizes nothing.
-  """
-  grid = image // patch
-  out = dict(params)
-  out["embedding"] = {**params["embedding"],
-                      "kernel": resize.resize_patch_embed(params["embedding"]["kernel"], patch,
-                                                          model.resize_method)}
-  out["pos_embedding"] = resize.resample_posemb(params["pos_embedding"], grid,
-                                                old_hw=model.posemb_size)
-  sized = model.clone(patch_size=(patch, patch), posemb_size=(grid, grid))
-  return sized, jax.tree.map(np.asarray, out)
 
 
 def median_ratio(num: list, den: list) -> float:

@@ -1,8 +1,8 @@
 """Inference img/s of FlexiViT-S at 240 px, every patch size, against timm.
 
-For each patch size and batch size: flexivit_jax with the kernel and posemb
-resized once (cached-kernel prediction; `flexivit_jax.predict.Predictor` does
-the same once it lands) and timm's `flexivit_small` created at that patch
+For each patch size and batch size: flexivit_jax's `Predictor` (kernel and
+posemb resized once per size and kept on the device, images already on the
+device as timm's are in torch) and timm's `flexivit_small` created at that patch
 (pretrained=False), the two alternated over rounds in one process, torch threads
 = the CPU threads JAX uses. Prints img/s medians, the ratio, and a matmul check
 before and after. timm is skipped when torch/timm are not installed.
@@ -18,15 +18,16 @@ import numpy as np
 
 import common
 from flexivit_jax.model import FlexiViT
+from flexivit_jax.predict import Predictor
 
 IMAGE = 240
 
 
-def jax_runner(patch: int, batch: int, model: FlexiViT, params):
-  sized, p = common.params_at_patch(model, params, patch, IMAGE)
-  fn = jax.jit(lambda p, x: sized.apply({"params": p}, x, patch_size=patch)[0])
-  images = np.random.default_rng(0).normal(size=(batch, IMAGE, IMAGE, 3)).astype(np.float32)
-  return lambda: fn(p, images)
+def jax_runner(patch: int, batch: int, predictor: Predictor):
+  images = jax.device_put(
+      np.random.default_rng(0).normal(size=(batch, IMAGE, IMAGE, 3)).astype(np.float32))
+  predictor.sized(images.shape[1:3], patch_size=patch)  # Resized once, outside the timing.
+  return lambda: predictor.predict(images, patch_size=patch)
 
 
 def timm_runner(patch: int, batch: int):
@@ -55,12 +56,14 @@ def main() -> None:
   model = FlexiViT(num_classes=1000, variant="S", patch_size=(32, 32))
   params = jax.jit(lambda: model.init(jax.random.key(0), np.zeros((1, IMAGE, IMAGE, 3)),
                                       patch_size=16)["params"])()
-  print(f"threads: {common.cpu_threads()}; matmul check: {common.matmul_gflops():.1f} GFLOP/s")
+  predictor = Predictor(model, params)
+  print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; matmul check: "
+        f"{common.matmul_gflops():.1f} GFLOP/s")
   print(f"{'patch':>5} {'batch':>5} {'jax img/s':>10} {'timm img/s':>11} {'jax/timm':>9}")
   ratios = []
   for patch in (int(p) for p in args.patches.split(",")):
     for batch in (int(b) for b in args.batches.split(",")):
-      runners = {"jax": jax_runner(patch, batch, model, params),
+      runners = {"jax": jax_runner(patch, batch, predictor),
                  "timm": timm_runner(patch, batch)}
       runners = {k: v for k, v in runners.items() if v is not None}
       for fn in runners.values():

@@ -24,6 +24,7 @@ import optax
 
 import common
 from flexivit_jax.model import FlexiViT
+from flexivit_jax.predict import params_at_size
 
 IMAGE = 240
 SEQHWS = tuple(IMAGE // p for p in common.FLEXI_PATCHES)
@@ -72,7 +73,7 @@ def main() -> None:
                                         patch_size=16)["params"])()
     for seqhw in (int(s) for s in args.seqhw.split(",")):
       patch = IMAGE // seqhw
-      fixed_model, fixed_params = common.params_at_patch(model, params, patch, IMAGE)
+      fixed_model, fixed_params = params_at_size(model, params, (patch, patch), (seqhw, seqhw))
       steps = {"flexi": (compiled_step(model, params, images, labels, patch), params),
                "fixed": (compiled_step(fixed_model, fixed_params, images, labels, patch),
                          fixed_params)}
