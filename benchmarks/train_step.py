@@ -15,6 +15,7 @@ host memory here: no GPU is lent to this benchmark), plus the process peak RSS.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import resource
 
 import jax
@@ -41,10 +42,6 @@ def lowered_step(model: FlexiViT, params, images, labels, patch: int):
   return jax.jit(step).lower(params, images, labels)
 
 
-def compiled_step(model: FlexiViT, params, images, labels, patch: int):
-  return lowered_step(model, params, images, labels, patch).compile()
-
-
 def step_bytes(compiled) -> float:
   mem = compiled.memory_analysis()
   if mem is None:
@@ -58,25 +55,36 @@ def main() -> None:
   parser.add_argument("--variants", default="Ti,S")
   parser.add_argument("--seqhw", default=",".join(map(str, SEQHWS)))
   parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   images = rng.normal(size=(args.batch, IMAGE, IMAGE, 3)).astype(np.float32)
   labels = rng.integers(0, 1000, size=(args.batch,)).astype(np.int32)
-  peak = common.matmul_gflops()
-  print(f"threads: {common.cpu_threads()}; matmul check: {peak:.1f} GFLOP/s (MFU's peak)")
+  peak = common.peak_gflops()
+  print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; MFU's peak (best "
+        f"of JAX and numpy 2048^2 matmul): {peak:.1f} GFLOP/s")
   print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
         f"{'GFLOP':>7} {'MFU':>6} {'step MiB':>9}")
+  # Every step is traced here, then compiled two at a time (XLA's compile releases the
+  # GIL), before anything is timed: compiling 40 steps one by one was half the run.
+  jobs = {}
+  with concurrent.futures.ThreadPoolExecutor(common.cpu_threads()) as pool:
+    for variant in args.variants.split(","):
+      model = FlexiViT(num_classes=1000, variant=variant, patch_size=(32, 32))
+      params = jax.jit(lambda: model.init(jax.random.key(0), images[:1],
+                                          patch_size=16)["params"])()
+      for seqhw in (int(s) for s in args.seqhw.split(",")):
+        patch = IMAGE // seqhw
+        fixed_model, fixed_params = params_at_size(model, params, (patch, patch),
+                                                   (seqhw, seqhw))
+        for name, (m, p) in {"flexi": (model, params),
+                             "fixed": (fixed_model, fixed_params)}.items():
+          lowered = lowered_step(m, p, images, labels, patch)
+          jobs[variant, seqhw, name] = (pool.submit(lowered.compile), p)
   for variant in args.variants.split(","):
-    model = FlexiViT(num_classes=1000, variant=variant, patch_size=(32, 32))
-    params = jax.jit(lambda: model.init(jax.random.key(0), images[:1],
-                                        patch_size=16)["params"])()
     for seqhw in (int(s) for s in args.seqhw.split(",")):
-      patch = IMAGE // seqhw
-      fixed_model, fixed_params = params_at_size(model, params, (patch, patch), (seqhw, seqhw))
-      steps = {"flexi": (compiled_step(model, params, images, labels, patch), params),
-               "fixed": (compiled_step(fixed_model, fixed_params, images, labels, patch),
-                         fixed_params)}
+      steps = {name: (jobs[variant, seqhw, name][0].result(), jobs[variant, seqhw, name][1])
+               for name in ("flexi", "fixed")}
       times = {k: [] for k in steps}
       for fn, p in steps.values():
         common.timed(lambda: fn(p, images, labels))
