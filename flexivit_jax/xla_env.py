@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, MutableMapping, Optional
+from typing import List, MutableMapping, Optional, Tuple
 
 log = logging.getLogger("flexivit_jax")
 
@@ -35,6 +35,14 @@ def _jax_started() -> bool:
     return False
 
 
+def merged_flags(xla_flags: str) -> Tuple[str, List[str]]:
+  """(XLA_FLAGS with the CPU_FLAGS it lacks appended, the flags added); the user's win."""
+  current = xla_flags.split()
+  present = {_flag_name(f) for f in current}
+  added = [f for f in CPU_FLAGS if _flag_name(f) not in present]
+  return " ".join(current + added), added
+
+
 def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> List[str]:
   """Adds the CPU_FLAGS the user has not set to XLA_FLAGS; returns the flags added."""
   environ = os.environ if environ is None else environ
@@ -43,9 +51,7 @@ def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> Li
   if _jax_started():  # In-process calls (tests, notebooks): too late, and harmless.
     log.debug("JAX has already started; XLA flags %s not applied", " ".join(CPU_FLAGS))
     return []
-  current = environ.get("XLA_FLAGS", "").split()
-  present = {_flag_name(f) for f in current}
-  added = [f for f in CPU_FLAGS if _flag_name(f) not in present]
+  flags, added = merged_flags(environ.get("XLA_FLAGS", ""))
   if added:
-    environ["XLA_FLAGS"] = " ".join(current + added)
+    environ["XLA_FLAGS"] = flags
   return added

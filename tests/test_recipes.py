@@ -202,18 +202,19 @@ RESUME_FLAGS = [f"--config.total_steps={STEPS}", "--config.ckpt_steps=3",
                 "--config.progress_bar=False"]
 
 
-def _train_cmd(workdir):
+def _train_cmd(workdir, cache):
+  # The three runs share traced steps and executables (config.compile_cache_dir).
   return [sys.executable, "-m", "flexivit_jax.train", "--config",
           f"{REPO}/configs/demo_curriculum.py:runlocal", "--workdir", str(workdir),
-          *RESUME_FLAGS]
+          *RESUME_FLAGS, f"--config.compile_cache_dir={cache}"]
 
 
 @pytest.mark.slow
 def test_curriculum_after_sigkill_and_resume_is_the_same_run(digits_data_dir, tmp_path):
-  full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(_train_cmd(full), cwd=REPO, check=True, capture_output=True, timeout=900)
+  full, killed, cache = tmp_path / "full", tmp_path / "killed", tmp_path / "cache"
+  subprocess.run(_train_cmd(full, cache), cwd=REPO, check=True, capture_output=True, timeout=900)
   kill_at = random.Random().randint(4, 9)
-  proc = subprocess.Popen(_train_cmd(killed), cwd=REPO, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(_train_cmd(killed, cache), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
@@ -225,7 +226,7 @@ def test_curriculum_after_sigkill_and_resume_is_the_same_run(digits_data_dir, tm
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL, kill_at
   assert STEPS not in state_files.complete_steps(str(killed))  # (An async save may be cut.)
-  subprocess.run(_train_cmd(killed), cwd=REPO, check=True, capture_output=True, timeout=900)
+  subprocess.run(_train_cmd(killed, cache), cwd=REPO, check=True, capture_output=True, timeout=900)
   ref = [r for r in rows_of(full) if "train/loss" in r]
   got = [r for r in rows_of(killed) if "train/loss" in r]
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))

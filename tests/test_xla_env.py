@@ -11,20 +11,16 @@ from flexivit_jax import xla_env
 YNN_FLAG = xla_env.CPU_FLAGS[0]
 
 
-def test_added_to_an_empty_environment():
-  env = {}
-  assert xla_env.apply_cpu_defaults(env) == [YNN_FLAG]
-  assert env["XLA_FLAGS"] == YNN_FLAG
+def test_added_to_empty_flags():
+  assert xla_env.merged_flags("") == (YNN_FLAG, [YNN_FLAG])
 
 
 def test_the_users_flags_are_kept_and_win():
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
-                      "--xla_cpu_experimental_ynn_fusion_type=dot"}
-  assert xla_env.apply_cpu_defaults(env) == []
-  assert env["XLA_FLAGS"].endswith("ynn_fusion_type=dot")
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  xla_env.apply_cpu_defaults(env)
-  assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", YNN_FLAG]
+  mine = "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot"
+  assert xla_env.merged_flags(mine) == (mine, [])
+  flags, added = xla_env.merged_flags("--xla_force_host_platform_device_count=8")
+  assert flags.split() == ["--xla_force_host_platform_device_count=8", YNN_FLAG]
+  assert added == [YNN_FLAG]
 
 
 def test_opt_out():
