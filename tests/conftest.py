@@ -1,5 +1,16 @@
 """Shared fixtures: the reference files from big_vision (copied from ../shared/reference)."""
+import os
 import pathlib
+import tempfile
+
+# The suite compiles the same small programs many times, in-process and in the CLI runs it
+# starts: one XLA persistent compilation cache for the whole session (every xdist worker
+# and every subprocess inherits it) skips the repeats. Executables are identical either
+# way; a run's own config.compile_cache_dir still takes precedence.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"flexivit-tests-xla-{_RUN}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
 import pytest
