@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jaxlib
+import numpy as np
 
 log = logging.getLogger("flexivit_jax")
 
@@ -114,9 +115,8 @@ class StepCache:
     else:
       self.hits += 1
     exported, out_tree = entry["exported"], entry["out_tree"]
-    donated = [i for a in donate_argnums
-               for i in range(sum(len(jax.tree.leaves(x)) for x in args[:a]),
-                              sum(len(jax.tree.leaves(x)) for x in args[:a + 1]))]
+    starts = np.cumsum([0] + [len(jax.tree.leaves(x)) for x in args])  # First leaf of each arg.
+    donated = [i for a in donate_argnums for i in range(starts[a], starts[a + 1])]
     runner = jax.jit(exported.call, donate_argnums=tuple(donated),
                      out_shardings=_flat_shardings(out_shardings, out_tree))
     return FlatCompiled(runner.lower(*in_leaves).compile(), out_tree)

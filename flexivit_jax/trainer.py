@@ -244,12 +244,12 @@ def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings,
   out = {}
   for name, ev in evals.items():
     mapping = eval_lib.load_label_mapping(ev.get("label_mapping"), model.num_classes)
-    # The map is a constant of the traced step: its bytes name the cache entry.
-    mapped_name = mapping is not None and "eval-" + hashlib.sha256(
-        np.asarray(mapping).tobytes()).hexdigest()[:16]
-    out[name] = shared if mapping is None else CompiledSteps(
-        make_eval_step(model, mapping), shardings, donate=False, cache=cache,
-        name=mapped_name)
+    if mapping is None:
+      out[name] = shared
+    else:  # The map is a constant of the traced step: its bytes name the cache entry.
+      digest = hashlib.sha256(np.asarray(mapping).tobytes()).hexdigest()[:16]
+      out[name] = CompiledSteps(make_eval_step(model, mapping), shardings, donate=False,
+                                cache=cache, name=f"eval-{digest}")
     out[name].label_mapping = mapping
   return out
 
