@@ -10,6 +10,10 @@ second over the measured matmul peak (target >= 50% for S at seqhw >= 15), and
 the step's memory from XLA's buffer assignment (arguments + outputs + temps;
 host memory here: no GPU is lent to this benchmark), plus the process peak RSS.
 
+Steps are all compiled first, then timed in sweeps over the whole table (one
+untimed warm-up sweep, then up to --rounds timed ones while the run stays
+within --budget_s): under 5 minutes here.
+
   python benchmarks/train_step.py [--variants Ti,S] [--seqhw 5,15,30] [--batch 4]
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import resource
+import time
 
 import jax
 import jax.numpy as jnp
@@ -50,23 +55,13 @@ def step_bytes(compiled) -> float:
                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--variants", default="Ti,S")
-  parser.add_argument("--seqhw", default=",".join(map(str, SEQHWS)))
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--rounds", type=int, default=2)
-  args = parser.parse_args()
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(args.batch, IMAGE, IMAGE, 3)).astype(np.float32)
-  labels = rng.integers(0, 1000, size=(args.batch,)).astype(np.int32)
-  peak = common.peak_gflops()
-  print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; MFU's peak (best "
-        f"of JAX and numpy 2048^2 matmul): {peak:.1f} GFLOP/s")
-  print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
-        f"{'GFLOP':>7} {'MFU':>6} {'step MiB':>9}")
-  # Every step is traced here, then compiled two at a time (XLA's compile releases the
-  # GIL), before anything is timed: compiling 40 steps one by one was half the run.
+def compile_all(args, images, labels) -> dict:
+  """Every (variant, seqhw, flexi|fixed) step compiled, with the params it takes.
+
+  Traced here, compiled two at a time (XLA's compile releases the GIL), and all
+  finished before anything is timed: a compile beside a timed step would steal
+  one of the two cores from it.
+  """
   jobs = {}
   with concurrent.futures.ThreadPoolExecutor(common.cpu_threads()) as pool:
     for variant in args.variants.split(","):
@@ -81,26 +76,58 @@ def main() -> None:
                              "fixed": (fixed_model, fixed_params)}.items():
           lowered = lowered_step(m, p, images, labels, patch)
           jobs[variant, seqhw, name] = (pool.submit(lowered.compile), p)
-  for variant in args.variants.split(","):
-    for seqhw in (int(s) for s in args.seqhw.split(",")):
-      steps = {name: (jobs[variant, seqhw, name][0].result(), jobs[variant, seqhw, name][1])
-               for name in ("flexi", "fixed")}
-      times = {k: [] for k in steps}
-      for fn, p in steps.values():
-        common.timed(lambda: fn(p, images, labels))
-      for _ in range(args.rounds):
-        for name, (fn, p) in steps.items():
-          times[name].append(common.timed(lambda: fn(p, images, labels)))
-      flexi = steps["flexi"][0]
-      gflop = common.compiled_flops(flexi) / 1e9
-      mfu = gflop / np.median(times["flexi"]) / peak
-      print(f"{variant:>5} {seqhw:>5} {np.median(times['flexi']) * 1e3:>9.0f} "
-            f"{np.median(times['fixed']) * 1e3:>9.0f} "
-            f"{common.median_ratio(times['fixed'], times['flexi']):>10.2f}x {gflop:>7.1f} "
-            f"{mfu:>6.1%} {step_bytes(flexi) / 2**20:>9.0f}", flush=True)
+  return {key: (job.result(), p) for key, (job, p) in jobs.items()}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--variants", default="Ti,S")
+  parser.add_argument("--seqhw", default=",".join(map(str, SEQHWS)))
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--rounds", type=int, default=3, help="timed sweeps at most")
+  parser.add_argument("--budget_s", type=float, default=280.0,
+                      help="no timed sweep starts that would end the run past this")
+  args = parser.parse_args()
+  start = time.perf_counter()
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(args.batch, IMAGE, IMAGE, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, size=(args.batch,)).astype(np.int32)
+  peak = common.peak_gflops()
+  print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; MFU's peak (best "
+        f"of JAX and numpy 2048^2 matmul): {peak:.1f} GFLOP/s", flush=True)
+  steps = compile_all(args, images, labels)
+  print(f"compiled {len(steps)} steps in {time.perf_counter() - start:.0f} s", flush=True)
+  # Sweeps over the whole table, flexi and fixed back to back in each row, so a drift
+  # of this VM's speed lands on every row and on both sides of each ratio alike. The
+  # first sweep is a warm-up (first-call allocation), untimed.
+  times = {key: [] for key in steps}
+  sweep = 0.0
+  for r in range(args.rounds + 1):
+    if r > 1 and time.perf_counter() - start + sweep > args.budget_s:
+      break
+    began = time.perf_counter()
+    for key, (fn, p) in steps.items():
+      took = common.timed(lambda: fn(p, images, labels))
+      if r:
+        times[key].append(took)
+    sweep = time.perf_counter() - began
+  rounds = len(next(iter(times.values())))
+  print(f"timed sweeps: {rounds} (medians over them)")
+  print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
+        f"{'GFLOP':>7} {'MFU':>6} {'step MiB':>9}")
+  for variant, seqhw, name in steps:
+    if name != "flexi":
+      continue
+    flexi, fixed = times[variant, seqhw, "flexi"], times[variant, seqhw, "fixed"]
+    compiled = steps[variant, seqhw, "flexi"][0]
+    gflop = common.compiled_flops(compiled) / 1e9
+    mfu = gflop / np.median(flexi) / peak
+    print(f"{variant:>5} {seqhw:>5} {np.median(flexi) * 1e3:>9.0f} "
+          f"{np.median(fixed) * 1e3:>9.0f} {common.median_ratio(fixed, flexi):>10.2f}x "
+          f"{gflop:>7.1f} {mfu:>6.1%} {step_bytes(compiled) / 2**20:>9.0f}")
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"process peak RSS: {rss:.0f} MiB; matmul check: {common.matmul_gflops():.1f} "
-        "GFLOP/s (after)")
+        f"GFLOP/s (after); wall {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
