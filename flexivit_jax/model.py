@@ -215,7 +215,9 @@ class FlexiPatchEmbed(nn.Module):
   """VALID conv with stride = patch, its kernel resized to the requested patch.
 
   The stored kernel keeps whatever size it was created or loaded with; only the
-  size used at this call changes.
+  size used at this call changes. Where it costs fewer FLOPs (patches larger than
+  the kernel, or few patches), the resize's transpose maps the patches to the
+  kernel's size instead: the same tokens to float32 rounding.
   """
   width: int
   kernel_size: Tuple[int, int]
@@ -236,7 +238,14 @@ class FlexiPatchEmbed(nn.Module):
     kernel = self.param("kernel", nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
                         shape, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
-    kernel = resize.resize_patch_embed(kernel, patch, self.resize_method)
+    num_patches = x.shape[0] * (x.shape[1] // patch[0]) * (x.shape[2] // patch[1])
+    if (self.resize_method != "norm" and tuple(kernel.shape[:2]) != tuple(patch)
+        and resize.fold_is_cheaper(kernel.shape, patch, num_patches)):
+      # Coarse grids: map the patches to the stored kernel's size instead (fewer FLOPs).
+      x = resize.fold_into_patches(x, kernel.shape[:2], patch, self.resize_method)
+      patch = tuple(kernel.shape[:2])
+    else:
+      kernel = resize.resize_patch_embed(kernel, patch, self.resize_method)
     y = jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), window_strides=patch, padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))

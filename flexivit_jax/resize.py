@@ -128,9 +128,8 @@ def _check_kernel(kernel) -> None:
 
 @functools.partial(jax.jit, static_argnames=("new_hw",))
 def _pi_resize(kernel: jax.Array, new_hw: Tuple[int, int]) -> jax.Array:
-  (ph, pw), (qh, qw) = kernel.shape[:2], new_hw
   # B = kron(Bh, Bw)  =>  pinv(B^T) = kron(pinv(Bh^T), pinv(Bw^T)): two small pinvs.
-  return _separable_apply(kernel, _pinv_transpose_np(ph, qh), _pinv_transpose_np(pw, qw))
+  return _separable_apply(kernel, *_kernel_factors(kernel.shape[:2], new_hw, "pi"))
 
 
 def pi_resize(kernel: jax.Array, new_hw: HW) -> jax.Array:
@@ -149,8 +148,7 @@ def pi_resize(kernel: jax.Array, new_hw: HW) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("new_hw",))
 def _vanilla_resize(kernel: jax.Array, new_hw: Tuple[int, int]) -> jax.Array:
-  (ph, pw), (qh, qw) = kernel.shape[:2], new_hw
-  return _separable_apply(kernel, _bilinear_matrix_np(ph, qh), _bilinear_matrix_np(pw, qw))
+  return _separable_apply(kernel, *_kernel_factors(kernel.shape[:2], new_hw, "vanilla"))
 
 
 def resize_patch_embed(kernel: jax.Array, new_hw: HW, method: str = "pi") -> jax.Array:
@@ -175,6 +173,56 @@ def resize_patch_embed(kernel: jax.Array, new_hw: HW, method: str = "pi") -> jax
     ratio = (kernel.shape[0] * kernel.shape[1]) / (new_hw[0] * new_hw[1])
     out = out * jnp.asarray(ratio, out.dtype)
   return out
+
+
+def _kernel_factors(kernel_hw: Tuple[int, int], new_hw: Tuple[int, int],
+                    method: str) -> Tuple[np.ndarray, np.ndarray]:
+  """The 1-D maps (qh, ph), (qw, pw) whose kron is `resize_patch_embed`'s map."""
+  (ph, pw), (qh, qw) = kernel_hw, new_hw
+  if method == "pi":
+    return _pinv_transpose_np(ph, qh), _pinv_transpose_np(pw, qw)
+  mat_h = _bilinear_matrix_np(ph, qh)
+  if method == "area":
+    mat_h = mat_h * np.float32((ph * pw) / (qh * qw))
+  return mat_h, _bilinear_matrix_np(pw, qw)
+
+
+def fold_is_cheaper(kernel_shape: Sequence[int], new_hw: Tuple[int, int],
+                    num_patches: int) -> bool:
+  """Whether `fold_into_patches` + the stored kernel costs fewer FLOPs than resizing it.
+
+  <patch, M kernel> == <M^T patch, kernel>: a coarse grid (patch larger than the
+  stored kernel) is cheaper to embed by mapping each patch down to the kernel's
+  size, and a small batch cheaper than resizing a large kernel every step.
+  """
+  (ph, pw, c, d), (qh, qw) = kernel_shape, new_hw
+  resize_kernel = 2 * c * d * qh * pw * (ph + qw) + 2 * num_patches * qh * qw * c * d
+  fold = 2 * num_patches * c * ph * qw * (qh + pw) + 2 * num_patches * ph * pw * c * d
+  return fold < resize_kernel
+
+
+def fold_into_patches(images: jax.Array, kernel_hw: Tuple[int, int], patch: Tuple[int, int],
+                      method: str = "pi") -> jax.Array:
+  """Images whose (ph, pw) patches, embedded with the stored kernel, give the tokens
+  of `patch`-sized patches embedded with `resize_patch_embed(kernel, patch, method)`.
+
+  Each (qh, qw) patch x becomes Mh^T x Mw, (ph, pw): the transpose of the kernel's
+  resize map, applied to the patches instead of the kernel (the same linear algebra;
+  tokens agree to float32 rounding). Pixels beyond the last whole patch are dropped,
+  as the VALID conv drops them.
+  """
+  if method not in ("pi", "vanilla", "area"):
+    raise UserError(f"the resize cannot be folded into patches for method {method!r}; "
+                    "allowed: pi, vanilla, area")
+  mat_h, mat_w = (np.asarray(m, np.float32) for m in _kernel_factors(kernel_hw, patch, method))
+  (qh, qw), (ph, pw) = patch, kernel_hw
+  n, height, width, c = images.shape
+  gh, gw = height // qh, width // qw
+  x = images[:, :gh * qh, :gw * qw].reshape(n, gh, qh, gw, qw, c)
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("nhiwjc,ia->nhawjc", x, mat_h.astype(x.dtype), precision=hi)
+  x = jnp.einsum("nhawjc,jb->nhawbc", x, mat_w.astype(x.dtype), precision=hi)
+  return x.reshape(n, gh * ph, gw * pw, c)
 
 
 def _posemb_grid(posemb, old_hw) -> Tuple[int, int]:

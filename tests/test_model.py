@@ -223,3 +223,19 @@ def test_blocked_attention_equals_unblocked_with_a_ragged_last_block():
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 2, 37, 8))
   np.testing.assert_allclose(blocked_attention(q, k, v, block=10), _attend(q, k, v),
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("seqhw", [5, 6])
+def test_folded_coarse_patch_embedding_equals_the_resized_kernel(ref_params, ref_outputs,
+                                                                 seqhw):
+  """At 48 and 40 px the stem maps patches to the stored 32x32 (fewer FLOPs); the
+  model with the kernel PI-resized up front (as Predictor caches it) agrees."""
+  from flexivit_jax.predict import params_at_size
+  model = FlexiViT(**REF_MODEL, pool_type="gap")
+  patch = 240 // seqhw
+  fixed_model, fixed_params = params_at_size(model, ref_params, (patch, patch), (7, 7))
+  images = ref_outputs["images"]
+  _, folded = model.apply({"params": ref_params}, images, seqhw=seqhw)
+  _, resized = fixed_model.apply({"params": fixed_params}, images, seqhw=seqhw)
+  scale = float(jnp.abs(resized["stem"]).max())
+  np.testing.assert_allclose(folded["stem"], resized["stem"], rtol=0, atol=1e-5 * scale)

@@ -8,6 +8,7 @@ import scipy.ndimage
 
 from flexivit_jax import pi_resize, resample_posemb, resize_patch_embed
 from flexivit_jax import resize
+from flexivit_jax.errors import UserError
 
 FLEXI_PATCHES = (48, 40, 30, 24, 20, 16, 15, 12, 10, 8)
 
@@ -158,3 +159,33 @@ def test_bad_inputs_name_the_value():
     resample_posemb(jnp.zeros((1, 50, 4)), 8)
   with pytest.raises(ValueError, match="unknown posemb resample rule"):
     resample_posemb(jnp.zeros((1, 49, 4)), 8, rule="cubic")
+
+
+@pytest.mark.parametrize("method", ["pi", "vanilla", "area"])
+@pytest.mark.parametrize("patch", [(48, 48), (40, 30), (12, 20)])
+def test_folding_the_resize_into_patches_gives_the_same_tokens(method, patch):
+  rng = np.random.default_rng(0)
+  kernel = jnp.asarray(rng.normal(size=(32, 24, 3, 8)), jnp.float32)
+  images = jnp.asarray(rng.normal(size=(2, 100, 90, 3)), jnp.float32)  # ragged edges
+  conv = lambda x, k, stride: jax.lax.conv_general_dilated(
+      x, k, stride, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = conv(images, resize_patch_embed(kernel, patch, method), patch)
+  folded = resize.fold_into_patches(images, (32, 24), patch, method)
+  assert folded.shape == (2, want.shape[1] * 32, want.shape[2] * 24, 3)
+  got = conv(folded, kernel, (32, 24))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+  # And the kernel's gradient: what a train step takes from either path.
+  grad = lambda f: jax.grad(lambda k: jnp.sum(jnp.sin(f(k))))(kernel)
+  want_grad = grad(lambda k: conv(images, resize_patch_embed(k, patch, method), patch))
+  np.testing.assert_allclose(grad(lambda k: conv(folded, k, (32, 24))), want_grad, rtol=0,
+                             atol=1e-4 * float(jnp.abs(want_grad).max()))
+
+
+def test_fold_is_chosen_for_coarse_grids_and_small_batches_only():
+  shape = (32, 32, 3, 384)
+  cheaper = lambda q, batch: resize.fold_is_cheaper(shape, (q, q), batch * (240 // q) ** 2)
+  assert all(cheaper(q, b) for q in (48, 40) for b in (1, 8, 4096))  # patches > kernel
+  assert cheaper(30, 1) and not cheaper(30, 4)  # a 30 px kernel is cheap to make
+  assert not any(cheaper(q, b) for q in (24, 16, 8) for b in (1, 4096))
+  with pytest.raises(UserError, match="norm"):
+    resize.fold_into_patches(jnp.zeros((1, 48, 48, 3)), (32, 32), (48, 48), "norm")
