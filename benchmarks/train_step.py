@@ -5,7 +5,8 @@ entropy, grads, SGD update) at 240 px: the FlexiViT as trained (32x32 kernel and
 7x7 posemb stored, PI-resized inside the step) and the same model written with a
 fixed patch (kernel and posemb stored at that size: no resize in the graph). The
 two alternate in sweeps in one process. Prints flexi/fixed speed (the cost of
-flexibility, target >= 0.95x), MFU = compiled FLOPs (XLA cost analysis) per
+flexibility, target >= 0.95x), the flexi step's FLOPs over the fixed one's (the
+same cost, exact: XLA's count), MFU = compiled FLOPs (XLA cost analysis) per
 second over the measured matmul peak (target >= 50% for S at seqhw >= 15), and
 the step's memory from XLA's buffer assignment (arguments + outputs + temps;
 host memory here: no GPU is lent to this benchmark), plus the process peak RSS.
@@ -104,7 +105,7 @@ def main() -> None:
   # of this VM's speed lands on every row and on both sides of each ratio alike. Each
   # step's time is its best over the sweeps: interference here only ever slows a
   # call down, and the best also drops the first call's allocations (no warm-up
-  # sweep: with 40 compiles, the 5-minute run has room for two or three sweeps).
+  # sweep: after the compiles, a 5-minute run has room for two or three sweeps).
   times = {key: [] for key in steps}
   rows = [(variant, seqhw) for variant, seqhw, name in steps if name == "flexi"]
   sweep = 0.0
@@ -112,23 +113,28 @@ def main() -> None:
     if r >= 2 and time.perf_counter() - start + sweep > args.budget_s:
       break
     began = time.perf_counter()
-    for row in rows:
-      # The first call of a row pays for the memory the previous row's step gave
-      # back (page faults), so which of the two goes first swaps every sweep.
-      for name in ("flexi", "fixed")[::1 if r % 2 == 0 else -1]:
+    # Odd sweeps run backwards (small -> large -> small ...): a call that follows a
+    # much larger step pays for the memory that step gave back (page faults), and
+    # the first call of a row pays most, so the order within a row swaps too.
+    order = 1 if r % 2 == 0 else -1
+    for row in rows[::order]:
+      for name in ("flexi", "fixed")[::order]:
         fn, p = steps[(*row, name)]
         times[(*row, name)].append(common.timed(lambda: fn(p, images, labels)))
     sweep = time.perf_counter() - began
   print(f"timed sweeps: {len(next(iter(times.values())))} (best of them per step)")
   print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
-        f"{'GFLOP':>7} {'MFU':>6} {'step MiB':>9}")
+        f"{'GFLOP':>7} {'FLOPs-fixed':>11} {'MFU':>6} {'step MiB':>9}")
   for variant, seqhw in rows:
     flexi, fixed = (min(times[variant, seqhw, name]) for name in ("flexi", "fixed"))
     compiled = steps[variant, seqhw, "flexi"][0]
     gflop = common.compiled_flops(compiled) / 1e9
+    # The cost of flexibility in FLOPs, exact (XLA's count), free of this VM's noise.
+    extra = gflop / (common.compiled_flops(steps[variant, seqhw, "fixed"][0]) / 1e9) - 1
     mfu = gflop / flexi / peak
     print(f"{variant:>5} {seqhw:>5} {flexi * 1e3:>9.0f} {fixed * 1e3:>9.0f} "
-          f"{fixed / flexi:>10.2f}x {gflop:>7.1f} {mfu:>6.1%} {step_bytes(compiled) / 2**20:>9.0f}")
+          f"{fixed / flexi:>10.2f}x {gflop:>7.1f} {extra:>+11.2%} {mfu:>6.1%} "
+          f"{step_bytes(compiled) / 2**20:>9.0f}")
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"process peak RSS: {rss:.0f} MiB; matmul check: {common.matmul_gflops():.1f} "
         f"GFLOP/s (after); wall {time.perf_counter() - start:.0f} s")

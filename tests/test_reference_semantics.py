@@ -11,6 +11,7 @@ from conftest import DEMO_CONFIG, REF_MODEL
 from flexivit_jax import checkpoint, data, evaluators, losses, trainer
 from flexivit_jax import config as config_lib
 from flexivit_jax.model import FlexiViT
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 # ----------------------------------------------------------------------------
 # Classification metric.
@@ -194,3 +195,35 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
   assert plain != mapped
   with pytest.raises(ValueError, match="make_eval_steps"):
     trainer.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
+
+
+def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_path):
+  """The map is baked into the traced step: editing the mapping file between two
+  cached runs must give a new entry and the new map's counts, never the old step."""
+  from flexivit_jax import step_cache
+  model = _tiny_model()
+  images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
+  params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
+  logits, _ = jax.jit(functools.partial(model.apply, seqhw=2))({"params": params}, images)
+  repl = NamedSharding(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), P())
+  params, images = jax.device_put((params, images), repl)
+  mapping_file = tmp_path / "map.txt"
+
+  def run(mapping):
+    mapping_file.write_text("\n".join(map(str, mapping)))
+    cache = step_cache.StepCache(str(tmp_path / "steps"), "fingerprint")
+    steps = trainer.make_eval_steps(model, {"a": {"label_mapping": str(mapping_file)}},
+                                    (repl, repl), cache=cache)
+    # Labels are the first map's top class: every example right under it.
+    top = np.asarray(logits)[:, [4, 1, 5]].argmax(1)
+    batch = jax.device_put({"image": images, "labels": np.eye(3, dtype=np.float32)[top],
+                            "_mask": np.ones(8, bool)}, repl)
+    correct, count = steps["a"]((("seqhw", 2),), params, batch)
+    return float(correct), float(count), (cache.hits, cache.misses)
+
+  assert run([4, 1, 5]) == (8, 8, (0, 1))
+  assert run([4, 1, 5]) == (8, 8, (1, 0))  # Same file: the traced step is read back.
+  reversed_correct = int((np.asarray(logits)[:, [5, 1, 4]].argmax(1)
+                          == np.asarray(logits)[:, [4, 1, 5]].argmax(1)).sum())
+  assert run([5, 1, 4]) == (reversed_correct, 8, (0, 1))  # Edited: traced anew.
+  assert reversed_correct < 8
