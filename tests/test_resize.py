@@ -68,8 +68,8 @@ def test_resize_matrix_is_jax_image_resize():
   for new in FLEXI_PATCHES + (64, 32, 4, 1):
     cols = jax.image.resize(eye(32), (new, 32), "linear", antialias=False)
     np.testing.assert_array_equal(resize.bilinear_resize_matrix(32, new), cols)
-  for old in (1, 2, 3, 7, 8, 16, 48):
-    for new in range(1, 100, 3):
+  for old in (1, 3, 7, 16, 48):
+    for new in (2, 13, 37, 61, 97):
       cols = jax.image.resize(eye(old), (new, old), "linear", antialias=False)
       np.testing.assert_allclose(resize.bilinear_resize_matrix(old, new), cols, rtol=0,
                                  atol=2e-6)
