@@ -214,14 +214,15 @@ def fold_into_patches(images: jax.Array, kernel_hw: Tuple[int, int], patch: Tupl
   if method not in ("pi", "vanilla", "area"):
     raise UserError(f"the resize cannot be folded into patches for method {method!r}; "
                     "allowed: pi, vanilla, area")
-  mat_h, mat_w = (np.asarray(m, np.float32) for m in _kernel_factors(kernel_hw, patch, method))
+  mat_h, mat_w = (np.asarray(m, images.dtype)
+                  for m in _kernel_factors(kernel_hw, patch, method))
   (qh, qw), (ph, pw) = patch, kernel_hw
   n, height, width, c = images.shape
   gh, gw = height // qh, width // qw
   x = images[:, :gh * qh, :gw * qw].reshape(n, gh, qh, gw, qw, c)
   hi = jax.lax.Precision.HIGHEST
-  x = jnp.einsum("nhiwjc,ia->nhawjc", x, mat_h.astype(x.dtype), precision=hi)
-  x = jnp.einsum("nhawjc,jb->nhawbc", x, mat_w.astype(x.dtype), precision=hi)
+  x = jnp.einsum("nhiwjc,ia->nhawjc", x, mat_h, precision=hi)
+  x = jnp.einsum("nhawjc,jb->nhawbc", x, mat_w, precision=hi)
   return x.reshape(n, gh * ph, gw * pw, c)
 
 
