@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from flexivit_jax import resize, state_files
+from flexivit_jax import paths, resize, state_files
 from flexivit_jax import tree as tree_lib
 from flexivit_jax.errors import UserError
 
@@ -105,13 +105,14 @@ def _known_names() -> str:
 
 
 def resolve_checkpoint(path: PathLike) -> str:
-  """A shortcut name of a released checkpoint -> its URL; other paths unchanged.
+  """A shortcut name of a released checkpoint -> its URL; other paths `paths.normalize`d.
 
   Matching ignores case and repeated spaces ('flexivit-b  i1k' works). Does no
   I/O, so it can be tested offline.
   """
   path = os.fspath(path)
-  return _SHORTCUTS.get(_normalise_name(path), path)
+  url = _SHORTCUTS.get(_normalise_name(path))
+  return url if url is not None else paths.normalize(path)
 
 
 def split_subkey(path: PathLike) -> Tuple[str, Optional[str]]:

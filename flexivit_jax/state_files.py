@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
+from flexivit_jax import paths
 from flexivit_jax.errors import UserError
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -38,7 +39,8 @@ def name_format():
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return workdir.rstrip("/") + "/" + CHECKPOINT_SUBDIR
+  """`<workdir>/checkpoints`, absolute (`paths.normalize`): orbax takes no relative path."""
+  return paths.normalize(workdir) + "/" + CHECKPOINT_SUBDIR
 
 
 def step_dir_name(step: int) -> str:

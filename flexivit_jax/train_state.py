@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from flexivit_jax import state_files, tree
+from flexivit_jax import paths, state_files, tree
 from flexivit_jax.errors import UserError
 
 log = logging.getLogger("flexivit_jax")
@@ -66,7 +66,7 @@ class StateCheckpoints:
       raise UserError(f"keep_ckpt={keep} must be >= 1 (how many recent checkpoints to keep)")
     if keep_every is not None and keep_every < 1:
       raise UserError(f"keep_ckpt_every={keep_every} must be >= 1 or None")
-    self.workdir = workdir
+    self.workdir = paths.normalize(workdir)
     self.directory = state_files.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every, step_name_format=state_files.name_format(),

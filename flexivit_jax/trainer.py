@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, step_cache
-from flexivit_jax import train_state
+from flexivit_jax import paths, train_state
 from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax import model as model_lib
@@ -604,8 +604,11 @@ class ComputeMeter:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (and resumes) the run in `workdir`; returns the last metrics and state."""
-  run = prepare_run(config, workdir)
+  """Trains (and resumes) the run in `workdir`; returns the last metrics and state.
+
+  `workdir` may be relative, `~/...` or a URL: it is normalised once, here.
+  """
+  run = prepare_run(config, paths.normalize(workdir))
   try:
     return _train(run)
   finally:

@@ -207,7 +207,8 @@ def test_shortcut_resolution_is_offline():
       "gs://big_vision/flexivit/vit_b16_i21k_300ep.npz"
   assert len(ckpt_lib.CHECKPOINTS) == 8
   assert all(u.startswith("gs://big_vision/flexivit/") for u in ckpt_lib.CHECKPOINTS.values())
-  assert ckpt_lib.resolve_checkpoint("x/y.npz") == "x/y.npz"
+  assert ckpt_lib.resolve_checkpoint("x/y.npz") == os.path.abspath("x/y.npz")
+  assert ckpt_lib.resolve_checkpoint("gs://b/x.npz") == "gs://b/x.npz"
   assert ckpt_lib.split_subkey("gs://b/x.npz:params") == ("gs://b/x.npz", "params")
   assert ckpt_lib.split_subkey("gs://b/x.npz") == ("gs://b/x.npz", None)
   assert ckpt_lib.split_subkey("FlexiViT-S i1k:Transformer") == ("FlexiViT-S i1k", "Transformer")
