@@ -3,6 +3,7 @@
 health list and put-back, an interrupted asynchronous save, the npz export of params."""
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,6 +222,26 @@ def test_health_of_each_kind_of_damage_and_put_back(tmp_path, capsys):
   assert not (root / "step_000000004" / state_files.REASON_FILE).exists()
   assert state_files.complete_steps(wd) == [1, 2, 3, 4]
   assert state_files.inspect_step(wd, 4).state == "damaged"
+
+
+def test_trainer_and_readers_agree_on_which_steps_exist(tmp_path):
+  """One owner of the layout: the trainer, load_params/export and the list see the same steps."""
+  save_steps(tmp_path, [1, 2, 3]).close()
+  root, wd = tmp_path / state_files.CHECKPOINT_SUBDIR, str(tmp_path)
+  state_files.set_aside(wd, 3, "test")
+  shutil.copytree(root / "step_000000002", root / "step_000000004.orbax-checkpoint-tmp-17")
+  assert state_files.complete_steps(wd) == [1, 2]
+  assert [(h.step, h.state) for h in state_files.list_steps(wd)] == [
+      (1, "complete"), (2, "complete"), (3, "set aside"), (4, "partial")]
+  assert_trees_equal(checkpoint.load_params(wd), make_state(2)["params"])
+  ckpts = train_state.StateCheckpoints(wd, keep=10)  # Opening it removes the partial save.
+  try:
+    assert ckpts.steps() == sorted(ckpts._manager.all_steps()) == [1, 2]
+  finally:
+    ckpts.close()
+  for step in (3, 4):
+    with pytest.raises(UserError, match=rf"no checkpoint at step {step}; it has steps \[1, 2\]"):
+      checkpoint.load_params(wd, step=step)
 
 
 def test_read_params_names_damage_or_the_cause(tmp_path, monkeypatch):
