@@ -356,6 +356,9 @@ def inspect_step(workdir: str, step: int, storage: Optional[Storage] = None,
   name, step_dir = step_dir_name(step), step_path(workdir, step)
   read = _Reader(storage or Storage(), default_tries(workdir) if tries is None else tries, sleep)
   try:
+    from etils import epath
+    if not epath.Path(step_dir).exists():  # Gone (another run's retention?): not damage.
+      return StepHealth(name, step, UNREADABLE, f"{step_dir} does not exist")
     if not _ocp().path.step.is_path_finalized(step_dir):
       return StepHealth(name, step, PARTIAL, "no commit marker: the save never finished")
     _check_step_files(read, step_dir)
