@@ -38,5 +38,6 @@ setuptools.setup(
                     # benchmarks/inference.py compares against timm (optional).
                     "bench": ["torch", "timm"]},
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run",
+                                      "flexivit-checkpoints=flexivit_jax.checkpoints:main",
                                       "flexivit-export=flexivit_jax.export:main"]},
 )

@@ -6,7 +6,7 @@
 
 Expected failures end in one line on stderr and a status (`errors.py`):
 `error: <message>` and 2 for bad input (`UserError`, flag errors, a missing
-file), `error: <message>` and 3 for divergence, `preempted: ...` and 143,
+or unreadable file), `error: <message>` and 3 for divergence, `preempted: ...` and 143,
 `interrupted` and 130 on Ctrl-C. `--verbose` (taken out of argv before the
 CLI's own parser sees it) adds the traceback. Anything else is a bug and
 keeps its traceback (status 1). Every command also gets the CPU XLA settings of
@@ -44,6 +44,9 @@ def exit_status(exc: BaseException) -> Optional[Tuple[int, str]]:
     return errors.EXIT_USER_ERROR, f"error: {one_line(exc)}"
   if isinstance(exc, FileNotFoundError):
     return errors.EXIT_USER_ERROR, f"error: no such file: {exc.filename or one_line(exc)}"
+  if isinstance(exc, PermissionError):
+    return errors.EXIT_USER_ERROR, (f"error: permission denied: {exc.filename or one_line(exc)}"
+                                    "; check the permissions of that path")
   return None
 
 

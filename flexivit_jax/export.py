@@ -1,6 +1,7 @@
 """Exports the params of a training workdir as a big_vision npz.
 
   python -m flexivit_jax.export WORKDIR out.npz [--step N]
+  python -m flexivit_jax.export WORKDIR --list     # which steps there are, and their health
 
 Reads the newest (or step N's) orbax train-state checkpoint of WORKDIR (local or
 gs://), keeps only the params, and writes them with `checkpoint.save_params`;
@@ -25,9 +26,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
-  parser.add_argument("out", help="the npz to write")
+  parser.add_argument("out", nargs="?", default=None, help="the npz to write")
   parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
+  parser.add_argument("--list", action="store_true",
+                      help="list the workdir's steps and their health instead "
+                      "(as python -m flexivit_jax.checkpoints WORKDIR)")
   args = parser.parse_args(argv)
+  if args.list:
+    from flexivit_jax import checkpoints
+    print("\n".join(checkpoints.listing(args.workdir)))
+    return 0
+  if args.out is None:
+    parser.error("the npz to write (out) is required unless --list is given")
   export(args.workdir, args.out, args.step)
   print(f"wrote {args.out}")
   return 0

@@ -14,20 +14,24 @@ the data position is the step, so nothing else needs saving.
 - Any mesh: `restore` reads into the shardings of the *current* mesh, so a run
   saved on 8 devices with fsdp=2 resumes on 4 devices replicated or on 2
   processes.
-- Corrupt: a newest checkpoint that cannot be read is renamed to
-  `<dir>.corrupt-<timestamp>` (never deleted) with a warning, and the one before
-  it is used; when none is usable that is one UserError.
+- Damaged, proven: when the newest checkpoint fails to restore, its files are
+  inspected (`state_files.inspect_step`: orbax's commit and metadata, the OCDBT
+  index, every data file at its recorded size). Only proven damage renames it
+  `<dir>.corrupt-<timestamp>` (never deleted; the reason in `SET_ASIDE.txt`)
+  and falls back to the one before it. A checkpoint that is complete on disk
+  but cannot be read (permission, I/O, memory, network) is one UserError
+  naming the cause, and nothing is renamed. Remote reads are retried first.
+  `python -m flexivit_jax.checkpoints WORKDIR` lists every step's health and
+  `--restore NAME` puts a set-aside one back.
 """
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
 from flexivit_jax import paths, state_files, tree
@@ -61,20 +65,24 @@ class StateCheckpoints:
   """Saves and restores the train states of one workdir."""
 
   def __init__(self, workdir: str, keep: int, keep_every: Optional[int] = None,
-               async_save: bool = True):
+               async_save: bool = True, read_tries: Optional[int] = None):
+    """`read_tries`: how often a failed restore is tried before the files are inspected
+    (default `state_files.default_tries`: retried on remote storage only)."""
     if keep < 1:
       raise UserError(f"keep_ckpt={keep} must be >= 1 (how many recent checkpoints to keep)")
     if keep_every is not None and keep_every < 1:
       raise UserError(f"keep_ckpt_every={keep_every} must be >= 1 or None")
     self.workdir = paths.normalize(workdir)
     self.directory = state_files.checkpoint_dir(workdir)
+    self.read_tries = read_tries or state_files.default_tries(self.workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every, step_name_format=state_files.name_format(),
         enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self):
-    return sorted(self._manager.all_steps())
+    """Committed steps, oldest first: the same list every reader of the workdir sees."""
+    return state_files.complete_steps(self.workdir)
 
   def latest_step(self) -> Optional[int]:
     steps = self.steps()
@@ -104,31 +112,37 @@ class StateCheckpoints:
                       f"({len(diff)} differing leaves, e.g. {diff[:3]}); use another "
                       "workdir or the config that wrote it")
 
+  def _read(self, step: int, target):
+    self._check_matches(step, target)
+    args = ocp.args.Composite(**{state_files.ITEM: ocp.args.StandardRestore(target)})
+    return self._manager.restore(step, args=args)[state_files.ITEM]
+
   def _try_restore(self, step: int, target) -> Tuple[Optional[Any], Optional[Exception]]:
+    """(state, None) or (None, the error of the last try); a UserError propagates."""
     try:
-      self._check_matches(step, target)
-      args = ocp.args.Composite(**{state_files.ITEM: ocp.args.StandardRestore(target)})
-      return self._manager.restore(step, args=args)[state_files.ITEM], None
+      return state_files.retrying(lambda: self._read(step, target),
+                                  f"checkpoint {state_files.step_path(self.workdir, step)}",
+                                  self.read_tries), None
     except UserError:
       raise
-    except Exception as e:  # pylint: disable=broad-except  # Any read failure = corrupt.
+    except Exception as e:  # pylint: disable=broad-except  # Judged from the files next.
       return None, e
 
-  def _set_aside(self, step: int, error: Exception) -> str:
-    src = epath.Path(state_files.step_path(self.workdir, step))
-    dst = src.parent / (src.name + state_files.CORRUPT_MARK + time.strftime("%Y%m%dT%H%M%S"))
-    if jax.process_index() == 0:
-      src.rename(dst)
+  def _set_aside(self, step: int, reason: str) -> str:
+    name = state_files.set_aside(self.workdir, step, reason) if jax.process_index() == 0 else ""
     multihost_utils.sync_global_devices(f"set aside {step}")
     self._manager.reload()
-    log.warning("checkpoint %s is unreadable (%s: %s); set it aside as %s and trying the "
-                "previous one", src, type(error).__name__, str(error)[:200], dst.name)
-    return str(dst)
+    log.warning("checkpoint %s is damaged (%s); set it aside as %s and trying the previous "
+                "one (put it back: python -m flexivit_jax.checkpoints %s --restore %s)",
+                state_files.step_path(self.workdir, step), reason, name or "<process 0>",
+                self.workdir, name or step)
+    return name or state_files.step_dir_name(step)
 
   def restore(self, abstract, shardings) -> Optional[Tuple[Any, int]]:
     """(state, step) of the newest readable checkpoint, laid out for this mesh.
 
-    None when the workdir has no checkpoint; unreadable ones are set aside.
+    None when the workdir has no checkpoint. A step that fails to read is set aside
+    only when its files prove it damaged; otherwise that is one UserError.
     """
     target = with_shardings(abstract, shardings)
     set_aside = []
@@ -136,9 +150,15 @@ class StateCheckpoints:
       state, error = self._try_restore(step, target)
       if _all_agree(error is None):
         return state, step
-      set_aside.append(self._set_aside(step, error or RuntimeError("another process failed")))
+      health = state_files.inspect_step(self.workdir, step)
+      if not _all_agree(health.state == state_files.DAMAGED):
+        raise state_files.unreadable_error(
+            self.workdir, step, error or RuntimeError("another process could not read it"),
+            health)
+      set_aside.append(self._set_aside(step, health.reason))
     if set_aside:
-      raise UserError(f"no usable checkpoint in {self.directory}: every one was unreadable "
-                      f"and was set aside ({', '.join(set_aside)}); restore one or start "
-                      "a new workdir")
+      raise UserError(f"no usable checkpoint in {self.directory}: every one was damaged and "
+                      f"was set aside ({', '.join(set_aside)}); put one back with "
+                      f"python -m flexivit_jax.checkpoints {self.workdir} --restore NAME, "
+                      "or start a new workdir")
     return None

@@ -20,6 +20,8 @@ def _exit(capsys, exc, *argv):
 @pytest.mark.parametrize("exc,code,line", [
     (errors.UserError("unknown config key 'lr_'"), 2, "error: unknown config key 'lr_'"),
     (FileNotFoundError(2, "No such file or directory", "x.npz"), 2, "error: no such file: x.npz"),
+    (PermissionError(13, "Permission denied", "wd/checkpoints"), 2,
+     "error: permission denied: wd/checkpoints; check the permissions of that path"),
     (errors.TrainingDivergedError("diverged at step 3", step=3), 3, "error: diverged at step 3"),
     (errors.Preempted(7), 143, "preempted: saved checkpoint at step 7"),
     (KeyboardInterrupt(), 130, "interrupted"),

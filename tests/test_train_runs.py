@@ -10,13 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
 import pytest
 
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import state_files, train_state
+from flexivit_jax import checkpoints, state_files, train_state
 
 pytestmark = pytest.mark.slow  # Every test here trains in subprocesses.
 STEPS = 14
@@ -230,3 +231,110 @@ def test_sigterm_to_local_sh_stops_both_processes_at_one_step(uninterrupted, tmp
   for key in final:
     if key.startswith("params/"):
       np.testing.assert_allclose(final[key], ref[key], atol=1e-4, err_msg=key)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints that fail to read: set aside only when their files prove damage.
+
+_DENY_READS = textwrap.dedent("""
+    # As `chmod 000 <step dir>` for a user that chmod binds (tests may run as root).
+    import sys
+    from flexivit_jax import state_files, train, train_state
+    denied = sys.argv.pop(1)
+    def refuse(*args, **kwargs):
+      raise PermissionError(13, "Permission denied", denied)
+    train_state.StateCheckpoints._read = refuse
+    state_files.Storage.read_bytes = refuse
+    sys.argv[0] = "flexivit_jax.train"
+    train.run()
+""")
+
+
+def entries(workdir):
+  return sorted(os.listdir(os.path.join(workdir, state_files.CHECKPOINT_SUBDIR)))
+
+
+def copy_of(uninterrupted, tmp_path):
+  workdir = tmp_path / "wd" / "demo"
+  shutil.copytree(uninterrupted, workdir)
+  return workdir
+
+
+def cli(tmp_path, module, *args):
+  """`python -m flexivit_jax.<module> ARGS`, from tmp_path as the user's current directory."""
+  return subprocess.run([sys.executable, "-m", f"flexivit_jax.{module}", *args], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+def test_unreadable_checkpoint_is_one_error_renaming_nothing_then_relative_restart_resumes(
+    uninterrupted, tmp_path):
+  workdir = copy_of(uninterrupted, tmp_path)
+  before = entries(workdir)
+  newest = workdir / state_files.CHECKPOINT_SUBDIR / state_files.step_dir_name(STEPS)
+  if os.geteuid() != 0:
+    os.chmod(newest, 0)
+    try:
+      proc = run(workdir, check=False)
+    finally:
+      os.chmod(newest, 0o755)
+  else:  # root reads through chmod 000: refuse the reads in the trainer's process instead.
+    cmd = [sys.executable, "-c", _DENY_READS, str(newest), *train_cmd(workdir)[3:]]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "permission" in errors[0].lower() and "nothing was set aside" in errors[0], errors
+  assert entries(workdir) == before
+  # Readable again, restarted with a relative path from another directory: it resumes.
+  proc = subprocess.run(train_cmd("wd/demo"), cwd=tmp_path, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resumed from {workdir / state_files.CHECKPOINT_SUBDIR} at step {STEPS}" in proc.stderr
+  assert [r["step"] for r in train_rows(workdir)] == list(range(1, STEPS + 1))  # None again.
+  assert entries(workdir) == before
+
+
+@pytest.mark.slow
+def test_damaged_step_set_aside_partial_ignored_listed_and_put_back(uninterrupted, tmp_path,
+                                                                    capsys):
+  workdir = copy_of(uninterrupted, tmp_path)
+  root = workdir / state_files.CHECKPOINT_SUBDIR
+  damaged = root / state_files.step_dir_name(STEPS)
+  for data in (damaged / "state" / "ocdbt.process_0" / "d").iterdir():  # The array files.
+    with open(data, "r+b") as f:
+      f.truncate(data.stat().st_size // 3)
+  sizes = {str(p.relative_to(damaged)): p.stat().st_size for p in damaged.rglob("*") if p.is_file()}
+  partial = root / (state_files.step_dir_name(STEPS + 1) + ".orbax-checkpoint-tmp-1796514295")
+  shutil.copytree(damaged, partial)  # A save killed before orbax committed it.
+  (partial / "_CHECKPOINT_METADATA").unlink()
+  listed = cli(tmp_path, "checkpoints", "wd/demo")
+  assert listed.returncode == 0, listed.stderr[-3000:]
+  states = {l.split()[0]: l for l in listed.stdout.splitlines()[1:]}
+  assert states["12"].split()[1] == "complete", listed.stdout
+  assert states["14"].split()[1] == "damaged" and "truncated" in states["14"], listed.stdout
+  assert states["15"].split()[1] == "partial" and partial.name in states["15"], listed.stdout
+
+  run(workdir)  # Steps 13 and 14 again, from step 12.
+  aside = [n for n in entries(workdir) if n.startswith(damaged.name + state_files.CORRUPT_MARK)]
+  assert len(aside) == 1 and not [n for n in entries(workdir) if n.startswith(partial.name[:14])
+                                  and state_files.CORRUPT_MARK in n], entries(workdir)
+  assert "truncated" in (root / aside[0] / state_files.REASON_FILE).read_text()
+  assert_same_state(final_state(workdir), final_state(uninterrupted))
+
+  listed = cli(tmp_path, "export", "wd/demo", "--list")
+  assert listed.returncode == 0, listed.stderr[-3000:]
+  rows = [l for l in listed.stdout.splitlines() if aside[0] in l]
+  assert len(rows) == 1 and " set aside " in rows[0] and "truncated" in rows[0], listed.stdout
+  with pytest.raises(SystemExit) as refused:  # Never over the step written since.
+    checkpoints.main([str(workdir), "--restore", aside[0]])
+  err = capsys.readouterr().err
+  assert refused.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+  assert f"{damaged.name} exists" in err
+  os.rename(damaged, tmp_path / "retrained")  # Moved away, the old step can come back.
+  put = cli(tmp_path, "checkpoints", "wd/demo", "--restore", aside[0])
+  assert put.returncode == 0 and put.stdout.strip() == f"put back {damaged.name}", put.stderr
+  assert {str(p.relative_to(damaged)): p.stat().st_size
+          for p in damaged.rglob("*") if p.is_file()} == sizes
+  assert state_files.inspect_step(str(workdir), STEPS).state == state_files.DAMAGED

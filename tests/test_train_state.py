@@ -1,11 +1,14 @@
-"""Orbax train-state checkpoints in-process: round trip, retention, corrupt ones set aside,
-an interrupted asynchronous save, the npz export of params."""
+"""Orbax train-state checkpoints in-process: round trip, retention, damaged ones set aside
+(only proven damage: unreadable ones are an error that renames nothing), retries, the
+health list and put-back, an interrupted asynchronous save, the npz export of params."""
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +18,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import REPO
-from flexivit_jax import checkpoint, state_files, train_state
+from flexivit_jax import checkpoint, checkpoints, state_files, train_state
 from flexivit_jax.errors import UserError
 
 
@@ -87,7 +90,7 @@ def _truncate_data_files(step_dir: pathlib.Path):
       f.truncate(p.stat().st_size // 3)
 
 
-def test_corrupt_latest_is_set_aside_and_previous_used(tmp_path, caplog):
+def test_damaged_latest_is_set_aside_with_its_reason_and_previous_used(tmp_path, caplog):
   save_steps(tmp_path, [2, 4]).close()
   root = tmp_path / state_files.CHECKPOINT_SUBDIR
   _truncate_data_files(root / state_files.step_dir_name(4))
@@ -98,15 +101,159 @@ def test_corrupt_latest_is_set_aside_and_previous_used(tmp_path, caplog):
   aside = [n for n in os.listdir(root) if n.startswith("step_000000004" + state_files.CORRUPT_MARK)]
   assert len(aside) == 1, os.listdir(root)  # Renamed, not deleted: same files, same sizes.
   after = {p.name: p.stat().st_size for p in (root / aside[0]).rglob("*") if p.is_file()}
-  assert after == before
-  assert "set it aside" in caplog.text and "step_000000004" in caplog.text
+  reason = (root / aside[0] / state_files.REASON_FILE).read_text()
+  assert after.pop(state_files.REASON_FILE) and after == before
+  assert "truncated" in reason
+  assert "is damaged" in caplog.text and "--restore " + aside[0] in caplog.text
+  health = {h.step: h for h in state_files.list_steps(str(tmp_path))}
+  assert (health[2].state, health[4].state) == (state_files.COMPLETE, state_files.SET_ASIDE)
+  assert "truncated" in health[4].reason and health[4].name == aside[0]
 
 
 def test_no_usable_checkpoint_is_one_user_error(tmp_path):
   save_steps(tmp_path, [2]).close()
   _truncate_data_files(tmp_path / state_files.CHECKPOINT_SUBDIR / "step_000000002")
-  with pytest.raises(UserError, match="no usable checkpoint.*set aside"):
+  with pytest.raises(UserError, match="no usable checkpoint.*damaged.*set aside.*--restore"):
     restore(tmp_path)
+
+
+def _deny(*paths_denied):
+  """A stand-in for files whose reads are refused (tests may run as root, where chmod is moot)."""
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied", paths_denied[0])
+  return refuse
+
+
+@pytest.mark.parametrize("cause", ["permission", "memory", "io"])
+def test_unreadable_but_complete_checkpoint_is_an_error_that_renames_nothing(
+    tmp_path, monkeypatch, cause):
+  save_steps(tmp_path, [2, 4]).close()
+  root = tmp_path / state_files.CHECKPOINT_SUBDIR
+  step_dir = str(root / "step_000000004")
+  if cause == "permission":  # Restore and inspection both refused.
+    monkeypatch.setattr(train_state.StateCheckpoints, "_read", _deny(step_dir))
+    monkeypatch.setattr(state_files.Storage, "read_bytes", _deny(step_dir))
+    expect = r"step_000000004 could not be read \(PermissionError.*permission denied reading " \
+             r"_CHECKPOINT_METADATA.*check the permissions.*nothing was set aside"
+  else:  # The files are fine; reading them fails for another reason.
+    error = MemoryError("cannot allocate") if cause == "memory" else OSError(5, "I/O error")
+    def fail(*args, **kwargs):
+      raise error
+    monkeypatch.setattr(train_state.StateCheckpoints, "_read", fail)
+    expect = (r"step_000000004 is complete on disk but could not be read \((MemoryError|OSError)"
+              r".*nothing was set aside")
+  with pytest.raises(UserError, match=expect):
+    restore(tmp_path)
+  assert sorted(os.listdir(root)) == ["step_000000002", "step_000000004"]
+  monkeypatch.undo()  # Readable again: the same workdir resumes from its newest step.
+  assert restore(tmp_path, seed=4)[1] == 4
+
+
+class FlakyStorage(state_files.Storage):
+  """Fails the first `failures` reads with a transient error, as a remote store may."""
+
+  def __init__(self, failures):
+    self.failures = failures
+    self.calls = 0
+
+  def read_bytes(self, path):
+    self.calls += 1
+    if self.calls <= self.failures:
+      raise OSError(104, "Connection reset by peer")
+    return super().read_bytes(path)
+
+
+def test_reads_are_retried_before_anything_is_judged(tmp_path, monkeypatch, caplog):
+  assert state_files.default_tries("gs://bucket/run") == len(state_files.RETRY_WAITS_S) + 1 == 3
+  assert state_files.default_tries(str(tmp_path)) == 1
+  save_steps(tmp_path, [2, 4]).close()
+  waits = []
+  health = state_files.inspect_step(str(tmp_path), 4, FlakyStorage(2), tries=3, sleep=waits.append)
+  assert health.state == state_files.COMPLETE and waits == list(state_files.RETRY_WAITS_S)
+  assert "waiting 1.0s before try 2 of 3" in caplog.text
+  assert "waiting 4.0s before try 3 of 3" in caplog.text
+  health = state_files.inspect_step(str(tmp_path), 4, FlakyStorage(3), tries=3, sleep=waits.append)
+  assert health.state == state_files.UNREADABLE and "Connection reset" in health.reason
+  # A restore that fails twice on the way (a storage hiccup) still resumes the newest step.
+  monkeypatch.setattr(state_files, "RETRY_WAITS_S", (0.0, 0.0))
+  read, calls = train_state.StateCheckpoints._read, []
+  def flaky_read(self, step, target):
+    calls.append(step)
+    if len(calls) <= 2:
+      raise OSError(104, "Connection reset by peer")
+    return read(self, step, target)
+  monkeypatch.setattr(train_state.StateCheckpoints, "_read", flaky_read)
+  ckpts = train_state.StateCheckpoints(str(tmp_path), keep=10, read_tries=3)
+  abstract = jax.eval_shape(lambda: make_state(4))
+  state, step = ckpts.restore(abstract, replicated(abstract))
+  ckpts.close()
+  assert step == 4 and calls == [4, 4, 4]
+  assert_trees_equal(state, make_state(4))
+
+
+def test_health_of_each_kind_of_damage_and_put_back(tmp_path, capsys):
+  save_steps(tmp_path, [1, 2, 3, 4, 5]).close()
+  root = tmp_path / state_files.CHECKPOINT_SUBDIR
+  wd = str(tmp_path)
+  data, = (root / "step_000000002/state/d").iterdir()  # The index's root node (tiny values
+  data.unlink()  # are stored inline in it) is gone.
+  (root / "step_000000003/state/_METADATA").write_text('{"tree_metadata": {"(\'par')
+  _truncate_data_files(root / "step_000000004")
+  os.rename(root / "step_000000005", root / "step_000000005.orbax-checkpoint-tmp-1796")
+  health = {h.step: h for h in state_files.list_steps(wd)}
+  assert [health[s].state for s in (1, 2, 3, 4, 5)] == [
+      "complete", "damaged", "damaged", "damaged", "partial"], health
+  assert "missing" in health[2].reason and data.name in health[2].reason
+  assert "_METADATA is missing or unparsable" in health[3].reason
+  assert "truncated" in health[4].reason
+  assert state_files.complete_steps(wd) == [1, 2, 3, 4]
+  name = state_files.set_aside(wd, 4, health[4].reason)
+  assert state_files.complete_steps(wd) == [1, 2, 3]
+  assert checkpoints.main([wd]) == 0
+  listed = capsys.readouterr().out
+  assert "set aside" in listed and name in listed and "truncated" in listed, listed
+  with pytest.raises(UserError, match="none is set aside.*" + name):
+    state_files.put_back(wd, "7")
+  (root / "step_000000004").mkdir()  # That step was written again: never overwritten.
+  with pytest.raises(UserError, match="step_000000004 exists"):
+    state_files.put_back(wd, "4")
+  (root / "step_000000004").rmdir()
+  assert state_files.put_back(wd, name) == "step_000000004"
+  assert not (root / "step_000000004" / state_files.REASON_FILE).exists()
+  assert state_files.complete_steps(wd) == [1, 2, 3, 4]
+  assert state_files.inspect_step(wd, 4).state == "damaged"
+
+
+def test_trainer_and_readers_agree_on_which_steps_exist(tmp_path):
+  """One owner of the layout: the trainer, load_params/export and the list see the same steps."""
+  save_steps(tmp_path, [1, 2, 3]).close()
+  root, wd = tmp_path / state_files.CHECKPOINT_SUBDIR, str(tmp_path)
+  state_files.set_aside(wd, 3, "test")
+  shutil.copytree(root / "step_000000002", root / "step_000000004.orbax-checkpoint-tmp-17")
+  assert state_files.complete_steps(wd) == [1, 2]
+  assert [(h.step, h.state) for h in state_files.list_steps(wd)] == [
+      (1, "complete"), (2, "complete"), (3, "set aside"), (4, "partial")]
+  assert_trees_equal(checkpoint.load_params(wd), make_state(2)["params"])
+  ckpts = train_state.StateCheckpoints(wd, keep=10)  # Opening it removes the partial save.
+  try:
+    assert ckpts.steps() == sorted(ckpts._manager.all_steps()) == [1, 2]
+  finally:
+    ckpts.close()
+  for step in (3, 4):
+    with pytest.raises(UserError, match=rf"no checkpoint at step {step}; it has steps \[1, 2\]"):
+      checkpoint.load_params(wd, step=step)
+
+
+def test_read_params_names_damage_or_the_cause(tmp_path, monkeypatch):
+  save_steps(tmp_path, [2, 4]).close()
+  _truncate_data_files(tmp_path / state_files.CHECKPOINT_SUBDIR / "step_000000004")
+  with pytest.raises(UserError, match="step_000000004 is damaged .*truncated.*read another step"):
+    checkpoint.load_params(str(tmp_path))
+  assert_trees_equal(checkpoint.load_params(str(tmp_path), step=2), make_state(2)["params"])
+  monkeypatch.setattr(state_files, "_read_item", _deny("x"))
+  with pytest.raises(UserError, match="step_000000002 is complete on disk but could not be read "
+                     r"\(PermissionError.*check the permissions"):
+    checkpoint.load_params(str(tmp_path), step=2)
 
 
 def test_other_config_is_a_user_error_that_renames_nothing(tmp_path):
