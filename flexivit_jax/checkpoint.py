@@ -289,8 +289,10 @@ def save_params(path: PathLike, params: Mapping) -> None:
   save_flat(path, flatten(params))
 
 
-def _missing_error(path: str) -> UserError:
-  return UserError(f"checkpoint {path!r} does not exist; pass an existing .npz file, "
+def _missing_error(path: str, given: Optional[str] = None) -> UserError:
+  """`given`: what the user typed, named first when it differs from the resolved `path`."""
+  name = f"{given!r} ({path})" if given and given != path else repr(path)
+  return UserError(f"checkpoint {name} does not exist; pass an existing .npz file, "
                     f"a training workdir, or one of the shortcut names: {_known_names()}")
 
 
@@ -412,10 +414,10 @@ def load_params(path: PathLike, step: Optional[int] = None) -> dict:
   flax optimizer layout (`opt/target/...`) yield their params; legacy layouts
   are fixed (`fix_legacy_layout`).
   """
-  path, subkey = split_subkey(os.fspath(path))
-  path = resolve_checkpoint(path)
+  given, subkey = split_subkey(os.fspath(path))
+  path = resolve_checkpoint(given)
   if not _exists(path):
-    raise _missing_error(path)
+    raise _missing_error(path, given)
   if step is not None and not (_isdir(path) and state_files.is_train_workdir(path)):
     raise UserError(f"step={step} needs a training workdir with orbax checkpoints; "
                     f"{path!r} is not one")
