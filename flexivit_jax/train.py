@@ -122,7 +122,8 @@ def main(parsed) -> None:
   quiet_libraries()
   import jax
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
-    logging.getLogger("flexivit_jax").setLevel(logging.WARNING)
+    logging.getLogger("flexivit_jax").setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if jax.process_index() == 0:  # Atomic: a crash never leaves a half-written config.
     path = os.path.join(FLAGS.workdir, "config.json")
