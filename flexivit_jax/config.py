@@ -102,7 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
   c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
   c.progress = "auto"  # metrics.PROGRESS_MODES: 'auto' is a bar on a terminal, else log lines.
-  c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older key; PROGRESS_BAR.
+  c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
   c.param_sharding = "replicated"

@@ -672,31 +672,33 @@ def _train_from(run: Run, ckpts: train_state.StateCheckpoints, state, shardings
   is_main = jax.process_index() == 0
   progress = metrics.Progress(steps, run.start_step, mode=config.progress,
                               batch_size=config.input.batch_size, main_process=is_main)
-  progress.line(start_line(run))  # Before the compiles, which take a while.
-  repl = NamedSharding(mesh, P())
-  teacher_params = jax.device_put(run.teacher_params, repl)
-  cache = make_step_cache(config)
-  train_steps = CompiledSteps(
-      make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
-                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
-      (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
-  eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
-  bsh = batch_sharding(mesh)
-  # Shapes and shardings only: compiling later must not touch donated buffers.
-  abstract = jax.tree.map(_abstract,
-                          (state, teacher_params, to_global(first, bsh)))
-  if config.aot_compile:
-    for v in run.sampler.all_values():
-      train_steps.compile(flexi_key(v), *abstract)
-  compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
-                         run.start_step)
-  writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
-  try:
+  writer = None
+  try:  # The bar closes whatever happens, compiles included.
+    progress.line(start_line(run))  # Before the compiles, which take a while.
+    repl = NamedSharding(mesh, P())
+    teacher_params = jax.device_put(run.teacher_params, repl)
+    cache = make_step_cache(config)
+    train_steps = CompiledSteps(
+        make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
+                        mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
+        (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
+    eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
+    bsh = batch_sharding(mesh)
+    # Shapes and shardings only: compiling later must not touch donated buffers.
+    abstract = jax.tree.map(_abstract,
+                            (state, teacher_params, to_global(first, bsh)))
+    if config.aot_compile:
+      for v in run.sampler.all_values():
+        train_steps.compile(flexi_key(v), *abstract)
+    compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
+                           run.start_step)
+    writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
     last, final = _loop(run, ckpts, state, teacher_params, train_steps, eval_steps, compute,
                         writer, progress)
   finally:
     progress.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
   if final:  # After the bar is closed, so the table never lands inside its line.
     print_final_table(workdir, final, first["image"].shape[1], progress)
   return last
