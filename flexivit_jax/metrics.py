@@ -83,11 +83,8 @@ def progress_mode(setting: Any) -> str:
   """'bar', 'lines' or 'none' for a setting of PROGRESS_MODES.
 
   'auto' is a bar when stdout and stderr are terminals, else plain lines (a log
-  file, a pod, SLURM, nohup), so a run says what it does wherever it runs. The
-  legacy `progress_bar` values True/False mean 'bar'/'none'.
+  file, a pod, SLURM, nohup), so a run says what it does wherever it runs.
   """
-  if setting is True or setting is False:
-    return "bar" if setting else "none"
   if setting == "auto":
     return "bar" if sys.stdout.isatty() and sys.stderr.isatty() else "lines"
   if setting in PROGRESS_MODES:
