@@ -27,6 +27,7 @@ import tempfile
 import time
 
 import common
+from flexivit_jax import cli, metrics
 
 CHILD = """
 import json, sys, time
@@ -87,15 +88,22 @@ def main() -> None:
   parser.add_argument("--seqhw", default="5,6,8,10,12,15,16,20,24,30")
   parser.add_argument("--xla_only", action="store_true",
                       help="also time JAX's persistent compilation cache alone")
+  cli.add_progress_argument(parser)
   args = parser.parse_args()
   print(f"matmul check: {common.matmul_gflops():.1f} GFLOP/s", flush=True)
   runs = {}
   modes = [("step cache + XLA cache", True)] + ([("XLA cache only", False)] if args.xla_only
                                                  else [])
+  progress = metrics.Progress(2 * len(modes), mode=args.progress, unit="run")
   for label, step_cache in modes:
     with tempfile.TemporaryDirectory() as cache_dir:
-      runs[label] = [run_child(cache_dir, args.variant, args.seqhw, step_cache)
-                     for _ in ("cold", "warm")]
+      runs[label] = []
+      for start in ("cold", "warm"):
+        runs[label].append(run_child(cache_dir, args.variant, args.seqhw, step_cache))
+        progress.update(1)
+        progress.log({"caches": label, "start": start,
+                      "seconds": round(runs[label][-1]["process"], 1)})
+  progress.close()
   n = len(args.seqhw.split(","))
   print(f"{args.variant}, {n} train steps (seqhw {args.seqhw}), seconds:")
   print(f"{'caches':<24} {'cold steps':>10} {'warm steps':>10} {'warm/cold':>9} "

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 import common
+from flexivit_jax import cli, metrics
 from flexivit_jax.model import FlexiViT
 from flexivit_jax.predict import params_at_size
 
@@ -59,7 +60,7 @@ def step_bytes(compiled) -> float:
                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 
 
-def compile_all(args, images, labels) -> dict:
+def compile_all(args, images, labels, progress: metrics.Progress) -> dict:
   """Every (variant, seqhw, flexi|fixed) step compiled, with the params it takes.
 
   Traced here, compiled two at a time (XLA's compile releases the GIL), and all
@@ -80,6 +81,7 @@ def compile_all(args, images, labels) -> dict:
                              "fixed": (fixed_model, fixed_params)}.items():
           lowered = lowered_step(m, p, images, labels, patch)
           jobs[variant, seqhw, name] = (pool.submit(lowered.compile), p)
+          jobs[variant, seqhw, name][0].add_done_callback(lambda _: progress.update(1))
   return {key: (job.result(), p) for key, (job, p) in jobs.items()}
 
 
@@ -91,6 +93,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3, help="timed sweeps at most")
   parser.add_argument("--budget_s", type=float, default=285.0,
                       help="after two sweeps, no sweep starts that would end past this")
+  cli.add_progress_argument(parser)
   args = parser.parse_args()
   start = time.perf_counter()
   rng = np.random.default_rng(0)
@@ -99,7 +102,10 @@ def main() -> None:
   peak = common.peak_gflops()
   print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; MFU's peak (best "
         f"of JAX and numpy 2048^2 matmul): {peak:.1f} GFLOP/s", flush=True)
-  steps = compile_all(args, images, labels)
+  num_steps = 2 * len(args.variants.split(",")) * len(args.seqhw.split(","))
+  compiling = metrics.Progress(num_steps, mode=args.progress, unit="compiled", every_s=30.0)
+  steps = compile_all(args, images, labels, compiling)
+  compiling.close()
   print(f"compiled {len(steps)} steps in {time.perf_counter() - start:.0f} s", flush=True)
   # Sweeps over the whole table, flexi and fixed back to back in each row, so a drift
   # of this VM's speed lands on every row and on both sides of each ratio alike. Each
@@ -109,6 +115,7 @@ def main() -> None:
   times = {key: [] for key in steps}
   rows = [(variant, seqhw) for variant, seqhw, name in steps if name == "flexi"]
   sweep = 0.0
+  sweeps = metrics.Progress(args.rounds, mode=args.progress, unit="sweep")
   for r in range(args.rounds):
     if r >= 2 and time.perf_counter() - start + sweep > args.budget_s:
       break
@@ -122,6 +129,9 @@ def main() -> None:
         fn, p = steps[(*row, name)]
         times[(*row, name)].append(common.timed(lambda: fn(p, images, labels)))
     sweep = time.perf_counter() - began
+    sweeps.update(1)
+    sweeps.log({"seconds": round(sweep, 1)})
+  sweeps.close()
   print(f"timed sweeps: {len(next(iter(times.values())))} (best of them per step)")
   print(f"{'model':>5} {'seqhw':>5} {'flexi ms':>9} {'fixed ms':>9} {'flexi/fixed':>11} "
         f"{'GFLOP':>7} {'FLOPs-fixed':>11} {'MFU':>6} {'step MiB':>9}")

@@ -14,6 +14,7 @@ keeps its traceback (status 1). Every command also gets the CPU XLA settings of
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import traceback
@@ -88,6 +89,14 @@ def user_facing(main: Callable[..., Any]) -> Callable[..., Any]:
     rest, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
     return _call(lambda: main(rest, *args, **kwargs), verbose)
   return wrapped
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+  """`--progress auto|bar|lines|none` for an argparse CLI (the train CLI has the absl flag)."""
+  from flexivit_jax.metrics import PROGRESS_MODES
+  parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                      help="a bar on a terminal, plain flushed lines (logs, pods, SLURM, nohup) "
+                      "or nothing; 'auto' (default): a bar on a terminal, lines otherwise")
 
 
 def parse_absl_flags(argv: Sequence[str]) -> List[str]:

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import ml_collections
 
-from flexivit_jax import checkpoint, evaluators, losses, optim
+from flexivit_jax import checkpoint, evaluators, losses, metrics, optim
 from flexivit_jax.errors import UserError
 from flexivit_jax.flexi import SPEC_KEYS, FlexiSampler
 from flexivit_jax.model import MODEL_FIELDS, from_config as model_from_config
@@ -32,7 +32,7 @@ EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "log_percent", "la
 TEACHER_COMBINE = ("sum", "mean")
 TEACHER_KEYS = ("model", "init", "input_key", "call")
 DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")  # What data.pipeline reads.
-PROGRESS_BAR = ("auto", True, False)
+PROGRESS_BAR = ("auto", True, False)  # The older key: 'auto', a bar or none.
 _ANY = None  # Keys of this dict are free (names of evals/teachers, optax kwargs).
 # Dicts whose keys are not typed by `default_config`: the keys each may hold.
 FREE_KEYS = {
@@ -101,7 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_ckpt = 3  # Keep the newest N train-state checkpoints (orbax, workdir/checkpoints/).
   c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
   c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
-  c.progress_bar = ml_collections.FieldReference("auto", field_type=object)  # PROGRESS_BAR.
+  c.progress = "auto"  # metrics.PROGRESS_MODES: 'auto' is a bar on a terminal, else log lines.
+  c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
   c.param_sharding = "replicated"
@@ -235,9 +236,25 @@ def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_colle
   for name, text in overrides:
     apply_override(full, name, text)
   check_free_keys(full)
+  _fold_progress_bar(full)
   validate(full)
   full.lock()
   return full
+
+
+def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
+  """Configs that set the older `progress_bar` key keep working: True/False/'auto' set
+  `progress` to 'bar'/'none'/'auto' (both may be set if they agree, as in a saved config)."""
+  if c.progress_bar is None:
+    return
+  if c.progress_bar not in PROGRESS_BAR:
+    raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
+                    "True, False (or use 'progress': " + ", ".join(metrics.PROGRESS_MODES) + ")")
+  mode = {"auto": "auto", True: "bar", False: "none"}[c.progress_bar]
+  if c.progress not in ("auto", mode):
+    raise UserError(f"config keys 'progress'={c.progress!r} and 'progress_bar'="
+                    f"{c.progress_bar!r} disagree; set only 'progress'")
+  c.progress = mode
 
 
 def _positive_int(config, key: str, allow_none: bool = False) -> None:
@@ -271,9 +288,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _non_negative(c.mixup, "p")
   if not c.input.pp:
     raise UserError("config key 'input.pp' (the preprocessing string) is empty")
-  if c.progress_bar not in PROGRESS_BAR:
-    raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
-                    "True, False")
+  if c.progress not in metrics.PROGRESS_MODES:
+    raise UserError(f"config key 'progress' is {c.progress!r}; allowed: "
+                    f"{', '.join(metrics.PROGRESS_MODES)}")
   model_from_config(c.model, "model")
   for key in ("flexi", "eval_flexi"):
     # Checks the spec's form (the values are checked against the images later). With

@@ -10,6 +10,9 @@ Prints one row per seqhw and writes eval.json, eval.csv and eval.png (top-1 vs
 GFLOPs) into --out. With a workdir, the model, data, pp and grids default to its
 config.json. `--max_gflops`/`--max_ms` evaluate only the finest grid within budget.
 Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out plot.png`.
+`--progress=lines` (the default when stdout is not a terminal) prints a start line,
+a batch count every 30 s and one line per grid; `--progress=none` (or `--no_progress`)
+only the table.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from flexivit_jax.errors import UserError
 
 # The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
 MIN_PATCH, MAX_PATCH = 8, 48
+PROGRESS_EVERY_S = 30.0  # With --progress=lines, a batch count line at most this often.
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -37,7 +41,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--max_gflops", type=float, default=None)
   p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
   p.add_argument("--out", default=None, help="directory for eval.json/eval.csv/eval.png")
-  p.add_argument("--no_progress", action="store_true")
+  cli.add_progress_argument(p)
+  p.add_argument("--no_progress", dest="progress", action="store_const", const="none",
+                 help="the same as --progress=none")
   return p.parse_args(argv)
 
 
@@ -122,12 +128,19 @@ def run(args) -> list[dict]:
     if args.max_gflops is not None or args.max_ms is not None:
       seqhws = choose(args, model, params, h, c, seqhws)
     num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
-    progress = metrics.Progress(num, 0, args.batch_size,
-                                enabled=not args.no_progress and sys.stderr.isatty())
-    rows = evaluation.evaluate_sizes(
-        evaluation.Predictor(model, params, pp), _chain(first, batches), seqhws,
-        on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
-    progress.close()
+    progress = metrics.Progress(num, mode=args.progress, batch_size=args.batch_size,
+                                unit="batch", every_s=PROGRESS_EVERY_S)
+    progress.line(f"evaluating {args.checkpoint} on {data_cfg['name']}:{data_cfg['split']} "
+                  f"at seqhw {','.join(map(str, seqhws))}: {num // len(seqhws)} batches "
+                  f"of {args.batch_size} per grid")
+    try:
+      rows = evaluation.evaluate_sizes(
+          evaluation.Predictor(model, params, pp), _chain(first, batches), seqhws,
+          on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
+    finally:
+      progress.close()
+    for row in rows:
+      progress.line(report.format_eval_row(row))
   finally:
     batches.close()
   return rows

@@ -57,6 +57,14 @@ def has_eval(path: str) -> bool:
   return path.endswith(EVAL_JSON) or os.path.exists(os.path.join(path, EVAL_JSON))
 
 
+def format_eval_row(row: Mapping) -> str:
+  """One grid on one line (a progress line): seqhw, patch, top1, loss, GFLOPs, img/s."""
+  patch = "x".join(map(str, row["patch"])) if isinstance(row["patch"], list) else row["patch"]
+  gflops = f"  {row['gflops']:.4g} GFLOPs/img" if row.get("gflops") is not None else ""
+  return (f"seqhw {row['seqhw']} (patch {patch})  top1 {row['top1'] * 100:.2f}%  "
+          f"loss {row['loss']:.4f}{gflops}  {row['img_per_s']:.0f} img/s")
+
+
 def format_eval_table(rows: Sequence[Mapping]) -> str:
   """The printed table: one line per grid size, coarse to fine."""
   header = ["seqhw", "patch", "tokens", "top-1", "top-5", "loss", "GFLOPs/img", "img/s"]

@@ -1,9 +1,11 @@
 """Entry point: flags, distributed init, hand-off to `trainer.train_and_evaluate`.
 
   python -m flexivit_jax.train --config configs/demo_digits.py --workdir /tmp/demo \
-      [--config.total_steps=100 --config.model.variant=S ...] [--verbose]
+      [--config.total_steps=100 --config.model.variant=S ...] [--progress=lines] [--verbose]
 
 `--config.KEY=VALUE` sets any config key, FlexiViT fields included (`config.complete`).
+`--progress=bar|lines|none` (default: a bar on a terminal, else one line per log
+step, checkpoint and eval, flushed, for logs) sets config.progress.
 Exit status: 0 done, 2 bad input (one `error: ...` line), 3 the loss diverged,
 143 preempted (SIGTERM; a checkpoint was saved); `--verbose` adds tracebacks.
 
@@ -23,12 +25,18 @@ from absl import logging as absl_logging
 
 from flexivit_jax import cli
 from flexivit_jax.errors import UserError
+from flexivit_jax.metrics import PROGRESS_MODES
 
 FLAGS = flags.FLAGS
 CONFIG_PREFIX = "--config."
 flags.DEFINE_string("config", None, "Config file, `path.py[:arg]`; set any key with "
                     "--config.KEY=VALUE.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
+flags.DEFINE_enum("progress", None, list(PROGRESS_MODES),
+                  "What the run shows while it trains (sets config.progress): a bar on a "
+                  "terminal, one plain line per log step, checkpoint and eval (logs, pods, "
+                  "SLURM, nohup), or nothing but the final table. Default: the config's, "
+                  "'auto' = a bar on a terminal, lines otherwise.")
 
 
 def _env_int(name: str):
@@ -104,6 +112,8 @@ def main(parsed) -> None:
   if not FLAGS.workdir:
     raise UserError("--workdir is required (where checkpoints and metrics go)")
   from flexivit_jax import config as config_lib
+  if FLAGS.progress:  # The flag wins over the config's `progress` and older `progress_bar`.
+    overrides = [*overrides, ("progress", FLAGS.progress), ("progress_bar", "None")]
   # Every key and value is checked here, before JAX starts.
   config = config_lib.complete(config_lib.load_config_file(FLAGS.config), overrides)
   setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
@@ -111,13 +121,16 @@ def main(parsed) -> None:
   from flexivit_jax import trainer
   quiet_libraries()
   import jax
+  if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
+    logging.getLogger("flexivit_jax").setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if jax.process_index() == 0:  # Atomic: a crash never leaves a half-written config.
     path = os.path.join(FLAGS.workdir, "config.json")
     with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     os.replace(path + ".tmp", path)
-  trainer.train_and_evaluate(config, FLAGS.workdir)  # Preempted -> 143 in cli.
+  trainer.train_and_evaluate(config, FLAGS.workdir, name=FLAGS.config)  # Preempted -> 143.
 
 
 def run() -> None:

@@ -500,6 +500,7 @@ class Run:
   train_iter: Any
   first_batch: Dict[str, np.ndarray]
   model_init: Optional[Dict[str, Any]] = None  # The params of config.model_init.
+  name: str = ""  # What started it (the config file), for the start line.
 
 
 def make_train_iterator(config, start_step: int):
@@ -603,12 +604,15 @@ class ComputeMeter:
     return float(sum(self._counts[f] * self._gflops_of(f) for f in sorted(self._counts)))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, name: str = ""
+                       ) -> Dict[str, Any]:
   """Trains (and resumes) the run in `workdir`; returns the last metrics and state.
 
   `workdir` may be relative, `~/...` or a URL: it is normalised once, here.
+  `name` (e.g. the config file) goes on the first progress line.
   """
   run = prepare_run(config, paths.normalize(workdir))
+  run.name = name
   try:
     return _train(run)
   finally:
@@ -665,36 +669,79 @@ def _train_from(run: Run, ckpts: train_state.StateCheckpoints, state, shardings
   """Compiles the steps, then runs them from `run.start_step`, saving through `ckpts`."""
   config, workdir = run.config, run.workdir
   mesh, steps, first = run.mesh, run.total_steps, run.first_batch
-  repl = NamedSharding(mesh, P())
-  teacher_params = jax.device_put(run.teacher_params, repl)
-  cache = make_step_cache(config)
-  train_steps = CompiledSteps(
-      make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
-                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
-      (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
-  eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
-  bsh = batch_sharding(mesh)
-  # Shapes and shardings only: compiling later must not touch donated buffers.
-  abstract = jax.tree.map(_abstract,
-                          (state, teacher_params, to_global(first, bsh)))
-  if config.aot_compile:
-    for v in run.sampler.all_values():
-      train_steps.compile(flexi_key(v), *abstract)
-  compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
-                         run.start_step)
   is_main = jax.process_index() == 0
-  writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
-  progress = metrics.Progress(steps, run.start_step, config.input.batch_size,
-                              enabled=is_main and metrics.show_progress_bar(config.progress_bar))
-  try:
+  progress = metrics.Progress(steps, run.start_step, mode=config.progress,
+                              batch_size=config.input.batch_size, main_process=is_main)
+  writer = None
+  try:  # The bar closes whatever happens, compiles included.
+    progress.line(start_line(run))  # Before the compiles, which take a while.
+    repl = NamedSharding(mesh, P())
+    teacher_params = jax.device_put(run.teacher_params, repl)
+    cache = make_step_cache(config)
+    train_steps = CompiledSteps(
+        make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
+                        mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
+        (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
+    eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
+    bsh = batch_sharding(mesh)
+    # Shapes and shardings only: compiling later must not touch donated buffers.
+    abstract = jax.tree.map(_abstract,
+                            (state, teacher_params, to_global(first, bsh)))
+    if config.aot_compile:
+      for v in run.sampler.all_values():
+        train_steps.compile(flexi_key(v), *abstract)
+    compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
+                           run.start_step)
+    writer = metrics.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
     last, final = _loop(run, ckpts, state, teacher_params, train_steps, eval_steps, compute,
                         writer, progress)
   finally:
     progress.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
   if final:  # After the bar is closed, so the table never lands inside its line.
     print_final_table(workdir, final, first["image"].shape[1], progress)
   return last
+
+
+def start_line(run: Run) -> str:
+  """The first progress line: what runs, where, on what, for how long, from where."""
+  n, procs = run.mesh.size, jax.process_count()
+  platform = run.mesh.devices.flat[0].platform
+  parts = ["start", f"config {run.name}" if run.name else "", f"workdir {run.workdir}",
+           f"{n} {platform} device{'s' * (n != 1)} in {procs} process{'es' * (procs != 1)}",
+           f"{run.total_steps} steps of batch {run.config.input.batch_size}",
+           f"resumed from step {run.start_step}" if run.start_step else "from step 0"]
+  return "  ".join(p for p in parts if p)
+
+
+def step_line_fields(row: Mapping[str, Any], flexi: FlexiKey) -> Dict[str, str]:
+  """The fields of a log step's progress line: flexi value, loss, grad_norm, lr."""
+  fields = {k: metrics.flexi_label(((k, v),)).partition("=")[2] for k, v in flexi}
+  fields.update(loss=f"{row['train/loss']:.4f}", grad_norm=f"{row['grad_norm']:.3g}",
+                lr=f"{row['lr']:.2e}")
+  return fields
+
+
+def save_checkpoint(ckpts: train_state.StateCheckpoints, step: int, state, progress,
+                    previous: Optional[int]) -> int:
+  """Starts saving `step` (asynchronous: the next steps run while it is written) and says
+  so; a save starts only once the one before is committed, so `previous` is written."""
+  ckpts.save(step, state)
+  if previous is not None:
+    progress.line(f"checkpoint step {previous} written to "
+                  f"{state_files.step_path(ckpts.workdir, previous)}")
+  progress.line(f"checkpoint step {step} started (written in the background)")
+  return step
+
+
+def finish_checkpoint(ckpts: train_state.StateCheckpoints, progress,
+                      pending: Optional[int]) -> None:
+  """Waits for the save started last, then says it is written."""
+  ckpts.wait()
+  if pending is not None:
+    progress.line(f"checkpoint step {pending} written to "
+                  f"{state_files.step_path(ckpts.workdir, pending)}")
 
 
 def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
@@ -707,6 +754,7 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
   last: Dict[str, Any] = {}
   final: Dict[str, float] = {}
   last_saved = run.start_step or None
+  pending = None  # The step whose save was started last in this run.
   local = run.first_batch
   with Preemption(config.preemption_check_steps) as preemption:
     for step in range(run.start_step, steps):
@@ -722,6 +770,7 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
         writer.write(done, row)
         last.update(row)
         progress.update(1, loss=f"{row['train/loss']:.4f}", **{k: str(v) for k, v in flexi})
+        progress.log(step_line_fields(row, flexi), images_per_s=row["img_per_s"])
       else:
         progress.update(1)
       due = evals_due(config, done, steps)
@@ -729,14 +778,17 @@ def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
         results = evaluate(config, due, eval_steps, state["params"], run.eval_flexis, mesh)
         writer.write(done, {**results, "compute/gflops": compute.total_gflops()})
         last.update(results)
+        progress.line(f"eval step {done}/{steps}  "
+                      + metrics.format_eval_line(results, local["image"].shape[1]))
         final = results if done == steps else final
       stop = preemption.should_stop(done)
       if done % config.ckpt_steps == 0 or done == steps or stop:
-        ckpts.save(done, state)  # Asynchronous: the next steps run while it is written.
+        pending = save_checkpoint(ckpts, done, state, progress, pending)
         last_saved = done
       if stop:
-        ckpts.wait()
+        finish_checkpoint(ckpts, progress, pending)
         raise Preempted(done)
       if done < steps:
         local = next(run.train_iter)
+  finish_checkpoint(ckpts, progress, pending)
   return {**last, "step": steps, "state": state}, final

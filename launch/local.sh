@@ -3,13 +3,13 @@
 # writing one workdir: the multi-host code path (jax.distributed, per-process data,
 # sharded checkpoints) without a cluster.
 #
-#   launch/local.sh N [--devices D] [--port P] [--dry-run] [-- TRAIN ARGS...]
-#   launch/local.sh 2 -- --config configs/demo_digits.py:runlocal --workdir /tmp/p2
+#   launch/local.sh N [--devices D] [--port P] [--log-dir DIR] [--dry-run] [-- TRAIN ARGS...]
+#   launch/local.sh 2 --log-dir logs -- --config configs/demo_digits.py:runlocal --workdir /tmp/p2
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: launch/local.sh N [--devices D] [--port P] [--dry-run] [-- TRAIN ARGS...]
+usage: launch/local.sh N [--devices D] [--port P] [--log-dir DIR] [--dry-run] [-- TRAIN ARGS...]
 
 Starts N processes of `python -m flexivit_jax.train TRAIN ARGS...` on 127.0.0.1,
 process i with FLEXIVIT_PROCESS_ID=i, FLEXIVIT_NUM_PROCESSES=N,
@@ -19,6 +19,8 @@ which is forwarded to every process).
 
   --devices D   emulated CPU devices per process (default 1)
   --port P      coordinator port (default: a free port)
+  --log-dir DIR each process's stdout and stderr to DIR/process_<i>.log (default: this
+                terminal); process 0's log has the progress lines, the others errors only
   --dry-run     print the commands, run nothing
   PYTHON        environment variable: the interpreter (default: python)
 USAGE
@@ -27,12 +29,14 @@ USAGE
 num=""
 devices=1
 port=""
+log_dir=""
 dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --devices) devices="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --log-dir) log_dir="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     --) shift; break ;;
     -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -50,6 +54,9 @@ if ! [[ "$devices" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 python="${PYTHON:-python}"
+if [[ -n "$log_dir" && "$dry_run" == 0 ]]; then
+  mkdir -p "$log_dir"
+fi
 if [[ -z "$port" ]]; then
   if [[ "$dry_run" == 1 ]]; then
     port=12345
@@ -67,8 +74,15 @@ for ((i = 0; i < num; i++)); do
   env_args=(FLEXIVIT_NUM_CPU_DEVICES="$devices" FLEXIVIT_NUM_PROCESSES="$num"
             FLEXIVIT_PROCESS_ID="$i" FLEXIVIT_COORDINATOR_ADDRESS="127.0.0.1:${port}")
   cmd=(env "${env_args[@]}" "$python" -m flexivit_jax.train "$@")
+  log="${log_dir:+${log_dir}/process_${i}.log}"
   if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"; echo
+    printf '%q ' "${cmd[@]}"
+    if [[ -n "$log" ]]; then printf '> %q 2>&1' "$log"; fi
+    echo
+  elif [[ -n "$log" ]]; then
+    echo "process ${i}: log in ${log}"
+    "${cmd[@]}" > "$log" 2>&1 &
+    pids+=("$!")
   else
     "${cmd[@]}" &
     pids+=("$!")

@@ -15,6 +15,8 @@ commands:
   run           start `python -m flexivit_jax.train --distributed TRAIN ARGS...` on all
                 workers (--worker=all), TFDS_DATA_DIR=gs://BUCKET/tensorflow_datasets,
                 output in ~/flexivit_train.log of each worker; pass --workdir gs://...
+                Worker 0's log has a line per log step, eval and checkpoint
+                (--progress=lines); the other workers' logs hold errors only.
   logs          print the tail of the training log of every worker
   delete        delete the TPU VM
   prepare-data  print how to prepare ImageNet into gs://BUCKET/tensorflow_datasets
@@ -75,6 +77,9 @@ run_cmd() {  # Prints (dry run) or runs one command.
 }
 
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# On each worker (its shell expands the ~); `run` writes it, `logs` reads it.
+# shellcheck disable=SC2088
+log_file='~/flexivit_train.log'
 COMMAND_NAME="$command"
 
 gcloud_tpu() { run_cmd gcloud compute tpus tpu-vm "$@"; }
@@ -101,11 +106,11 @@ case "$command" in
       die "run needs training arguments after --, e.g. -- --config configs/X.py --workdir gs://$bucket/workdirs/X"
     fi
     quoted="$(printf '%q ' "${train_args[@]}")"
-    on_all "cd ~/flexivit_jax && TFDS_DATA_DIR=gs://$bucket/tensorflow_datasets nohup python3 -m flexivit_jax.train --distributed ${quoted}> ~/flexivit_train.log 2>&1 &"
+    on_all "cd ~/flexivit_jax && TFDS_DATA_DIR=gs://$bucket/tensorflow_datasets nohup python3 -m flexivit_jax.train --distributed --progress=lines ${quoted}> ${log_file} 2>&1 &"
     ;;
   logs)
     need "$name" --name TPU_NAME; need "$zone" --zone ZONE
-    on_all "tail -n 50 ~/flexivit_train.log"
+    on_all "tail -n 50 ${log_file}"
     ;;
   delete)
     need "$name" --name TPU_NAME; need "$zone" --zone ZONE

@@ -1,6 +1,7 @@
 """The paper's analyses: CKA, resize methods (incl. the 'norm' heuristic), zero-shot, CLIs."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +118,12 @@ def test_analysis_cli_trains_its_subject_and_writes_table_plot_results(
   module.main(["--runlocal", "--out", str(tmp_path), *extra])
   printed = capsys.readouterr().out
   assert "----" in printed and "results.json" in printed
+  # stdout is not a terminal here: progress lines, from the subject's training on.
+  assert re.search(r"^start  .*  8 steps of batch 16  from step 0$", printed, re.M), printed
+  assert re.search(r"^step 8/8  ", printed, re.M)
+  want = {"resize_methods": r"^factor 2/2  scale 2  image 32px  vanilla \d+\.\d\d%",
+          "zero_shot": r"^flexivit  seqhw 4 \(patch 4\)  top1 ", "cka": r"^CKA between seqhw"}
+  assert re.search(want[name], printed, re.M), printed
   with open(tmp_path / "results.json") as f:
     results = json.load(f)
   for png in files:

@@ -77,11 +77,19 @@ def test_evaluating_the_demo_workdir_prints_the_table_and_writes_the_report(
 
   # Several checkpoints' eval.json on one plot.
   other = str(tmp_path / "eval_b")
-  evaluate.main(["--checkpoint", demo_workdir, "--out", other, "--no_progress", "--seqhw", "4,8",
-                 "--data", "sklearn_digits:test",
+  evaluate.main(["--checkpoint", demo_workdir, "--out", other, "--progress=lines", "--seqhw",
+                 "4,8", "--data", "sklearn_digits:test",
                  "--pp", "decode|resize(48)|value_range(-1, 1)|onehot(10, key='label', "
                  "key_result='labels')"])
-  capsys.readouterr()
+  # --progress=lines: a start line and a line per grid before the table (--no_progress
+  # above printed the table first).
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == (f"evaluating {demo_workdir} on sklearn_digits:test at seqhw 4,8: "
+                      "5 batches of 64 per grid")
+  grid_lines = [l for l in lines if l.startswith("seqhw ") and "top1" in l]
+  assert [l.split("  ")[0] for l in grid_lines] == ["seqhw 4 (patch 12)", "seqhw 8 (patch 6)"]
+  assert lines.index(grid_lines[-1]) < next(i for i, l in enumerate(lines)
+                                           if l.split()[:2] == ["seqhw", "patch"])
   compare.main([out, other, "--out", str(tmp_path / "both.png")])
   assert "eval_b" in capsys.readouterr().out
   assert os.path.getsize(tmp_path / "both.png") > 0

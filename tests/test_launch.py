@@ -51,13 +51,17 @@ def test_tpu_vm_dry_run_commands():
   remote = shlex.split(run[run.index("--command") + 1])
   assert "TFDS_DATA_DIR=gs://bkt/tensorflow_datasets" in remote
   i = remote.index("flexivit_jax.train")
-  assert remote[i + 1:i + 6] == ["--distributed", "--config", "configs/demo_digits.py",
-                                 "--workdir", "gs://bkt/wd"]
+  assert remote[i + 1:i + 7] == ["--distributed", "--progress=lines", "--config",
+                                 "configs/demo_digits.py", "--workdir", "gs://bkt/wd"]
+  # stdout and stderr both go to the log file (process 0's progress lines, every error).
+  assert remote[i + 7:] == [">", "~/flexivit_train.log", "2>&1", "&"]
   delete, = dry("tpu_vm.sh", "delete", "--dry-run",
                 env={"TPU_NAME": "envtpu", "ZONE": "us-central2-b"})  # Flags from the env.
   assert delete[4:] == ["delete", "envtpu", "--zone", "us-central2-b", "--quiet"]
   logs, = dry("tpu_vm.sh", "logs", *flags)
   assert "--worker=all" in logs
+  assert shlex.split(logs[logs.index("--command") + 1]) == ["tail", "-n", "50",
+                                                            "~/flexivit_train.log"]
   help_text = subprocess.run(["bash", str(LAUNCH / "tpu_vm.sh"), "prepare-data", "--bucket", "bkt"],
                              capture_output=True, text=True, timeout=60).stdout
   assert "gs://bkt/tensorflow_datasets" in help_text and "imagenet2012" in help_text
@@ -73,8 +77,12 @@ def test_tpu_vm_missing_flag_is_one_line_error():
 def test_slurm_and_local_dry_run_commands():
   srun, = dry("slurm.sbatch", "--dry-run", "--", "--config", "c.py", "--workdir", "/wd")
   assert srun[0] == "srun" and "--ntasks-per-node=8" in srun
-  assert srun[srun.index("flexivit_jax.train") + 1:] == ["--distributed", "--config", "c.py",
-                                                         "--workdir", "/wd"]
+  assert srun[srun.index("flexivit_jax.train") + 1:] == [
+      "--distributed", "--progress=lines", "--config", "c.py", "--workdir", "/wd"]
+  # Every task's output goes to the job's output file: srun redirects nothing itself.
+  assert "#SBATCH --output=flexivit-%j.out" in (LAUNCH / "slurm.sbatch").read_text()
+  assert not any(a.startswith(("--output", "--error", "-o", "-e")) for a in srun[:srun.index(
+      "flexivit_jax.train")])
   srun, = dry("slurm.sbatch", "--per-node", "--dry-run", "--", "--config", "c.py")
   assert "--ntasks-per-node=1" in srun
   procs = dry("local.sh", "3", "--devices", "2", "--port", "4321", "--dry-run", "--",
@@ -85,3 +93,6 @@ def test_slurm_and_local_dry_run_commands():
     assert "FLEXIVIT_COORDINATOR_ADDRESS=127.0.0.1:4321" in cmd
     assert "FLEXIVIT_NUM_CPU_DEVICES=2" in cmd
     assert cmd[-4:] == ["--config", "c.py", "--workdir", "/tmp/a b"]
+  procs = dry("local.sh", "2", "--log-dir", "my logs", "--dry-run", "--", "--config", "c.py")
+  for i, cmd in enumerate(procs):
+    assert cmd[-5:] == ["--config", "c.py", ">", f"my logs/process_{i}.log", "2>&1"]

@@ -53,6 +53,7 @@ CASES = [
     ("unknown flexi argument", ["--config.flexi.seqhws.v=(2,)"], "'flexi.seqhws'", 2),
     ("bad schedule", ["--config.schedule.decay_type=cosin"], "decay_type='cosin'", 2),
     ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
+    ("progress flag value", ["--progress=loud"], "--progress=loud", 2),
     ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
     ("divergence", ["--config.lr=1e30"], "training diverged at step", 3),
 ]

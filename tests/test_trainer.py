@@ -170,6 +170,8 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
     ({"lr": -1.0}, "'lr' must be a finite number >= 0"),
     ({"wd": float("inf")}, "'wd' must be a finite number >= 0, got inf"),
     ({"progress_bar": "maybe"}, "'progress_bar' is 'maybe'"),
+    ({"progress": "quiet"}, "'progress' is 'quiet'; allowed: auto, bar, lines, none"),
+    ({"progress": "lines", "progress_bar": False}, "'progress'='lines' and 'progress_bar'=False"),
     ({"evals.test.log_steps": 0}, "'log_steps' must be a positive int"),
     ({"loss": "hinge"}, "unknown config value loss='hinge'"),
     ({"flexi.seqhws": dict(v=(1,))}, r"unknown config key 'flexi.seqhws' \(did you mean 'seqhw'"),
@@ -211,6 +213,7 @@ def test_any_model_field_can_be_set_from_the_command_line():
       ("flexi.seqhw.v", "(2, 4)"), ("input.data.split", "train[:50%]")])
   assert config.model.variant == "S" and config.model.patch_size == (4, 4)
   assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
+  assert config.progress == "none"  # The older key still works: False is no progress shown.
   assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
   assert trainer.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
   with pytest.raises(AttributeError):  # Still locked afterwards.

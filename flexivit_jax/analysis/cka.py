@@ -181,9 +181,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         os.path.join(args.out, "subject"), image_size=image_size,
         train_seqhws=sorted(set(all_grids) | set(grids)),
         posemb=2 if args.runlocal else max(all_grids) // 2,
-        steps=None if args.runlocal else args.steps, runlocal=args.runlocal)
+        steps=None if args.runlocal else args.steps, runlocal=args.runlocal,
+        progress=args.progress)
   images, labels = subjects.eval_images(common.data_cfg(args.data),
                                         subjects.eval_pp(args.pp, image_size), args.num_images)
+  common.progress(args, 1, "analysis").line(
+      f"CKA between seqhw {grids[0]} and {grids[1]}, arc-cosine distances and t-SNE over seqhw "
+      f"{','.join(map(str, all_grids))} on {len(images)} images")
   results = analyse(model, params, images, labels, grids, all_grids, args.out)
   print(table(results))
   print("arc-cosine distance (rad) between grids " + str(all_grids) + ":")

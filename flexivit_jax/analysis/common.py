@@ -1,4 +1,4 @@
-"""What the analysis CLIs share: subject flags, results.json, printed tables."""
+"""What the analysis CLIs share: subject flags, progress, results.json, printed tables."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,14 @@ def add_subject_args(p: argparse.ArgumentParser, default_steps: int) -> None:
   p.add_argument("--steps", type=int, default=default_steps, help="steps of a trained subject")
   p.add_argument("--runlocal", action="store_true", help="tiny subject, a few steps (tests)")
   p.add_argument("--batch_size", type=int, default=100)
+  from flexivit_jax import cli
+  cli.add_progress_argument(p)
+
+
+def progress(args, total: int, unit: str):
+  """The analysis' progress (`--progress`): its subject's training and its own loop."""
+  from flexivit_jax import metrics
+  return metrics.Progress(total, mode=args.progress, unit=unit)
 
 
 def quiet() -> None:

@@ -48,9 +48,12 @@ def method_model(model: FlexiViT, method: str, token_norm: float) -> FlexiViT:
 
 def resize_methods(model: FlexiViT, params: Mapping, image_size: int, *, data_cfg: Mapping,
                    pp_template: str, factors: Sequence[float] = FACTORS,
-                   methods: Sequence[str] = METHODS, batch_size: int = 100
-                   ) -> dict[str, dict[str, float]]:
-  """{method: {factor: top1}} with image and patch scaled together by each factor."""
+                   methods: Sequence[str] = METHODS, batch_size: int = 100,
+                   progress=None) -> dict[str, dict[str, float]]:
+  """{method: {factor: top1}} with image and patch scaled together by each factor.
+
+  `progress` (a metrics.Progress over the factors, optional) gets a line per factor.
+  """
   patch = model.hparams()["patch_size"][0]
   grid = image_size // patch
   sizes = {f: int(round(image_size * f)) for f in factors}
@@ -68,6 +71,10 @@ def resize_methods(model: FlexiViT, params: Mapping, image_size: int, *, data_cf
     for m in methods:  # At the training size no method changes anything.
       results[m][str(f)] = base if base is not None else subjects.top1(
           method_model(model, m, norm), params, data_cfg, pp, grid, batch_size)
+    if progress is not None:
+      progress.update(1)
+      progress.log({"scale": f, "image": f"{size}px",
+                    **{m: f"{results[m][str(f)] * 100:.2f}%" for m in methods}})
   return results
 
 
@@ -106,9 +113,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     grid = image_size // patch
     model, params = subjects.train_subject(
         os.path.join(args.out, "subject"), image_size=image_size, train_seqhws=[grid],
-        posemb=grid, steps=None if args.runlocal else args.steps, runlocal=args.runlocal)
+        posemb=grid, steps=None if args.runlocal else args.steps, runlocal=args.runlocal,
+        progress=args.progress)
   results = resize_methods(model, params, image_size, data_cfg=common.data_cfg(args.data),
-                           pp_template=args.pp, factors=factors, batch_size=args.batch_size)
+                           pp_template=args.pp, factors=factors, batch_size=args.batch_size,
+                           progress=common.progress(args, len(factors), "factor"))
   print(table(results, image_size, model.hparams()["patch_size"][0]))
   print(f"wrote {common.write_results(args.out, results)}")
   print(f"wrote {plot(results, os.path.join(args.out, 'resize_methods.png'))}")

@@ -33,8 +33,11 @@ def eval_pp(template: str, size: int) -> str:
 
 
 def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
-                   steps: Optional[int], runlocal: bool = False):
-  """The demo config, trained at `image_size` on `train_seqhws`, no evals (analyses evaluate)."""
+                   steps: Optional[int], runlocal: bool = False, progress: str = "none"):
+  """The demo config, trained at `image_size` on `train_seqhws`, no evals (analyses evaluate).
+
+  `progress`: what its training shows (config.progress; the analysis CLIs pass theirs).
+  """
   if not DEMO_CONFIG.exists():
     raise UserError(f"training a subject needs {DEMO_CONFIG} (a source checkout); "
                      "pass --checkpoint instead")
@@ -49,7 +52,7 @@ def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
   c.flexi = dict(seqhw=dict(v=tuple(train_seqhws), p="uniform"))
   c.eval_flexi = None
   c.evals = {}
-  c.progress_bar = False
+  c.progress = progress
   c.ckpt_steps = c.total_steps
   c.log_training_steps = min(c.log_training_steps, c.total_steps)
   return config_lib.complete(c)

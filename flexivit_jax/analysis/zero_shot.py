@@ -15,7 +15,7 @@ import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from flexivit_jax import cli, evaluation
+from flexivit_jax import cli, evaluation, report
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.model import FlexiViT
 
@@ -31,11 +31,17 @@ def per_seqhw(model: FlexiViT, params: Mapping, *, data_cfg: Mapping, pp: str,
 
 
 def zero_shot(vit: tuple, flexivit: tuple, *, data_cfg: Mapping, pp: str,
-              seqhws: Sequence[int], batch_size: int = 100) -> dict:
-  """{"vit": {seqhw: top1}, "flexivit": {...}, "gflops": {...}} for two (model, params)."""
-  rows = {name: per_seqhw(*subject, data_cfg=data_cfg, pp=pp, seqhws=seqhws,
-                          batch_size=batch_size)
-          for name, subject in (("vit", vit), ("flexivit", flexivit))}
+              seqhws: Sequence[int], batch_size: int = 100, progress=None) -> dict:
+  """{"vit": {seqhw: top1}, "flexivit": {...}, "gflops": {...}} for two (model, params).
+
+  `progress` (a metrics.Progress, optional) gets a line per model and grid.
+  """
+  rows = {}
+  for name, subject in (("vit", vit), ("flexivit", flexivit)):
+    rows[name] = per_seqhw(*subject, data_cfg=data_cfg, pp=pp, seqhws=seqhws,
+                           batch_size=batch_size)
+    for row in rows[name] if progress is not None else ():
+      progress.line(f"{name}  {report.format_eval_row(row)}")
   out = {name: {str(r["seqhw"]): r["top1"] for r in rs} for name, rs in rows.items()}
   out["gflops"] = {str(r["seqhw"]): r["gflops"] for r in rows["flexivit"]}
   return out
@@ -64,7 +70,8 @@ def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
     return subjects.load_subject(ckpt, args.model)
   return subjects.train_subject(
       os.path.join(args.out, name), image_size=image_size, train_seqhws=train_seqhws,
-      posemb=posemb, steps=None if args.runlocal else args.steps, runlocal=args.runlocal)
+      posemb=posemb, steps=None if args.runlocal else args.steps, runlocal=args.runlocal,
+      progress=args.progress)
 
 
 @cli.user_facing
@@ -88,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   flexi = _subject(args.flexivit, args, "flexivit", image_size, seqhws, posemb)
   results = zero_shot(vit, flexi, data_cfg=common.data_cfg(args.data),
                       pp=subjects.eval_pp(args.pp, image_size), seqhws=seqhws,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size,
+                      progress=common.progress(args, 2 * len(seqhws), "grid"))
   results["vit_seqhw"] = vit_seqhw
   print(table(results, image_size))
   print(f"wrote {common.write_results(args.out, results)}")
