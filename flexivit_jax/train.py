@@ -21,7 +21,7 @@ from typing import List, Sequence, Tuple
 from absl import flags
 from absl import logging as absl_logging
 
-from flexivit_jax import cli
+from flexivit_jax import cli, paths
 from flexivit_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -110,14 +110,8 @@ def main(parsed) -> None:
             FLAGS.num_processes, FLAGS.process_id)
   from flexivit_jax import trainer
   quiet_libraries()
-  import jax
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  if jax.process_index() == 0:  # Atomic: a crash never leaves a half-written config.
-    path = os.path.join(FLAGS.workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(path + ".tmp", path)
-  trainer.train_and_evaluate(config, FLAGS.workdir)  # Preempted -> 143 in cli.
+  # Takes the workdir's lock, then writes config.json and trains; Preempted -> 143 in cli.
+  trainer.train_and_evaluate(config, paths.normalize(FLAGS.workdir))
 
 
 def run() -> None:

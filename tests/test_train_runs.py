@@ -230,3 +230,28 @@ def test_sigterm_to_local_sh_stops_both_processes_at_one_step(uninterrupted, tmp
   for key in final:
     if key.startswith("params/"):
       np.testing.assert_allclose(final[key], ref[key], atol=1e-4, err_msg=key)
+
+
+@pytest.mark.slow
+def test_second_run_in_a_live_workdir_refuses_and_the_first_is_undisturbed(uninterrupted,
+                                                                           tmp_path):
+  """One workdir, one run: exit 2 with the lock line; the first run's files and losses stay."""
+  from flexivit_jax import workdir_lock
+  workdir = tmp_path / "wd"
+  first = subprocess.Popen(train_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  lock = workdir / workdir_lock.LOCK_NAME
+  deadline = time.time() + 600
+  while not (lock.exists() and (workdir / "config.json").exists()) and first.poll() is None:
+    assert time.time() < deadline, "the first run never took the lock"
+    time.sleep(0.05)
+  second = run(workdir, "--config.lr=0.5", check=False)
+  out, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  assert second.returncode == 2, second.stderr[-3000:]
+  line = second.stderr.strip().splitlines()[-1]
+  assert line.startswith(f"error: workdir {workdir} is in use by pid {first.pid} on host "), line
+  assert json.loads((workdir / "config.json").read_text())["lr"] != 0.5
+  assert [r["train/loss"] for r in train_rows(workdir)] == \
+      [r["train/loss"] for r in train_rows(uninterrupted)]
+  assert not lock.exists()  # Released on a normal exit.

@@ -58,9 +58,6 @@ def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
 def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
   """Trains (or resumes/reuses) a subject in `workdir`; kwargs of `subject_config`."""
   config = subject_config(**kwargs)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:  # So evaluate can read it.
-    f.write(config.to_json_best_effort(indent=2))
   state = trainer.train_and_evaluate(config, workdir)["state"]
   params = jax.tree.map(np.asarray, state["params"])
   return trainer.build_model(config.model), params
