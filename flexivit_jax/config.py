@@ -352,6 +352,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
+  path = paths.normalize(path)
   if not os.path.isfile(path):
     raise UserError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location("_flexivit_config", path)

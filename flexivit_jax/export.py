@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax import cli
+from flexivit_jax import cli, paths
 
 
 def export(workdir: str, out: str, step: Optional[int] = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
-  parser.add_argument("out", help="the npz to write")
+  parser.add_argument("out", type=paths.normalize, help="the npz to write")
   parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
   args = parser.parse_args(argv)
   export(args.workdir, args.out, args.step)

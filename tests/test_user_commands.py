@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -74,7 +75,8 @@ def site(tmp_path_factory):
 def user(site, digits_data_dir, tmp_path_factory):
   """Runs a command as a user would: cwd an unrelated folder, only the install importable."""
   cwd = tmp_path_factory.mktemp("home")
-  env = {**os.environ, "PYTHONPATH": str(site), "PYTHON": sys.executable}
+  env = {**os.environ, "PYTHONPATH": str(site), "PYTHON": sys.executable,
+         "HOME": str(cwd)}  # `~/x` typed where no shell expands it (argv, `--out=~/x`).
 
   def run(*argv, cwd=cwd, script=True):
     argv = [str(site / "bin" / argv[0]), *argv[1:]] if script else [sys.executable, *argv]
@@ -106,6 +108,9 @@ def test_train_evaluate_export_compare_with_relative_paths(user, trained):
   assert json.loads((user.cwd / "ev" / "demo" / "eval.json").read_text())
   user("flexivit-export", ".", "../demo.npz", cwd=trained)
   assert (user.cwd / "wd" / "demo.npz").stat().st_size > 0
+  user("flexivit-export", "~/wd/demo", "~/home.npz", cwd=trained)
+  with np.load(user.cwd / "home.npz") as a, np.load(user.cwd / "wd" / "demo.npz") as b:
+    assert sorted(a.files) == sorted(b.files) and all((a[k] == b[k]).all() for k in a.files)
   out = user("-m", "flexivit_jax.compare", "wd/demo", "link", "--out", "cmp/demo.png",
              script=False)
   assert "demo" in out and "link" in out  # One column per run, named as typed.

@@ -84,3 +84,15 @@ def test_hold_releases_on_error_and_creates_the_workdir(tmp_path):
       assert (workdir / workdir_lock.LOCK_NAME).exists()
       raise RuntimeError("boom")
   assert workdir.is_dir() and not (workdir / workdir_lock.LOCK_NAME).exists()
+
+
+def test_a_symlink_to_a_held_workdir_is_the_same_workdir(tmp_path):
+  (tmp_path / "real").mkdir()
+  os.symlink(tmp_path / "real", tmp_path / "link")
+  workdir_lock.acquire(str(tmp_path / "real"))
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUse, match=f"workdir {tmp_path}/link is in use"):
+      workdir_lock.acquire(str(tmp_path / "link"))
+  finally:
+    workdir_lock.release(str(tmp_path / "link"))
+  assert not (tmp_path / "real" / workdir_lock.LOCK_NAME).exists()
