@@ -412,10 +412,10 @@ def load_params(path: PathLike, step: Optional[int] = None) -> dict:
   flax optimizer layout (`opt/target/...`) yield their params; legacy layouts
   are fixed (`fix_legacy_layout`).
   """
-  path, subkey = split_subkey(os.fspath(path))
-  path = resolve_checkpoint(path)
+  typed, subkey = split_subkey(os.fspath(path))
+  path = resolve_checkpoint(typed)
   if not _exists(path):
-    raise _missing_error(path)
+    raise _missing_error(typed)  # As typed: a misspelt shortcut is not a path to show.
   if step is not None and not (_isdir(path) and state_files.is_train_workdir(path)):
     raise UserError(f"step={step} needs a training workdir with orbax checkpoints; "
                     f"{path!r} is not one")
