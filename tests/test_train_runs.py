@@ -107,6 +107,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(uninterrupted, tmp_path):
   assert state_files.complete_steps(str(workdir))[-1] == last_logged
   assert err.strip().splitlines()[-1] == f"preempted: saved checkpoint at step {last_logged}"
   assert "Traceback" not in err
+  assert not (workdir / "run.lock").exists()  # The workdir lock goes on preemption too.
   run(workdir)
   assert_same_state(final_state(workdir), final_state(uninterrupted))
 
@@ -245,7 +246,12 @@ def test_second_run_in_a_live_workdir_refuses_and_the_first_is_undisturbed(unint
   while not (lock.exists() and (workdir / "config.json").exists()) and first.poll() is None:
     assert time.time() < deadline, "the first run never took the lock"
     time.sleep(0.05)
-  second = run(workdir, "--config.lr=0.5", check=False)
+  assert first.poll() is None, first.communicate()[1][-3000:]
+  first.send_signal(signal.SIGSTOP)  # Holds the first run live (and its lock) however fast it is.
+  try:
+    second = run(workdir, "--config.lr=0.5", check=False)
+  finally:
+    first.send_signal(signal.SIGCONT)
   out, err = first.communicate(timeout=600)
   assert first.returncode == 0, err[-3000:]
   assert second.returncode == 2, second.stderr[-3000:]
