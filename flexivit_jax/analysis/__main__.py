@@ -31,6 +31,7 @@ def dispatch(argv: Sequence[str]) -> None:
   name = args[0]
   if name not in ANALYSES:
     raise UserError(f"unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
+  sys.argv[0] = f"flexivit-analysis {name}"  # What argparse shows as the command in --help.
   importlib.import_module(f"flexivit_jax.analysis.{name}").main(args[1:])
 
 
