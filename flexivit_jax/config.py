@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import ml_collections
 
-from flexivit_jax import checkpoint, evaluators, losses, metrics, optim
+from flexivit_jax import checkpoint, evaluators, losses, metrics, optim, paths
 from flexivit_jax.errors import UserError
 from flexivit_jax.flexi import SPEC_KEYS, FlexiSampler
 from flexivit_jax.model import MODEL_FIELDS, from_config as model_from_config
@@ -237,6 +237,7 @@ def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_colle
     apply_override(full, name, text)
   check_free_keys(full)
   _fold_progress_bar(full)
+  normalize_paths(full)
   validate(full)
   full.lock()
   return full
@@ -255,6 +256,38 @@ def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
     raise UserError(f"config keys 'progress'={c.progress!r} and 'progress_bar'="
                     f"{c.progress_bar!r} disagree; set only 'progress'")
   c.progress = mode
+
+
+def _data_configs(c: ml_collections.ConfigDict) -> list:
+  """Every data dict of a config: the training input's and each evaluator's."""
+  found = [c.input.data] + [ev["data"] for ev in c.evals.values() if "data" in ev]
+  return [d for d in found if hasattr(d, "get")]
+
+
+def normalize_paths(c: ml_collections.ConfigDict) -> None:
+  """Makes every path-valued key absolute (`paths.normalize`; URLs and shortcuts kept).
+
+  The one place config values that name files or directories are resolved, so a
+  config means the same from any current directory and config.json records paths
+  that `evaluate` can use from another one: data_dir and image folders,
+  compile_cache_dir, label_mapping files, model_init and teacher inits
+  (`checkpoint.resolve_checkpoint`: a released checkpoint's name becomes its URL).
+  """
+  def fix(holder, key: str, resolve=paths.normalize) -> None:
+    value = holder.get(key)
+    if isinstance(value, str) and value:
+      holder[key] = resolve(value)
+
+  fix(c.input, "data_dir")
+  fix(c, "compile_cache_dir")
+  fix(c, "model_init", checkpoint.resolve_checkpoint)
+  for data_cfg in _data_configs(c):
+    fix(data_cfg, "data_dir")
+    fix(data_cfg, "folder")
+  for ev in c.evals.values():
+    fix(ev, "label_mapping")
+  for teacher in c.distill.teachers.values():
+    fix(teacher, "init", checkpoint.resolve_checkpoint)
 
 
 def _positive_int(config, key: str, allow_none: bool = False) -> None:
@@ -336,6 +369,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
   path, _, arg = spec.partition(":")
+  path = paths.normalize(path)
   if not os.path.isfile(path):
     raise UserError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location("_flexivit_config", path)

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax import cli, report
+from flexivit_jax import cli, paths, report
 from flexivit_jax.errors import UserError
 
 # The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
@@ -33,14 +33,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="npz file, training workdir or shortcut")
   p.add_argument("--data", default=None, help="NAME:SPLIT (default: the workdir's first eval)")
-  p.add_argument("--data_dir", default=None, help="TFDS data dir (default: $FLEXIVIT_DATA_DIR)")
+  p.add_argument("--data_dir", default=None, type=paths.normalize, help="TFDS data dir (default: $FLEXIVIT_DATA_DIR)")
   p.add_argument("--pp", default=None, help="eval preprocessing; must produce 'labels'")
   p.add_argument("--seqhw", default="all", help="'all' or comma-separated tokens per side")
   p.add_argument("--model", default=None, help="variant ('S/16') or JSON of FlexiViT fields")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--max_gflops", type=float, default=None)
   p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
-  p.add_argument("--out", default=None, help="directory for eval.json/eval.csv/eval.png")
+  p.add_argument("--out", default=None, type=paths.normalize,
+                 help="directory for eval.json/eval.csv/eval.png")
   cli.add_progress_argument(p)
   p.add_argument("--no_progress", dest="progress", action="store_const", const="none",
                  help="the same as --progress=none")

@@ -123,7 +123,12 @@ def model_fields(fields: Mapping[str, Any], params: Mapping) -> dict:
 
 def load_model(checkpoint_path: str, model_spec: Optional[str] = None
                ) -> Tuple[FlexiViT, Dict[str, Any], Optional[dict]]:
-  """(model, params, workdir config or None) for a checkpoint path/workdir/shortcut."""
+  """(model, params, workdir config or None) for a checkpoint path/workdir/shortcut.
+
+  `checkpoint_path` is taken as typed (relative, `~`, a shortcut name): resolved once, here.
+  """
+  path, subkey = checkpoint.split_subkey(checkpoint_path)
+  checkpoint_path = checkpoint.resolve_checkpoint(path) + (f":{subkey}" if subkey else "")
   config = read_workdir_config(checkpoint_path)
   if model_spec:
     fields = model_from_spec(model_spec)

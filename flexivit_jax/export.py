@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax import cli
+from flexivit_jax import cli, paths
 
 
 def export(workdir: str, out: str, step: Optional[int] = None) -> None:
@@ -26,7 +26,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
-  parser.add_argument("out", nargs="?", default=None, help="the npz to write")
+  parser.add_argument("out", nargs="?", default=None, type=paths.normalize,
+                      help="the npz to write")
   parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
   parser.add_argument("--list", action="store_true",
                       help="list the workdir's steps and their health instead "

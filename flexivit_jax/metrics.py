@@ -317,6 +317,7 @@ def save_plot(fig, ax, path: str, *, xlabel: str, ylabel: str, title: str,
   ax.legend()
   ax.set_title(title)
   fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # `--out plots/x.png` as typed.
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path

@@ -23,7 +23,7 @@ from typing import List, Sequence, Tuple
 from absl import flags
 from absl import logging as absl_logging
 
-from flexivit_jax import cli
+from flexivit_jax import cli, paths
 from flexivit_jax.errors import UserError
 from flexivit_jax.metrics import PROGRESS_MODES
 
@@ -124,13 +124,8 @@ def main(parsed) -> None:
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
     logging.getLogger("flexivit_jax").setLevel(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  if jax.process_index() == 0:  # Atomic: a crash never leaves a half-written config.
-    path = os.path.join(FLAGS.workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(path + ".tmp", path)
-  trainer.train_and_evaluate(config, FLAGS.workdir, name=FLAGS.config)  # Preempted -> 143.
+  # Takes the workdir's lock, then writes config.json and trains; Preempted -> 143 in cli.
+  trainer.train_and_evaluate(config, paths.normalize(FLAGS.workdir), name=FLAGS.config)
 
 
 def run() -> None:

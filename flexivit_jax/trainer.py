@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flexivit_jax import checkpoint, data, losses, metrics, optim, resize, state_files, step_cache
-from flexivit_jax import paths, train_state
+from flexivit_jax import paths, train_state, workdir_lock
 from flexivit_jax import evaluators as eval_lib
 from flexivit_jax.flexi import FlexiSampler
 from flexivit_jax import model as model_lib
@@ -608,15 +608,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, name:
                        ) -> Dict[str, Any]:
   """Trains (and resumes) the run in `workdir`; returns the last metrics and state.
 
-  `workdir` may be relative, `~/...` or a URL: it is normalised once, here.
+  `workdir` may be relative, `~/...` or a URL: it is normalised once, here. The
+  run holds the workdir's lock (`workdir_lock`) before it writes anything, so a
+  second run refuses instead of overwriting this one's config.json or checkpoints.
   `name` (e.g. the config file) goes on the first progress line.
   """
-  run = prepare_run(config, paths.normalize(workdir))
-  run.name = name
-  try:
-    return _train(run)
-  finally:
-    run.train_iter.close()
+  workdir = paths.normalize(workdir)
+  with workdir_lock.hold(workdir):
+    save_config(config, workdir)
+    run = prepare_run(config, workdir)
+    run.name = name
+    try:
+      return _train(run)
+    finally:
+      run.train_iter.close()
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`<workdir>/config.json` (process 0), which evaluate and compare read; atomic."""
+  if jax.process_index() != 0:
+    return
+  import tensorflow as tf  # gfile writes local paths and URLs alike.
+  tf.io.gfile.makedirs(workdir)
+  path = workdir + "/" + state_files.CONFIG_JSON
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def _restart_data(run: Run, step: int) -> None:

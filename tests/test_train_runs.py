@@ -108,6 +108,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(uninterrupted, tmp_path):
   assert state_files.complete_steps(str(workdir))[-1] == last_logged
   assert err.strip().splitlines()[-1] == f"preempted: saved checkpoint at step {last_logged}"
   assert "Traceback" not in err
+  assert not (workdir / "run.lock").exists()  # The workdir lock goes on preemption too.
   run(workdir)
   assert_same_state(final_state(workdir), final_state(uninterrupted))
 
@@ -338,3 +339,31 @@ def test_damaged_step_set_aside_partial_ignored_listed_and_put_back(uninterrupte
   assert {str(p.relative_to(damaged)): p.stat().st_size
           for p in damaged.rglob("*") if p.is_file()} == sizes
   assert state_files.inspect_step(str(workdir), STEPS).state == state_files.DAMAGED
+@pytest.mark.slow
+def test_second_run_in_a_live_workdir_refuses_and_the_first_is_undisturbed(uninterrupted,
+                                                                           tmp_path):
+  """One workdir, one run: exit 2 with the lock line; the first run's files and losses stay."""
+  from flexivit_jax import workdir_lock
+  workdir = tmp_path / "wd"
+  first = subprocess.Popen(train_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  lock = workdir / workdir_lock.LOCK_NAME
+  deadline = time.time() + 600
+  while not (lock.exists() and (workdir / "config.json").exists()) and first.poll() is None:
+    assert time.time() < deadline, "the first run never took the lock"
+    time.sleep(0.05)
+  assert first.poll() is None, first.communicate()[1][-3000:]
+  first.send_signal(signal.SIGSTOP)  # Holds the first run live (and its lock) however fast it is.
+  try:
+    second = run(workdir, "--config.lr=0.5", check=False)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  out, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  assert second.returncode == 2, second.stderr[-3000:]
+  line = second.stderr.strip().splitlines()[-1]
+  assert line.startswith(f"error: workdir {workdir} is in use by pid {first.pid} on host "), line
+  assert json.loads((workdir / "config.json").read_text())["lr"] != 0.5
+  assert [r["train/loss"] for r in train_rows(workdir)] == \
+      [r["train/loss"] for r in train_rows(uninterrupted)]
+  assert not lock.exists()  # Released on a normal exit.

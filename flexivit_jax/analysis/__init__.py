@@ -5,4 +5,5 @@
   python -m flexivit_jax.analysis.cka --out OUT              # representations across grids
 
 Without --checkpoint each trains its own small subject on the bundled digits.
+Installed, the same run as `flexivit-analysis NAME ARGS...` (`analysis/__main__.py`).
 """

@@ -6,11 +6,12 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from flexivit_jax import paths
 from flexivit_jax.analysis.subjects import DIGITS_PP
 
 
 def add_subject_args(p: argparse.ArgumentParser, default_steps: int) -> None:
-  p.add_argument("--out", required=True, help="directory for the table, plot and results.json")
+  p.add_argument("--out", required=True, type=paths.normalize, help="directory for the table, plot and results.json")
   p.add_argument("--model", default=None, help="variant or JSON, for a checkpoint without config")
   p.add_argument("--data", default="sklearn_digits:test", help="NAME:SPLIT to evaluate on")
   p.add_argument("--pp", default=DIGITS_PP, help="eval pp template with '{size}'")

@@ -1,13 +1,12 @@
 """The models the analyses study: a given checkpoint, or a small one trained on digits.
 
 Subjects are trained by the trainer itself (`trainer.train_and_evaluate`) with
-the demo config (configs/demo_digits.py) adjusted to the analysis: image size,
-grids and steps. `runlocal=True` trains the demo's tiny smoke-test model.
+the demo config (`demos.digits_config`: configs/demo_digits.py, installed with
+the package) adjusted to the analysis: image size, grids and steps.
+`runlocal=True` trains the demo's tiny smoke-test model.
 """
 from __future__ import annotations
 
-import os
-import pathlib
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -15,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax import config as config_lib
-from flexivit_jax import data, evaluation, trainer
+from flexivit_jax import data, demos, evaluation, trainer
 from flexivit_jax.errors import UserError
 from flexivit_jax.model import FlexiViT
 
-DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo_digits.py"
 DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
              "onehot(10, key='label', key_result='labels')")
 DIGITS_TEST = {"name": "sklearn_digits", "split": "test"}
@@ -38,11 +36,7 @@ def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
 
   `progress`: what its training shows (config.progress; the analysis CLIs pass theirs).
   """
-  if not DEMO_CONFIG.exists():
-    raise UserError(f"training a subject needs {DEMO_CONFIG} (a source checkout); "
-                     "pass --checkpoint instead")
-  arg = "runlocal" if runlocal else (f"steps={steps}" if steps else "")
-  c = config_lib.load_config_file(f"{DEMO_CONFIG}:{arg}" if arg else str(DEMO_CONFIG))
+  c = demos.digits_config("runlocal" if runlocal else (f"steps={steps}" if steps else None))
   if steps:
     c.total_steps = steps
   if c.schedule.warmup_steps >= c.total_steps:  # Very short runs (notebook tests).
@@ -61,9 +55,6 @@ def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
 def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
   """Trains (or resumes/reuses) a subject in `workdir`; kwargs of `subject_config`."""
   config = subject_config(**kwargs)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:  # So evaluate can read it.
-    f.write(config.to_json_best_effort(indent=2))
   state = trainer.train_and_evaluate(config, workdir)["state"]
   params = jax.tree.map(np.asarray, state["params"])
   return trainer.build_model(config.model), params

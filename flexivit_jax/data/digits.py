@@ -15,6 +15,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from flexivit_jax import paths
 from flexivit_jax.errors import UserError
 
 NAME = "sklearn_digits"
@@ -80,7 +81,7 @@ def ensure_built(name: str = NAME, data_dir: str | None = None) -> str:
   if name != NAME:
     raise UserError(f"ensure_built only builds the bundled dataset {NAME!r}, "
                      f"not {name!r}")
-  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  data_dir = paths.normalize(data_dir or default_data_dir())
   builder = SklearnDigits(data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     builder.download_and_prepare(

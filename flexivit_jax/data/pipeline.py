@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from flexivit_jax import paths
 from flexivit_jax.data import digits
 from flexivit_jax.data import ops
 from flexivit_jax.errors import UserError
@@ -60,7 +61,7 @@ def _get(cfg, key, default=None):
 
 def _data_dir(cfg) -> str | None:
   d = _get(cfg, "data_dir") or os.environ.get("FLEXIVIT_DATA_DIR")
-  return os.path.expanduser(d) if d else None
+  return paths.normalize(d) if d else None
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -248,7 +249,7 @@ def _open_all(data_cfg) -> _Dataset:
   if folder is None and name.startswith(_FOLDER_PREFIX):
     folder = name[len(_FOLDER_PREFIX):]
   if folder is not None:
-    folder = os.path.expanduser(folder)
+    folder = paths.normalize(folder)
     if not os.path.isdir(folder):
       raise UserError(f"Image folder {folder!r} does not exist (expected "
                        f"{folder}/<split>/<label>/<image files>)")
