@@ -25,7 +25,7 @@ from flexivit_jax.errors import UserError
 MIN_PATCH, MAX_PATCH = 8, 48
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="npz file, training workdir or shortcut")
   p.add_argument("--data", default=None, help="NAME:SPLIT (default: the workdir's first eval)")
@@ -38,7 +38,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
   p.add_argument("--out", default=None, help="directory for eval.json/eval.csv/eval.png")
   p.add_argument("--no_progress", action="store_true")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  return build_parser().parse_args(argv)
 
 
 def data_cfg_of(args, config: Optional[dict]) -> dict:

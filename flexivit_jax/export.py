@@ -20,14 +20,18 @@ def export(workdir: str, out: str, step: Optional[int] = None) -> None:
   checkpoint.save_params(out, checkpoint.load_params(workdir, step=step))
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
   parser.add_argument("out", help="the npz to write")
   parser.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
-  args = parser.parse_args(argv)
+  return parser
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
   export(args.workdir, args.out, args.step)
   print(f"wrote {args.out}")
   return 0
