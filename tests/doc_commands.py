@@ -5,12 +5,14 @@ set-up commands exactly as written: `python tests/doc_commands.py setup N`
 prints the Nth command of README.md's first fenced bash block).
 
 A command is one line of a ```bash / ```sh / ```shell / ```console block (or of
-an untagged block that shows `$ ` prompts), with `\\` continuations joined, the
+an untagged block that shows `$ ` prompts), or a `code span` of the prose that
+starts like a command of this project, with `\\` continuations joined, the
 prompt and a trailing `# comment` taken off, and `&&`, `||`, `;`, `|` and `&`
 splitting it into several. A line holding `[`, `]` or a `...` word is a usage
 pattern (`--config CONFIG.py[:arg]`): only its flag names are checked, and it
-is never run. A trailing comment saying "not run by the tests" (and why)
-marks a command that the tests check but do not run (a TPU pod, a bucket, hours).
+is never run; nor is a code span (prose names a command, a block shows one to
+type). A trailing comment saying "not run by the tests" (and why) marks a
+command of a block that the tests check but do not run (a TPU pod, a bucket, hours).
 
 `check(command)` returns what is wrong with a command that invokes this
 project: a module or script that does not exist, a flag its parser rejects, a
@@ -61,6 +63,7 @@ class DocCommand:
   text: str         # The command, continuations joined, prompt and comment removed.
   comment: str      # The trailing comment ('' if none).
   pattern: bool     # A usage pattern: placeholders, `[optional]` parts or `...`.
+  inline: bool = False  # A `code span` in the prose rather than a line of a shell block.
 
   @property
   def argv(self) -> List[str]:
@@ -137,10 +140,11 @@ def logical_lines(lang: str, start: int, lines: Sequence[str]) -> Iterator[Tuple
     yield first, pending.strip(), " ".join(comments)
 
 
-def is_pattern(code: str) -> bool:
-  """A usage pattern: `[optional]` parts or `...` outside quotes."""
+def is_pattern(code: str, inline: bool = False) -> bool:
+  """A usage pattern: `[optional]` parts or `...` outside quotes (in prose, also `a|b`)."""
   unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "", code)
-  return "[" in unquoted or "]" in unquoted or "..." in unquoted.split()
+  return ("[" in unquoted or "]" in unquoted or "..." in unquoted.split()
+          or (inline and "|" in unquoted))
 
 
 def split_operators(code: str) -> List[str]:
@@ -164,17 +168,41 @@ def _pattern_words(text: str) -> List[str]:
   return [w for w in re.split(r"[\s\[\]]+", re.sub(r"'[^']*'|\"[^\"]*\"", "X", text)) if w]
 
 
+def _commands_of(doc: str, number: int, code: str, comment: str, inline: bool
+                 ) -> List[DocCommand]:
+  if is_pattern(code, inline):
+    return [DocCommand(doc, number, code, comment, pattern=True, inline=inline)]
+  return [DocCommand(doc, number, part, comment, pattern=False, inline=inline)
+          for part in split_operators(code)]
+
+
+# Code spans in the prose that are commands of this project (the rest are names, values).
+INLINE_COMMAND = re.compile(r"^(python3? (-m flexivit_jax|benchmarks/)|flexivit-|launch/[\w.-]+|"
+                            r"(bash|sh|sbatch) .*launch/)")
+
+
+def inline_spans(text: str) -> Iterator[Tuple[int, str]]:
+  """(line, code) of each `code span` outside fenced blocks that starts like a command."""
+  inside = False
+  for number, line in enumerate(text.splitlines(), 1):
+    if line.strip().startswith("```"):
+      inside = not inside
+      continue
+    if not inside:
+      for span in re.findall(r"`([^`]+)`", line):
+        if INLINE_COMMAND.match(span.strip()):
+          yield number, span.strip()
+
+
 def doc_commands(doc: str) -> List[DocCommand]:
-  """Every command of one doc (path relative to the repo), in order."""
+  """Every command of one doc (path relative to the repo), in order: blocks, then spans."""
   text = (REPO / doc).read_text()
   out = []
   for lang, start, lines in fenced_blocks(text):
     for number, code, comment in logical_lines(lang, start, lines):
-      if is_pattern(code):
-        out.append(DocCommand(doc, number, code, comment, pattern=True))
-      else:
-        out.extend(DocCommand(doc, number, part, comment, pattern=False)
-                   for part in split_operators(code))
+      out.extend(_commands_of(doc, number, code, comment, inline=False))
+  for number, code in inline_spans(text):
+    out.extend(_commands_of(doc, number, code, "", inline=True))
   return out
 
 
@@ -226,8 +254,10 @@ def target(argv: Sequence[str]) -> Target:
       return Target("", module, args)
     if rest[0].endswith(".py"):
       return Target("script", rest[0], rest[1:])
-  if prog in ("bash", "sh", "sbatch") and rest and rest[0].startswith("launch/"):
-    prog, rest = rest[0], rest[1:]
+  if prog in ("bash", "sh", "sbatch"):  # `sbatch --nodes=K launch/slurm.sbatch ...`
+    at = next((i for i, a in enumerate(rest) if a.startswith("launch/")), None)
+    if at is not None:
+      prog, rest = rest[at], rest[at + 1:]
   if prog.startswith(("launch/", "./launch/")):
     return Target("launch", os.path.normpath(prog), rest)
   if prog == "pytest":
@@ -254,6 +284,9 @@ def check(command: DocCommand) -> List[str]:
 
 
 def _check_module(t: Target, pattern: bool) -> List[str]:
+  package, _, last = t.name.rpartition(".")
+  if pattern and last.isupper():  # `python -m flexivit_jax.analysis.NAME --out DIR`
+    return _check_any_cli_of(package, t.args)
   if not t.name.startswith(PACKAGE + ".") and t.name not in console_scripts().values():
     return [f"{t.name!r} is not a console script of setup.py ({sorted(console_scripts())})"]
   if importlib.util.find_spec(t.name) is None:
@@ -265,6 +298,19 @@ def _check_module(t: Target, pattern: bool) -> List[str]:
     return _check_argparse(parser, t.args, pattern)
   return [f"no argument check for {t.name}: add it to ARGPARSE_CLIS or ABSL_CLIS in "
           "tests/doc_commands.py"]
+
+
+def _check_any_cli_of(package: str, args: Sequence[str]) -> List[str]:
+  """Each flag of a pattern naming `package.NAME` is a flag of one of the package's CLIs."""
+  modules = [m for m in ARGPARSE_CLIS if m.startswith(package + ".")]
+  if not modules:
+    return [f"no CLI in ARGPARSE_CLIS under {package}"]
+  known = set()
+  for module in modules:
+    parser = getattr(importlib.import_module(module), ARGPARSE_CLIS[module])()
+    known |= set(parser._option_string_actions)  # pylint: disable=protected-access
+  return [f"unknown flag {name} (no {package}.* takes it)" for name in _flag_names(args)
+          if name not in known]
 
 
 def _flag_names(args: Sequence[str]) -> List[str]:
@@ -332,11 +378,6 @@ def _help_text(argv: Sequence[str]) -> str:
 
 
 @functools.lru_cache(None)
-def script_help(path: str) -> str:
-  return _help_text([sys.executable, path, "--help"])
-
-
-@functools.lru_cache(None)
 def launch_help(path: str) -> str:
   return _help_text(["bash", path, "--help"])
 
@@ -347,11 +388,14 @@ def _flags_in_help(help_text: str, args: Sequence[str]) -> List[str]:
 
 
 def _check_script(t: Target, pattern: bool) -> List[str]:
+  """A benchmark: its flags against the options its argparse parser adds (read, not run)."""
   if not (REPO / t.name).is_file():
     return [f"no script {t.name}"]
   if not t.name.startswith("benchmarks/"):
     return [f"no argument check for script {t.name}"]
-  return _flags_in_help(script_help(t.name), t.args)
+  source = (REPO / t.name).read_text()
+  options = set(re.findall(r"add_argument\(\s*[\"'](--?[\w-]+)[\"']", source))
+  return [f"unknown flag {name}" for name in _flag_names(t.args) if name not in options]
 
 
 def _check_launch(t: Target, pattern: bool) -> List[str]:

@@ -23,6 +23,10 @@ TABLE_HEADER = "Accuracy per patch size"  # What the trainer prints at the end.
 OWN_PROCESS_FLAGS = ("--num_cpu_devices", "--num_processes", "--process_id",
                      "--coordinator_address", "--distributed")
 IN_PROCESS_CLIS = ("flexivit_jax.compare", "flexivit_jax.evaluate", "flexivit_jax.export")
+# Added to documented training runs (after `:runlocal`): two steps. The same settings as
+# test_recipes.quick, so both compile the same programs once through the suite's XLA cache.
+QUICK = ("--config.total_steps=2", "--config.progress_bar=False",
+         "--config.log_training_steps=1", "--config.ckpt_steps=1000")
 
 
 def ci_commands() -> List[str]:
@@ -55,16 +59,16 @@ def with_runlocal(args: List[str]) -> List[str]:
 def run_form(command: dc.DocCommand) -> Optional[List[str]]:
   """The argv the slow test runs for a command (after `python -m`), or None if it cannot.
 
-  Training runs get `:runlocal`; other project CLIs run as written. Nothing that
+  Training runs get `:runlocal` and QUICK; other project CLIs run as written. Nothing that
   names a bucket, needs its own devices or processes, or is a usage pattern runs.
   """
   t = dc.target(command.argv)
-  if command.pattern or command.not_run or t.kind != "module" or any("://" in a for a in t.args):
+  if command.pattern or command.inline or command.not_run or t.kind != "module" or any("://" in a for a in t.args):
     return None
   if t.name in dc.ABSL_CLIS:
     if any(a.split("=")[0] in OWN_PROCESS_FLAGS for a in t.args):
       return None
-    return [t.name, *with_runlocal(list(t.args))]
+    return [t.name, *with_runlocal(list(t.args)), *QUICK]
   if t.name in IN_PROCESS_CLIS:
     return [t.name, *t.args]
   return None
@@ -95,16 +99,22 @@ def test_blocks_are_split_into_commands(tmp_path):
       "```",
       "```",
       "plain output, no prompt",
-      "```"]))
+      "```",
+      "Prose: `launch/local.sh N [--devices D]`, `--config.lr`, `launch/`, and",
+      "`python benchmarks/attention.py --rounds 5`."]))
   commands = dc.doc_commands(str(doc))  # An absolute path works too.
   assert [(c.line, c.text, c.not_run, c.pattern) for c in commands] == [
       (3, "pip install -e .", True, False),
       (3, "python -m flexivit_jax.train --config c.py --workdir 'a b'", True, False),
       (5, "python -m flexivit_jax.compare x y", False, False),
       (8, "python -m flexivit_jax.evaluate --checkpoint w --pp 'a|b # c'", False, False),
-      (10, "flexivit-train --config CONFIG.py[:arg] ...", False, True)]
+      (10, "flexivit-train --config CONFIG.py[:arg] ...", False, True),
+      (18, "launch/local.sh N [--devices D]", False, True),
+      (19, "python benchmarks/attention.py --rounds 5", False, False)]
+  assert [c.inline for c in commands] == [False] * 5 + [True] * 2
   assert commands[1].argv[-1] == "a b" and commands[3].argv[-1] == "a|b # c"
-  assert [dc.target(c.argv).kind for c in commands] == ["", "module", "module", "module", "module"]
+  assert [dc.target(c.argv).kind for c in commands] == [
+      "", "module", "module", "module", "module", "launch", "script"]
   assert dc.target(commands[4].argv).name == "flexivit_jax.train"
 
 
@@ -140,6 +150,7 @@ def test_checker_reports_renamed_flags_keys_and_unknown_commands(tmp_path):
       "flexivit-no-such-script --help",
       "launch/local.sh 2 --no-such-option -- --config configs/demo_digits.py --workdir w",
       "python -m pytest tests/test_no_such_file.py",
+      "python benchmarks/attention.py --round 5",
       "python -m flexivit_jax.train --config configs/demo_digits.py --workdir workdirs/demo"])
   found = [" ".join(p) for p in problems.values()]
   assert "'work_dir'" in found[0] and "Did you mean: workdir" in found[0]
@@ -153,7 +164,8 @@ def test_checker_reports_renamed_flags_keys_and_unknown_commands(tmp_path):
   assert "flexivit-no-such-script" in found[8]
   assert "--no-such-option" in found[9]
   assert "tests/test_no_such_file.py" in found[10]
-  assert found[11] == ""  # The README's command, correctly spelled, passes.
+  assert "--round" in found[11]
+  assert found[12] == ""  # The README's command, correctly spelled, passes.
 
 
 def test_checker_catches_a_flag_renamed_in_the_cli(monkeypatch):
@@ -189,7 +201,7 @@ def test_every_project_command_in_the_docs_checks():
 def test_every_project_command_is_run_or_says_why_not():
   ci = set(ci_commands())
   unmarked = [c.where() for c in project_commands()
-              if not (c.pattern or c.not_run or c.text in ci or run_form(c))]
+              if not (c.pattern or c.inline or c.not_run or c.text in ci or run_form(c))]
   assert not unmarked, (f"commands neither run by the tests nor marked '# {dc.NOT_RUN}: "
                         "<why>' in the doc:\n" + "\n".join(unmarked))
 
@@ -263,18 +275,34 @@ def doc_runs(digits_data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_runnable_documented_command_runs_as_written(doc_runs):
-  statuses, _, _ = doc_runs
+  """One test (xdist may give a module's tests to several workers: one fixture run)."""
+  statuses, first, cwd = doc_runs
   expected = {c.text for c in project_commands() if run_form(c)}
   assert set(statuses) == expected and len(expected) >= 8
   failed = [f"{text}: exit status {code}" for text, code in statuses.items() if code != 0]
   assert not failed, "\n".join(failed)
-
-
-@pytest.mark.slow
-def test_the_readme_demo_prints_the_table_and_writes_into_the_relative_workdir(doc_runs):
-  _, first, cwd = doc_runs
+  # The README's demo, in its own process: the table, the plot in the relative workdir.
   assert first.args[3:5] == ["--config", "configs/demo_digits.py:runlocal"]
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert TABLE_HEADER in first.stdout
+  assert TABLE_HEADER in first.stdout, first.stdout[-3000:]
   assert (cwd / "workdirs" / "demo" / "eval_test.png").stat().st_size > 1000
-  assert (cwd / "compare.png").stat().st_size > 1000  # The README's compare, run as written.
+  assert (cwd / "compare.png").stat().st_size > 1000  # The README's compare.
+  _check_the_transfer_demo(cwd / "workdirs")
+
+
+def _check_the_transfer_demo(workdirs):
+  """docs/recipes.md: digits 0-4 pretraining, then fine-tuning from `init=workdirs/digits04`
+  (a path relative to where the command runs) on digits 5-9 at one grid."""
+  import numpy as np
+  from flexivit_jax import checkpoint, metrics
+  pre = checkpoint.load_params(str(workdirs / "digits04"))
+  assert pre["head"]["kernel"].shape[-1] == 5
+  rows = metrics.read_metrics(str(workdirs / "tr"))
+  assert {r["seqhw"] for r in rows if "train/loss" in r} == {2}  # Fine-tuned at one grid ...
+  final = [r for r in rows if "eval/test/seqhw=1/prec@1" in r][-1]
+  assert {f"eval/test/seqhw={s}/prec@1" for s in (1, 2, 4)} <= set(final)  # ... evaluated at all.
+  params = checkpoint.load_params(str(workdirs / "tr"))
+  assert params["head"]["kernel"].shape == (16, 5)
+  # The body started from digits04: after 2 small SGD steps it is still close to it.
+  moved = np.abs(np.asarray(params["Transformer"]["encoder_norm"]["scale"])
+                 - pre["Transformer"]["encoder_norm"]["scale"]).max()
+  assert moved < 0.1
