@@ -2,9 +2,11 @@
 
 Each case runs in its own copy of a workdir that already holds checkpoints of a
 real run; every file there must be byte-identical afterwards, and nothing new
-may be checkpointed. Cases caught by the flags or the config schema (before JAX
-starts) run in this process through the same entry point (`cli.run_absl` with
-train's flag parser); the rest run as `python -m flexivit_jax.train`, three at a time.
+may be checkpointed. Most cases run in this process through the command's own
+entry point (`cli.run_absl` with train's flag parser: the same parsing, checks
+and exit statuses); those caught by the flags or the config schema must fail
+before JAX starts. Cases that need devices of their own, and one divergence,
+run as `python -m flexivit_jax.train` processes, beside the others.
 """
 import hashlib
 import json
@@ -49,18 +51,21 @@ CONFIG_CASES = [
     ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
     ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
 ]
-# Caught by the trainer (data, pp, devices, checkpoints, the loss): run as processes.
-RUN_CASES = [
+# Caught by the trainer (data, pp, devices, checkpoints, the loss).
+TRAINER_CASES = [
     ("patch larger than image", ["--config.flexi.seqhw.v=(2,40)"], "seqhw=40", 2),
     ("unknown pp op", ["--config.input.pp=decode|bogus_op(1)"], "'bogus_op'", 2),
     ("bad pp arguments", ['--config.input.pp=decode|resize("big")'], "'resize'", 2),
     ("unknown dataset", ["--config.input.data.name=no_such_dataset"], "no_such_dataset", 2),
     ("wrong num_classes", ["--config.model.num_classes=5"], "model.num_classes=5", 2),
     ("mesh does not fit", ["--config.mesh.data=3"], "does not fit the 1 devices", 2),
-    ("batch not divisible", ["--num_cpu_devices=4", "--config.input.batch_size=6"],
-     "input.batch_size=6", 2),
     ("missing model_init", ["--config.model_init=/no/such/ckpt.npz"], "/no/such/ckpt.npz", 2),
     ("truncated model_init", ["--config.model_init={truncated}"], "truncated.npz", 2),
+]
+# Run as processes: 4 devices need a JAX of their own; divergence's exit 3 from a real process.
+PROCESS_CASES = [
+    ("batch not divisible", ["--num_cpu_devices=4", "--config.input.batch_size=6"],
+     "input.batch_size=6", 2),
     ("divergence", ["--config.lr=1e30"], "training diverged at step", 3),
 ]
 
@@ -98,7 +103,8 @@ def _run_case_in_process(case, trained, tmp_path, capsys):
   workdir = tmp_path / name.replace(" ", "_")
   shutil.copytree(trained, workdir)
   flags_ = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
-  args = [a for a in args if a != "--no_workdir"]
+  args = [a.format(truncated=trained.parent / "truncated.npz") for a in args
+          if a != "--no_workdir"]
   capsys.readouterr()
   flags.FLAGS.unparse_flags()  # No value of an earlier case may leak into this one.
   try:
@@ -148,13 +154,17 @@ def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir
   before = _hashes(trained_workdir)
   assert state_files.complete_steps(str(trained_workdir)) == [1, 2] and before
   failures = []
-  with monkeypatch.context() as m:  # A config case must fail before JAX starts.
-    m.setattr(train, "setup_jax", lambda *a, **k: pytest.fail("reached setup_jax"))
-    for case in CONFIG_CASES:
+  with ThreadPoolExecutor(len(PROCESS_CASES)) as pool:  # The processes run meanwhile.
+    processes = [pool.submit(_run_case, c, trained_workdir, tmp_path) for c in PROCESS_CASES]
+    with monkeypatch.context() as m:  # A config case must fail before JAX starts.
+      m.setattr(train, "setup_jax", lambda *a, **k: pytest.fail("reached setup_jax"))
+      for case in CONFIG_CASES:
+        workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
+        failures += _problems(case, workdir, code, err, before)
+    for case in TRAINER_CASES:
       workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
       failures += _problems(case, workdir, code, err, before)
-  with ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda c: _run_case(c, trained_workdir, tmp_path), RUN_CASES))
-  for case, (workdir, proc) in zip(RUN_CASES, results):
-    failures += _problems(case, workdir, proc.returncode, proc.stderr, before)
+    for case, future in zip(PROCESS_CASES, processes):
+      workdir, proc = future.result()
+      failures += _problems(case, workdir, proc.returncode, proc.stderr, before)
   assert not failures, "\n".join(failures)
