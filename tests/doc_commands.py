@@ -101,8 +101,6 @@ def split_comment(line: str) -> Tuple[str, str]:
     if quote:
       if ch == quote:
         quote = None
-      elif ch == "\\" and quote == '"':
-        pass
     elif ch in "'\"":
       quote = ch
     elif ch == "#" and prev.isspace():
@@ -231,9 +229,17 @@ class Target:
 
 @functools.lru_cache(None)
 def console_scripts() -> Dict[str, str]:
-  """{script: module} from setup.py's console_scripts."""
-  text = (REPO / "setup.py").read_text()
-  return {m.group(1): m.group(2) for m in re.finditer(r"[\"']([\w-]+)=([\w.]+):\w+[\"']", text)}
+  """{script: module}: setup.py's console_scripts and pyproject.toml's [project.scripts]."""
+  scripts = {}
+  setup, pyproject = REPO / "setup.py", REPO / "pyproject.toml"
+  if setup.exists():  # "flexivit-train=flexivit_jax.train:run"
+    for m in re.finditer(r"[\"']([\w-]+)\s*=\s*([\w.]+):\w+[\"']", setup.read_text()):
+      scripts[m.group(1)] = m.group(2)
+  if pyproject.exists():  # flexivit-train = "flexivit_jax.train:run"
+    for m in re.finditer(r"(?m)^\s*[\"']?([\w-]+)[\"']?\s*=\s*[\"']([\w.]+):\w+[\"']",
+                         pyproject.read_text()):
+      scripts[m.group(1)] = m.group(2)
+  return scripts
 
 
 def target(argv: Sequence[str]) -> Target:
