@@ -307,16 +307,16 @@ def _check_module(t: Target, pattern: bool) -> List[str]:
 
 
 def _check_any_cli_of(package: str, args: Sequence[str]) -> List[str]:
-  """Each flag of a pattern naming `package.NAME` is a flag of one of the package's CLIs."""
+  """A pattern naming `package.NAME` stands for each CLI there: each must take its flags."""
   modules = [m for m in ARGPARSE_CLIS if m.startswith(package + ".")]
   if not modules:
     return [f"no CLI in ARGPARSE_CLIS under {package}"]
-  known = set()
+  problems = []
   for module in modules:
     parser = getattr(importlib.import_module(module), ARGPARSE_CLIS[module])()
-    known |= set(parser._option_string_actions)  # pylint: disable=protected-access
-  return [f"unknown flag {name} (no {package}.* takes it)" for name in _flag_names(args)
-          if name not in known]
+    known = set(parser._option_string_actions)  # pylint: disable=protected-access
+    problems += [f"{module} takes no {name}" for name in _flag_names(args) if name not in known]
+  return problems
 
 
 def _flag_names(args: Sequence[str]) -> List[str]:
