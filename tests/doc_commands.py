@@ -291,7 +291,7 @@ def check(command: DocCommand) -> List[str]:
 
 def _check_module(t: Target, pattern: bool) -> List[str]:
   package, _, last = t.name.rpartition(".")
-  if pattern and last.isupper():  # `python -m flexivit_jax.analysis.NAME --out DIR`
+  if last.isupper():  # A placeholder: `python -m flexivit_jax.analysis.NAME --out DIR`
     return _check_any_cli_of(package, t.args)
   if not t.name.startswith(PACKAGE + ".") and t.name not in console_scripts().values():
     return [f"{t.name!r} is not a console script of setup.py ({sorted(console_scripts())})"]
