@@ -91,8 +91,7 @@ def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
   return metrics.format_compute_table(curves, seqhw)
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdirs", nargs="+", type=paths.normalize, help="training workdirs, or eval.json dirs/files")
   parser.add_argument("--out", default=None, type=paths.normalize, help="PNG to write")
@@ -101,7 +100,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help="x axis: patch size of the final eval, or training GFLOPs")
   parser.add_argument("--seqhw", type=int, default=None,
                       help="with --x flops: the seqhw to plot (default: largest common)")
-  args = parser.parse_args(argv)
+  return parser
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = build_parser().parse_args(argv)
   if args.x == "flops":
     print(compare_flops(args.workdirs, args.out, args.eval, args.seqhw))
   elif all(report.has_eval(p) for p in args.workdirs):

@@ -29,7 +29,7 @@ MIN_PATCH, MAX_PATCH = 8, 48
 PROGRESS_EVERY_S = 30.0  # With --progress=lines, a batch count line at most this often.
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True, help="npz file, training workdir or shortcut")
   p.add_argument("--data", default=None, help="NAME:SPLIT (default: the workdir's first eval)")
@@ -45,7 +45,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   cli.add_progress_argument(p)
   p.add_argument("--no_progress", dest="progress", action="store_const", const="none",
                  help="the same as --progress=none")
-  return p.parse_args(argv)
+  return p
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  return build_parser().parse_args(argv)
 
 
 def data_cfg_of(args, config: Optional[dict]) -> dict:

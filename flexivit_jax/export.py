@@ -21,8 +21,7 @@ def export(workdir: str, out: str, step: Optional[int] = None) -> None:
   checkpoint.save_params(out, checkpoint.load_params(workdir, step=step))
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
@@ -32,6 +31,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--list", action="store_true",
                       help="list the workdir's steps and their health instead "
                       "(as python -m flexivit_jax.checkpoints WORKDIR)")
+  return parser
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.list:
     from flexivit_jax import checkpoints

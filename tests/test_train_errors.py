@@ -2,7 +2,11 @@
 
 Each case runs in its own copy of a workdir that already holds checkpoints of a
 real run; every file there must be byte-identical afterwards, and nothing new
-may be checkpointed. The cases run three at a time.
+may be checkpointed. Most cases run in this process through the command's own
+entry point (`cli.run_absl` with train's flag parser: the same parsing, checks
+and exit statuses); those caught by the flags or the config schema must fail
+before JAX starts. Cases that need devices of their own, and one divergence,
+run as `python -m flexivit_jax.train` processes, beside the others.
 """
 import hashlib
 import json
@@ -14,14 +18,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from absl import flags
 
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import checkpoint, state_files
+from flexivit_jax import checkpoint, cli, state_files, train
 
 BASE = [f"--config={DEMO_CONFIG}:runlocal", "--config.progress_bar=False"]
 
 # (name, command-line arguments, text the last stderr line must contain, exit status)
-CASES = [
+# Caught by the flags or the config schema, before JAX starts: run in this process.
+CONFIG_CASES = [
     ("unknown top-level key", ["--config.no_such_key=1"], "'no_such_key'", 2),
     ("unknown model key", ["--config.model.widht=3"], "'model.widht' (did you mean 'width'?)", 2),
     ("unknown model_load key", ["--config.model_load.dontload=x"], "'model_load.dontload'", 2),
@@ -38,16 +44,6 @@ CASES = [
     ("lr negative", ["--config.lr=-1"], "'lr' must be a finite number >= 0, got -1", 2),
     ("wd negative", ["--config.wd=-0.5"], "'wd' must be a finite number >= 0, got -0.5", 2),
     ("unknown variant", ["--config.model.variant=Q"], "unknown ViT variant 'Q'", 2),
-    ("patch larger than image", ["--config.flexi.seqhw.v=(2,40)"], "seqhw=40", 2),
-    ("unknown pp op", ["--config.input.pp=decode|bogus_op(1)"], "'bogus_op'", 2),
-    ("bad pp arguments", ['--config.input.pp=decode|resize("big")'], "'resize'", 2),
-    ("unknown dataset", ["--config.input.data.name=no_such_dataset"], "no_such_dataset", 2),
-    ("wrong num_classes", ["--config.model.num_classes=5"], "model.num_classes=5", 2),
-    ("mesh does not fit", ["--config.mesh.data=3"], "does not fit the 1 devices", 2),
-    ("batch not divisible", ["--num_cpu_devices=4", "--config.input.batch_size=6"],
-     "input.batch_size=6", 2),
-    ("missing model_init", ["--config.model_init=/no/such/ckpt.npz"], "/no/such/ckpt.npz", 2),
-    ("truncated model_init", ["--config.model_init={truncated}"], "truncated.npz", 2),
     ("unknown loss", ["--config.loss=hinge"], "loss='hinge'", 2),
     ("bad flexi spec", ["--config.flexi.seqhw.p=bogus"], "flexi.seqhw.p='bogus'", 2),
     ("unknown flexi argument", ["--config.flexi.seqhws.v=(2,)"], "'flexi.seqhws'", 2),
@@ -55,6 +51,22 @@ CASES = [
     ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
     ("progress flag value", ["--progress=loud"], "--progress=loud", 2),
     ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
+]
+# Caught by the trainer (data, pp, devices, checkpoints, the loss).
+TRAINER_CASES = [
+    ("patch larger than image", ["--config.flexi.seqhw.v=(2,40)"], "seqhw=40", 2),
+    ("unknown pp op", ["--config.input.pp=decode|bogus_op(1)"], "'bogus_op'", 2),
+    ("bad pp arguments", ['--config.input.pp=decode|resize("big")'], "'resize'", 2),
+    ("unknown dataset", ["--config.input.data.name=no_such_dataset"], "no_such_dataset", 2),
+    ("wrong num_classes", ["--config.model.num_classes=5"], "model.num_classes=5", 2),
+    ("mesh does not fit", ["--config.mesh.data=3"], "does not fit the 1 devices", 2),
+    ("missing model_init", ["--config.model_init=/no/such/ckpt.npz"], "/no/such/ckpt.npz", 2),
+    ("truncated model_init", ["--config.model_init={truncated}"], "truncated.npz", 2),
+]
+# Run as processes: 4 devices need a JAX of their own; divergence's exit 3 from a real process.
+PROCESS_CASES = [
+    ("batch not divisible", ["--num_cpu_devices=4", "--config.input.batch_size=6"],
+     "input.batch_size=6", 2),
     ("divergence", ["--config.lr=1e30"], "training diverged at step", 3),
 ]
 
@@ -86,6 +98,26 @@ def trained_workdir(digits_data_dir, tmp_path_factory):
   return workdir
 
 
+def _run_case_in_process(case, trained, tmp_path, capsys):
+  """(workdir, exit status, stderr) of a case run through train's entry point in this process."""
+  name, args, _, _ = case
+  workdir = tmp_path / name.replace(" ", "_")
+  shutil.copytree(trained, workdir)
+  flags_ = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
+  args = [a.format(truncated=trained.parent / "truncated.npz") for a in args
+          if a != "--no_workdir"]
+  capsys.readouterr()
+  flags.FLAGS.unparse_flags()  # No value of an earlier case may leak into this one.
+  try:
+    cli.run_absl(train.main, argv=["train", *BASE, *flags_, *args], flags_parser=train.parse_flags)
+    code = 0
+  except SystemExit as e:
+    code = e.code or 0
+  finally:
+    flags.FLAGS.unparse_flags()
+  return workdir, code, capsys.readouterr().err
+
+
 def _run_case(case, trained, tmp_path):
   name, args, _, _ = case
   workdir = tmp_path / name.replace(" ", "_")
@@ -99,27 +131,41 @@ def _run_case(case, trained, tmp_path):
   return workdir, proc
 
 
+def _problems(case, workdir, code, stderr, before):
+  name, args, expected, status = case
+  lines = stderr.strip().splitlines() or [""]
+  problems = []
+  if code != status:
+    problems.append(f"exit status {code}, expected {status}")
+  if "Traceback" in stderr:
+    problems.append("a traceback")
+  if expected not in lines[-1]:
+    problems.append(f"last line does not contain {expected!r}")
+  if _hashes(workdir) != before:
+    problems.append(f"checkpoints changed: {sorted(_hashes(workdir))}")
+  rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  if any(isinstance(v, float) and not math.isfinite(v) for r in rows for v in r.values()):
+    problems.append("a non-finite metric was written")
+  return [f"{name} {args}: {'; '.join(problems)}\n  last line: {lines[-1]}"] if problems else []
+
+
 @pytest.mark.slow
-def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path):
+def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path,
+                                                                 capsys, monkeypatch):
   before = _hashes(trained_workdir)
   assert state_files.complete_steps(str(trained_workdir)) == [1, 2] and before
-  with ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda c: _run_case(c, trained_workdir, tmp_path), CASES))
   failures = []
-  for (name, args, expected, status), (workdir, proc) in zip(CASES, results):
-    lines = proc.stderr.strip().splitlines() or [""]
-    problems = []
-    if proc.returncode != status:
-      problems.append(f"exit status {proc.returncode}, expected {status}")
-    if "Traceback" in proc.stderr:
-      problems.append("a traceback")
-    if expected not in lines[-1]:
-      problems.append(f"last line does not contain {expected!r}")
-    if _hashes(workdir) != before:
-      problems.append(f"checkpoints changed: {sorted(_hashes(workdir))}")
-    rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-    if any(isinstance(v, float) and not math.isfinite(v) for r in rows for v in r.values()):
-      problems.append("a non-finite metric was written")
-    if problems:
-      failures.append(f"{name} {args}: {'; '.join(problems)}\n  last line: {lines[-1]}")
+  with ThreadPoolExecutor(len(PROCESS_CASES)) as pool:  # The processes run meanwhile.
+    processes = [pool.submit(_run_case, c, trained_workdir, tmp_path) for c in PROCESS_CASES]
+    with monkeypatch.context() as m:  # A config case must fail before JAX starts.
+      m.setattr(train, "setup_jax", lambda *a, **k: pytest.fail("reached setup_jax"))
+      for case in CONFIG_CASES:
+        workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
+        failures += _problems(case, workdir, code, err, before)
+    for case in TRAINER_CASES:
+      workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
+      failures += _problems(case, workdir, code, err, before)
+    for case, future in zip(PROCESS_CASES, processes):
+      workdir, proc = future.result()
+      failures += _problems(case, workdir, proc.returncode, proc.stderr, before)
   assert not failures, "\n".join(failures)

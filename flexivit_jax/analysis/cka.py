@@ -156,8 +156,7 @@ def analyse(model, params, images, labels, grids, all_grids, out: str) -> dict:
   return results
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", default=None, help="a FlexiViT (default: train one)")
   p.add_argument("--image_size", type=int, default=None)
@@ -165,7 +164,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--all_grids", default=None, help="grids of the arc-cosine/t-SNE view")
   p.add_argument("--num_images", type=int, default=200)
   common.add_subject_args(p, default_steps=1200)
-  args = p.parse_args(argv)
+  return p
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = build_parser().parse_args(argv)
   common.quiet()
   d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, grids=GRIDS,
                                                        all_grids=ALL_GRIDS))

@@ -92,15 +92,19 @@ def plot(results: Mapping[str, Mapping[str, float]], path: str) -> str:
                           "resizing the patch embedding")
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", default=None, help="a fixed-patch ViT (default: train one)")
   p.add_argument("--image_size", type=int, default=None,
                  help=f"the checkpoint's training image side (default {IMAGE_SIZE})")
   p.add_argument("--factors", default=",".join(map(str, FACTORS)))
   common.add_subject_args(p, default_steps=1000)
-  args = p.parse_args(argv)
+  return p
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = build_parser().parse_args(argv)
   common.quiet()
   factors = common.float_list(args.factors, "--factors")
   if args.checkpoint:

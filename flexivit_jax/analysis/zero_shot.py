@@ -74,8 +74,7 @@ def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
       progress=args.progress)
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--vit", default=None, help="a fixed-patch ViT checkpoint (default: train one)")
   p.add_argument("--flexivit", default=None, help="a FlexiViT checkpoint (default: train one)")
@@ -83,7 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--seqhw", default=None, help="comma-separated grids to evaluate")
   p.add_argument("--vit_seqhw", type=int, default=None, help="the grid the ViT trains at")
   common.add_subject_args(p, default_steps=1200)
-  args = p.parse_args(argv)
+  return p
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = build_parser().parse_args(argv)
   common.quiet()
   d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, seqhws=SEQHWS,
                                                        vit_seqhw=VIT_SEQHW))
