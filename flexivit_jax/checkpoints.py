@@ -34,14 +34,18 @@ def listing(workdir: str) -> List[str]:
   return [fmt(head).rstrip()] + [fmt(r).rstrip() for r in rows]
 
 
-@cli.user_facing
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m flexivit_jax.checkpoints",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("workdir", help="training workdir (local or gs://)")
   parser.add_argument("--restore", metavar="NAME", default=None,
                       help="put back a set-aside step: its directory name or its step number")
-  args = parser.parse_args(argv)
+  return parser
+
+
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
   if args.restore is not None:
     name = state_files.put_back(paths.normalize(args.workdir), args.restore)
     print(f"put back {name}")

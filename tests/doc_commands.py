@@ -46,6 +46,7 @@ OPERATORS = ("&&", "||", ";", "|", "&")
 ARGPARSE_CLIS: Dict[str, str] = {
     "flexivit_jax.evaluate": "build_parser",
     "flexivit_jax.export": "build_parser",
+    "flexivit_jax.checkpoints": "build_parser",
     "flexivit_jax.compare": "build_parser",
     "flexivit_jax.analysis.cka": "build_parser",
     "flexivit_jax.analysis.resize_methods": "build_parser",
@@ -188,7 +189,8 @@ def inline_spans(text: str) -> Iterator[Tuple[int, str]]:
       continue
     if not inside:
       for span in re.findall(r"`([^`]+)`", line):
-        if INLINE_COMMAND.match(span.strip()):
+        # A lone word (`flexivit-train`, `launch/local.sh`) names a command; it runs nothing.
+        if INLINE_COMMAND.match(span.strip()) and len(span.split()) > 1:
           yield number, span.strip()
 
 
@@ -270,7 +272,9 @@ def target(argv: Sequence[str]) -> Target:
     return Target("pytest", prog, rest)
   if prog.startswith("flexivit"):
     module = console_scripts().get(prog)
-    return Target("module", module or prog, rest) if module else Target("module", prog, rest)
+    if module and module.endswith(".__main__") and rest:  # `flexivit-analysis NAME ARGS`.
+      return Target("module", module[:-len("__main__")] + rest[0], rest[1:])
+    return Target("module", module or prog, rest)
   return Target("", prog, rest)
 
 
