@@ -28,7 +28,6 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

@@ -34,7 +34,7 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHELL_LANGS = ("bash", "sh", "shell", "console", "shell-session", "zsh")

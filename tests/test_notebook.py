@@ -1,6 +1,5 @@
 """The exploration notebook runs top to bottom offline (nbclient), failing on any error."""
 import os
-import pathlib
 
 import pytest
 

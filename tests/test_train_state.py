@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import types
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,6 @@ import math
 import os
 from typing import Mapping, Optional, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax import cli

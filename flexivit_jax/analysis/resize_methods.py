@@ -20,7 +20,6 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
