@@ -745,9 +745,7 @@ def save_checkpoint(ckpts: train_state.StateCheckpoints, step: int, state, progr
   """Starts saving `step` (asynchronous: the next steps run while it is written) and says
   so; a save starts only once the one before is committed, so `previous` is written."""
   ckpts.save(step, state)
-  if previous is not None:
-    progress.line(f"checkpoint step {previous} written to "
-                  f"{state_files.step_path(ckpts.workdir, previous)}")
+  _say_written(ckpts, progress, previous)
   progress.line(f"checkpoint step {step} started (written in the background)")
   return step
 
@@ -756,9 +754,13 @@ def finish_checkpoint(ckpts: train_state.StateCheckpoints, progress,
                       pending: Optional[int]) -> None:
   """Waits for the save started last, then says it is written."""
   ckpts.wait()
-  if pending is not None:
-    progress.line(f"checkpoint step {pending} written to "
-                  f"{state_files.step_path(ckpts.workdir, pending)}")
+  _say_written(ckpts, progress, pending)
+
+
+def _say_written(ckpts: train_state.StateCheckpoints, progress, step: Optional[int]) -> None:
+  """The progress line of a committed save (nothing when no save was started)."""
+  if step is not None:
+    progress.line(f"checkpoint step {step} written to {state_files.step_path(ckpts.workdir, step)}")
 
 
 def _loop(run: Run, ckpts: train_state.StateCheckpoints, state, teacher_params,
