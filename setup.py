@@ -43,6 +43,6 @@ setuptools.setup(
                                       "flexivit-evaluate=flexivit_jax.evaluate:main",
                                       "flexivit-export=flexivit_jax.export:main",
                                       "flexivit-compare=flexivit_jax.compare:main",
-                                      "flexivit-checkpoints=flexivit_jax.checkpoints:main",
+                                      "flexivit-checkpoints=flexivit_jax.checkpoints.__main__:main",
                                       "flexivit-analysis=flexivit_jax.analysis.__main__:main"]},
 )

@@ -20,7 +20,7 @@ import numpy as np
 
 import common
 
-from flexivit_jax import model as model_lib
+from flexivit_jax.models import vit as model_lib
 
 
 def xla_attention(q, k, v, block=None):

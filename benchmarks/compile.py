@@ -7,7 +7,7 @@ with `config.compile_cache_dir` set, as a restarted training job would:
 
   cold       empty cache directory: trace, export, compile, fill both caches
   warm       the cache the cold run filled: the traced step is read back
-             (flexivit_jax.step_cache) and XLA's persistent cache supplies the
+             (flexivit_jax.training.step_cache) and XLA's persistent cache supplies the
              executable
 
 With `--xla_only` two more runs show what JAX's persistent compilation cache
@@ -27,7 +27,8 @@ import tempfile
 import time
 
 import common
-from flexivit_jax import cli, metrics
+from flexivit_jax import cli
+from flexivit_jax.outputs import metrics
 
 CHILD = """
 import json, sys, time
@@ -36,7 +37,9 @@ from flexivit_jax import xla_env
 xla_env.apply_cpu_defaults()  # As the train CLI does.
 import jax
 import jax.numpy as jnp
-from flexivit_jax import config as config_lib, optim, trainer
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.training import optim
+from flexivit_jax.training import trainer
 from jax.sharding import NamedSharding, PartitionSpec as P
 cache_dir, variant, seqhws, use_step_cache = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 c = config_lib.default_config()

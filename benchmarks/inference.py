@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 import common
-from flexivit_jax.model import FlexiViT
-from flexivit_jax.predict import Predictor
+from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.evaluators.predict import Predictor
 
 IMAGE = 240
 

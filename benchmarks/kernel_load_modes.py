@@ -1,8 +1,8 @@
 """Logit differences between model_load.kernel='keep' and 'pi_resize'.
 
-Loads tests/data/bv_gap_ckpt.npz (32x32 kernel) into a 16x16 model both ways
+Loads tests/testdata/bv_gap_ckpt.npz (32x32 kernel) into a 16x16 model both ways
 and prints, per seqhw at 240 px, the max |logit - reference logit| of each
-mode (reference: tests/data/bv_gap.npz, big_vision resizing 32 -> P once).
+mode (reference: tests/testdata/bv_gap.npz, big_vision resizing 32 -> P once).
 
   PYTHONPATH=. python benchmarks/kernel_load_modes.py
 """
@@ -11,21 +11,21 @@ import pathlib
 import jax
 import numpy as np
 
-from flexivit_jax import checkpoint
-from flexivit_jax.model import FlexiViT
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.models.vit import FlexiViT
 
-DATA = pathlib.Path(__file__).parent.parent / "tests" / "data"
+DATA = pathlib.Path(__file__).parent.parent / "tests" / "testdata"
 MODEL = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96, patch_size=(16, 16),
              posemb_size=(7, 7), pool_type="gap")
 
 
 def main():
   ref = dict(np.load(DATA / "bv_gap.npz"))
-  stored = checkpoint.load_params(DATA / "bv_gap_ckpt.npz")
+  stored = npz.load_params(DATA / "bv_gap_ckpt.npz")
   init = jax.tree.map(np.zeros_like, stored)
   init["embedding"]["kernel"] = np.zeros((16, 16, 3, 48), np.float32)
   apply = jax.jit(FlexiViT(**MODEL).apply, static_argnames="seqhw")
-  modes = {m: checkpoint.load_pretrained(init, stored, kernel=m, log=lambda _: None)[0]
+  modes = {m: npz.load_pretrained(init, stored, kernel=m, log=lambda _: None)[0]
            for m in ("keep", "pi_resize")}
   print("| seqhw | patch | keep: max diff | pi_resize: max diff |")
   print("|---|---|---|---|")

@@ -16,9 +16,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from flexivit_jax import config as config_lib
-from flexivit_jax import optim, trainer
-from flexivit_jax.flexi import FlexiSampler
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.training import optim
+from flexivit_jax.training import trainer
+from flexivit_jax.training.flexi import FlexiSampler
 
 CONFIGS = ("i1k_deit3_distill.py:variant=S", "i1k_deit3_distill.py:variant=B",
            "i1k_deit3_distill.py:variant=L", "i21k_sup.py", "i21k_distill.py",

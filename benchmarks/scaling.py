@@ -70,8 +70,10 @@ DEPTH = {"S": 12, "B": 12, "L": 24}
 def student_step(variant: str, devices, fsdp: int, param_sharding: str, depth: int):
   """(jitted train step, abstract state, state shardings, batch sharding) of a student."""
   import jax
-  from flexivit_jax import config as config_lib, optim, trainer
-  from flexivit_jax.model import FlexiViT
+  from flexivit_jax.training import config as config_lib
+  from flexivit_jax.training import optim
+  from flexivit_jax.training import trainer
+  from flexivit_jax.models.vit import FlexiViT
   model = FlexiViT(num_classes=1000, variant=variant, patch_size=(32, 32), posemb_size=(7, 7),
                    pool_type="tok", depth=depth)
   config = config_lib.default_config()
@@ -111,7 +113,7 @@ def teacher_flops(spec: str, batch: int, depth=None) -> float:
   """Forward FLOPs per example of a teacher 'V@<px>/<patch>' (lowered HLO)."""
   import jax
   import jax.numpy as jnp
-  from flexivit_jax.model import FlexiViT
+  from flexivit_jax.models.vit import FlexiViT
   variant, rest = spec.split("@")
   px, patch = map(int, rest.split("/"))
   depth = depth or DEPTH[variant]

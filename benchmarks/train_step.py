@@ -32,9 +32,10 @@ import numpy as np
 import optax
 
 import common
-from flexivit_jax import cli, metrics
-from flexivit_jax.model import FlexiViT
-from flexivit_jax.predict import params_at_size
+from flexivit_jax import cli
+from flexivit_jax.outputs import metrics
+from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.evaluators.predict import params_at_size
 
 IMAGE = 240
 SEQHWS = tuple(IMAGE // p for p in common.FLEXI_PATCHES)

@@ -14,8 +14,8 @@ Arguments: baseline; runlocal (tiny model, 16 px, a few steps); steps=N (the
 baseline's steps; the curriculum takes as many steps as fit in the same compute,
 estimated from the token counts and checked against the logged compute/gflops).
 """
-from flexivit_jax.config import default_config, parse_arg
-from flexivit_jax.curriculum import equal_compute_steps
+from flexivit_jax.training.config import default_config, parse_arg
+from flexivit_jax.training.curriculum import equal_compute_steps
 
 # Coarse patches (16/12 px) first, then 12/8, then 8/6, ending at the target 6 px.
 STAGES = (dict(until=0.25, v=(3, 4)), dict(until=0.5, v=(4, 6)), dict(until=0.75, v=(6, 8)),

@@ -14,4 +14,4 @@ for a few steps: smoke tests); steps=N; classes=A-B (train and evaluate on the
 digits A..B only, labels renumbered from 0: the pretraining half of the
 transfer demo, see configs/demo_transfer.py).
 """
-from flexivit_jax.demos import digits_config as get_config, parse_classes  # noqa: F401
+from flexivit_jax.training.demos import digits_config as get_config, parse_classes  # noqa: F401

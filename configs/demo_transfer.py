@@ -19,7 +19,7 @@ model at 16 px from configs/testdata/tiny_vit.npz unless init is given).
 """
 import os
 
-from flexivit_jax.config import default_config, parse_arg
+from flexivit_jax.training.config import default_config, parse_arg
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 

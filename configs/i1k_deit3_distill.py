@@ -20,7 +20,7 @@ Reference keys under other names here: docs/configs.md.
 """
 import os
 
-from flexivit_jax.config import default_config, parse_arg
+from flexivit_jax.training.config import default_config, parse_arg
 from flexivit_jax.errors import UserError
 
 SEQHW = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)  # Patches 48, 40, 30, 24, 20, 16, 15, 12, 10, 8.

@@ -6,7 +6,7 @@ patches early (cheap steps), finer later, ending at the target patch 16 px
 (seqhw 15 at 240 px). `:baseline` is a plain ViT-B/16 (kernel stored at 16x16,
 posemb 15x15, seqhw 15 at every step) trained for `epochs`; the curriculum run
 gets the epochs that cost the same training compute (estimated from token
-counts by flexivit_jax.curriculum; the logged `compute/gflops` is exact).
+counts by flexivit_jax.training.curriculum; the logged `compute/gflops` is exact).
 Both evaluate on the i21k val slice at seqhw 15. The paper does not publish its
 stages; these are ours.
 
@@ -18,8 +18,8 @@ Arguments: baseline; epochs=N (the baseline's epochs, default 90); runlocal.
 """
 import os
 
-from flexivit_jax.config import load_config_file, parse_arg
-from flexivit_jax.curriculum import equal_compute_steps
+from flexivit_jax.training.config import load_config_file, parse_arg
+from flexivit_jax.training.curriculum import equal_compute_steps
 
 B = dict(width=768, depth=12, mlp_dim=3072)
 TARGET = 15  # seqhw at 240 px = patch 16.

@@ -19,7 +19,7 @@ Reference keys under other names here: docs/configs.md.
 """
 import os
 
-from flexivit_jax.config import default_config, load_config_file, parse_arg
+from flexivit_jax.training.config import default_config, load_config_file, parse_arg
 
 SEQHW = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
 HOWTO_B8 = ("gs://vit_models/augreg/"

@@ -16,7 +16,7 @@ ImageNet-1k evals through the i21k->i1k label map: needs the eval
 `label_mapping` key); runlocal (a tiny model on the bundled digits, 16 px, no
 RandAugment, 2 steps). Reference keys under other names here: docs/configs.md.
 """
-from flexivit_jax.config import default_config, parse_arg
+from flexivit_jax.training.config import default_config, parse_arg
 
 SEQHW = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)  # Patches 48, 40, 30, 24, 20, 16, 15, 12, 10, 8.
 I21K = dict(name="imagenet21k", split="full[51200:]")

@@ -22,7 +22,7 @@ runlocal (the bundled digits, a tiny model from configs/testdata/tiny_vit.npz,
 """
 import os
 
-from flexivit_jax.config import default_config, parse_arg
+from flexivit_jax.training.config import default_config, parse_arg
 from flexivit_jax.errors import UserError
 
 SEQHW = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)

@@ -20,7 +20,9 @@ import os
 import re
 from typing import Optional, Sequence
 
-from flexivit_jax import cli, metrics, paths, report
+from flexivit_jax import cli, paths
+from flexivit_jax.outputs import metrics
+from flexivit_jax.outputs import report
 from flexivit_jax.errors import UserError
 
 

@@ -21,7 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from flexivit_jax import cli, paths, report
+from flexivit_jax import cli, paths
+from flexivit_jax.outputs import report
 from flexivit_jax.errors import UserError
 
 # The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
@@ -99,7 +100,7 @@ def seqhws_of(spec: str, config: Optional[dict], image_size: int) -> list[int]:
 
 
 def choose(args, model, params, image_size: int, channels: int, seqhws) -> list[int]:
-  from flexivit_jax.predict import choose_seqhw
+  from flexivit_jax.evaluators.predict import choose_seqhw
   best = choose_seqhw(model, params, image_size, max_gflops=args.max_gflops,
                       max_ms=args.max_ms, batch_size=args.batch_size, seqhws=seqhws,
                       channels=channels)
@@ -118,7 +119,9 @@ def run(args) -> list[dict]:
     data_cfg_of(args, None)  # Flag syntax is checked before anything loads.
   if args.seqhw != "all":
     seqhws_of(args.seqhw, None, sys.maxsize)
-  from flexivit_jax import data, evaluation, metrics
+  from flexivit_jax import data
+  from flexivit_jax.evaluators import evaluation
+  from flexivit_jax.outputs import metrics
   model, params, config = evaluation.load_model(args.checkpoint, args.model)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
   batches = data.eval_iterator(data_cfg, pp, args.batch_size)

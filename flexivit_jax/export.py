@@ -4,7 +4,7 @@
   python -m flexivit_jax.export WORKDIR --list     # which steps there are, and their health
 
 Reads the newest (or step N's) orbax train-state checkpoint of WORKDIR (local or
-gs://), keeps only the params, and writes them with `checkpoint.save_params`;
+gs://), keeps only the params, and writes them with `npz.save_params`;
 `flexivit_jax.load_params(out.npz)` reads back the same arrays.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from flexivit_jax import cli, paths
 
 
 def export(workdir: str, out: str, step: Optional[int] = None) -> None:
-  from flexivit_jax import checkpoint
-  checkpoint.save_params(out, checkpoint.load_params(workdir, step=step))
+  from flexivit_jax.checkpoints import npz
+  npz.save_params(out, npz.load_params(workdir, step=step))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if args.list:
-    from flexivit_jax import checkpoints
-    print("\n".join(checkpoints.listing(args.workdir)))
+    from flexivit_jax.checkpoints import __main__ as checkpoints_cli
+    print("\n".join(checkpoints_cli.listing(args.workdir)))
     return 0
   if args.out is None:
     parser.error("the npz to write (out) is required unless --list is given")

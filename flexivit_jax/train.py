@@ -25,7 +25,7 @@ from absl import logging as absl_logging
 
 from flexivit_jax import cli, paths
 from flexivit_jax.errors import UserError
-from flexivit_jax.metrics import PROGRESS_MODES
+from flexivit_jax.outputs.metrics import PROGRESS_MODES
 
 FLAGS = flags.FLAGS
 CONFIG_PREFIX = "--config."
@@ -111,14 +111,14 @@ def main(parsed) -> None:
     raise UserError("--config is required (a config file, e.g. configs/demo_digits.py)")
   if not FLAGS.workdir:
     raise UserError("--workdir is required (where checkpoints and metrics go)")
-  from flexivit_jax import config as config_lib
+  from flexivit_jax.training import config as config_lib
   if FLAGS.progress:  # The flag wins over the config's `progress` and older `progress_bar`.
     overrides = [*overrides, ("progress", FLAGS.progress), ("progress_bar", "None")]
   # Every key and value is checked here, before JAX starts.
   config = config_lib.complete(config_lib.load_config_file(FLAGS.config), overrides)
   setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
             FLAGS.num_processes, FLAGS.process_id)
-  from flexivit_jax import trainer
+  from flexivit_jax.training import trainer
   quiet_libraries()
   import jax
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-DATA = pathlib.Path(__file__).parent / "data"
+DATA = pathlib.Path(__file__).parent / "testdata"
 REF_SEQHWS = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
 REF_MODEL = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96,
                  patch_size=(32, 32), posemb_size=(7, 7))

@@ -272,9 +272,10 @@ def target(argv: Sequence[str]) -> Target:
     return Target("pytest", prog, rest)
   if prog.startswith("flexivit"):
     module = console_scripts().get(prog)
-    if module and module.endswith(".__main__") and rest:  # `flexivit-analysis NAME ARGS`.
-      return Target("module", module[:-len("__main__")] + rest[0], rest[1:])
-    return Target("module", module or prog, rest)
+    package = module[:-len(".__main__")] if module and module.endswith(".__main__") else None
+    if package and package not in ARGPARSE_CLIS and rest:  # `flexivit-analysis NAME ARGS`.
+      return Target("module", f"{package}.{rest[0]}", rest[1:])
+    return Target("module", package or module or prog, rest)
   return Target("", prog, rest)
 
 
@@ -304,10 +305,18 @@ def _check_module(t: Target, pattern: bool) -> List[str]:
   if t.name in ABSL_CLIS:
     return _check_train(t.args, pattern)
   if t.name in ARGPARSE_CLIS:
-    parser = getattr(importlib.import_module(t.name), ARGPARSE_CLIS[t.name])()
+    parser = getattr(_cli_module(t.name), ARGPARSE_CLIS[t.name])()
     return _check_argparse(parser, t.args, pattern)
   return [f"no argument check for {t.name}: add it to ARGPARSE_CLIS or ABSL_CLIS in "
           "tests/doc_commands.py"]
+
+
+def _cli_module(name: str):
+  """The module `python -m name` runs: the module, or a package's `__main__`."""
+  spec = importlib.util.find_spec(name)
+  if spec is not None and spec.submodule_search_locations is not None:
+    name += ".__main__"
+  return importlib.import_module(name)
 
 
 def _check_any_cli_of(package: str, args: Sequence[str]) -> List[str]:
@@ -317,7 +326,7 @@ def _check_any_cli_of(package: str, args: Sequence[str]) -> List[str]:
     return [f"no CLI in ARGPARSE_CLIS under {package}"]
   problems = []
   for module in modules:
-    parser = getattr(importlib.import_module(module), ARGPARSE_CLIS[module])()
+    parser = getattr(_cli_module(module), ARGPARSE_CLIS[module])()
     known = set(parser._option_string_actions)  # pylint: disable=protected-access
     problems += [f"{module} takes no {name}" for name in _flag_names(args) if name not in known]
   return problems
@@ -356,7 +365,7 @@ def train_flag_values():
 
 def _check_train(args: Sequence[str], pattern: bool) -> List[str]:
   from absl import flags
-  from flexivit_jax import config as config_lib
+  from flexivit_jax.training import config as config_lib
   from flexivit_jax import train
   args = [a for a in args if a != "--verbose"]
   rest, overrides = train.split_config_overrides(args)

@@ -60,7 +60,7 @@ def test_success_exits_with_mains_status():
 def test_config_validation_starts_no_jax_backend():
   """`complete` runs before `setup_jax` (device count, distributed init): it must not
   initialise a JAX backend, or `--num_cpu_devices` and multi-process runs break."""
-  code = ("import flexivit_jax.config as c\n"
+  code = ("import flexivit_jax.training.config as c\n"
           "from jax._src import xla_bridge as xb\n"
           f"c.complete(c.load_config_file({DEMO_CONFIG!r} + ':runlocal'))\n"
           "assert not xb._backends, 'a JAX backend was initialised'\n")

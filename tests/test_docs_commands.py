@@ -154,7 +154,7 @@ def test_checker_reports_renamed_flags_keys_and_unknown_commands(tmp_path):
       "python -m flexivit_jax.compare workdirs/demo workdirs/base --output compare.png",
       "python -m flexivit_jax.evaluate --checkpoint W ... --max_gflop 0.02",
       "python -m flexivit_jax.no_such_cli --flag",
-      "python -m flexivit_jax.config",
+      "python -m flexivit_jax.training.config",
       "flexivit-no-such-script --help",
       "launch/local.sh 2 --no-such-option -- --config configs/demo_digits.py --workdir w",
       "python -m pytest tests/test_no_such_file.py",
@@ -301,14 +301,15 @@ def _check_the_transfer_demo(workdirs):
   """docs/recipes.md: digits 0-4 pretraining, then fine-tuning from `init=workdirs/digits04`
   (a path relative to where the command runs) on digits 5-9 at one grid."""
   import numpy as np
-  from flexivit_jax import checkpoint, metrics
-  pre = checkpoint.load_params(str(workdirs / "digits04"))
+  from flexivit_jax.checkpoints import npz
+  from flexivit_jax.outputs import metrics
+  pre = npz.load_params(str(workdirs / "digits04"))
   assert pre["head"]["kernel"].shape[-1] == 5
   rows = metrics.read_metrics(str(workdirs / "tr"))
   assert {r["seqhw"] for r in rows if "train/loss" in r} == {2}  # Fine-tuned at one grid ...
   final = [r for r in rows if "eval/test/seqhw=1/prec@1" in r][-1]
   assert {f"eval/test/seqhw={s}/prec@1" for s in (1, 2, 4)} <= set(final)  # ... evaluated at all.
-  params = checkpoint.load_params(str(workdirs / "tr"))
+  params = npz.load_params(str(workdirs / "tr"))
   assert params["head"]["kernel"].shape == (16, 5)
   # The body started from digits04: after 2 small SGD steps it is still close to it.
   moved = np.abs(np.asarray(params["Transformer"]["encoder_norm"]["scale"])

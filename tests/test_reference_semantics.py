@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_CONFIG, REF_MODEL
-from flexivit_jax import checkpoint, data, evaluators, losses, trainer
-from flexivit_jax import config as config_lib
-from flexivit_jax.model import FlexiViT
+from flexivit_jax import data
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.evaluators import classification
+from flexivit_jax.training import losses
+from flexivit_jax.training import trainer
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.models.vit import FlexiViT
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 # ----------------------------------------------------------------------------
@@ -29,11 +33,11 @@ def test_empty_label_rows_are_excluded():
   labels = np.eye(4, dtype=np.float32)[[0, 2, 2, 3]]
   labels[3] = 0  # ImageNet-ReaL: an image with no valid label.
   mask = np.array([1, 1, 1, 1], bool)
-  correct, count = evaluators.classification_counts(logits, labels, mask)
+  correct, count = classification.classification_counts(logits, labels, mask)
   assert float(count) == 3 and float(correct) == 2  # 2/3, not 2/4.
   assert float(correct) / float(count) == pytest.approx(_np_prec1(logits, labels, mask))
   # Padding examples (mask False) drop out as well.
-  correct, count = evaluators.classification_counts(logits, labels, np.array([1, 1, 0, 0], bool))
+  correct, count = classification.classification_counts(logits, labels, np.array([1, 1, 0, 0], bool))
   assert (float(correct), float(count)) == (1, 2)
 
 
@@ -44,7 +48,7 @@ def test_smoothed_labels_are_not_all_hits():
   on, off = 0.9, 0.1 / 9
   labels = np.full((64, 10), off, np.float32)
   labels[np.arange(64), ids] = on
-  correct, count = evaluators.classification_counts(logits, labels, np.ones(64, bool))
+  correct, count = classification.classification_counts(logits, labels, np.ones(64, bool))
   got = float(correct) / float(count)
   true_acc = (logits.argmax(1) == ids).mean()
   assert got == pytest.approx(_np_prec1(logits, labels, np.ones(64)), rel=1e-6)
@@ -58,18 +62,18 @@ def test_smoothed_labels_are_not_all_hits():
 
 def test_map_logits_and_loading(tmp_path):
   logits = jnp.array([[0.0, 5.0, 1.0, 3.0]])
-  mapped = evaluators.map_logits(logits, [3, 2, -1])
+  mapped = classification.map_logits(logits, [3, 2, -1])
   np.testing.assert_array_equal(mapped, [[3.0, 1.0, -np.inf]])
-  assert evaluators.load_label_mapping([3, 2, -1], 4).tolist() == [3, 2, -1]
+  assert classification.load_label_mapping([3, 2, -1], 4).tolist() == [3, 2, -1]
   (tmp_path / "m.json").write_text(json.dumps([1, 0]))
   (tmp_path / "m.txt").write_text("1\n0\n")
   for name in ("m.json", "m.txt"):
-    assert evaluators.load_label_mapping(str(tmp_path / name), 4).tolist() == [1, 0]
-  assert evaluators.load_label_mapping(None) is None
+    assert classification.load_label_mapping(str(tmp_path / name), 4).tolist() == [1, 0]
+  assert classification.load_label_mapping(None) is None
   for bad, match in [([4], "outside"), ([], "non-empty"), (["a"], "list of ints"),
                      (str(tmp_path / "nope.json"), "does not exist")]:
     with pytest.raises(ValueError, match=match):
-      evaluators.load_label_mapping(bad, 4)
+      classification.load_label_mapping(bad, 4)
 
 
 def _tiny_model():
@@ -138,7 +142,7 @@ def _apply(patch):
 def _load(ref_params, kernel):
   init = jax.tree.map(np.zeros_like, dict(ref_params))
   init["embedding"] = {**init["embedding"], "kernel": np.zeros((16, 16, 3, 48), np.float32)}
-  params, report = checkpoint.load_pretrained(init, ref_params, kernel=kernel, log=lambda _: None)
+  params, report = npz.load_pretrained(init, ref_params, kernel=kernel, log=lambda _: None)
   return params, report
 
 
@@ -200,7 +204,7 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
 def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_path):
   """The map is baked into the traced step: editing the mapping file between two
   cached runs must give a new entry and the new map's counts, never the old step."""
-  from flexivit_jax import step_cache
+  from flexivit_jax.training import step_cache
   model = _tiny_model()
   images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]

@@ -21,7 +21,9 @@ import pytest
 from absl import flags
 
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import checkpoint, cli, state_files, train
+from flexivit_jax import cli, train
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import step_dirs
 
 BASE = [f"--config={DEMO_CONFIG}:runlocal", "--config.progress_bar=False"]
 
@@ -74,7 +76,7 @@ PROCESS_CASES = [
 def _hashes(workdir):
   """{path under checkpoints/: sha256} of every train-state checkpoint file."""
   out = {}
-  root = os.path.join(workdir, state_files.CHECKPOINT_SUBDIR)
+  root = os.path.join(workdir, step_dirs.CHECKPOINT_SUBDIR)
   for dirpath, _, names in os.walk(root):
     for name in names:
       path = os.path.join(dirpath, name)
@@ -91,9 +93,9 @@ def trained_workdir(digits_data_dir, tmp_path_factory):
          "--config.total_steps=2", "--config.ckpt_steps=1", "--config.evals={}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  npz = workdir.parent / "params.npz"  # The run's params as an npz, then cut in half.
-  checkpoint.save_params(str(npz), checkpoint.load_params(str(workdir)))
-  data = npz.read_bytes()
+  params_file = workdir.parent / "params.npz"  # The run's params as an npz, then cut in half.
+  npz.save_params(str(params_file), npz.load_params(str(workdir)))
+  data = params_file.read_bytes()
   (workdir.parent / "truncated.npz").write_bytes(data[:len(data) // 2])
   return workdir
 
@@ -153,7 +155,7 @@ def _problems(case, workdir, code, stderr, before):
 def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path,
                                                                  capsys, monkeypatch):
   before = _hashes(trained_workdir)
-  assert state_files.complete_steps(str(trained_workdir)) == [1, 2] and before
+  assert step_dirs.complete_steps(str(trained_workdir)) == [1, 2] and before
   failures = []
   with ThreadPoolExecutor(len(PROCESS_CASES)) as pool:  # The processes run meanwhile.
     processes = [pool.submit(_run_case, c, trained_workdir, tmp_path) for c in PROCESS_CASES]

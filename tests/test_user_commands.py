@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from flexivit_jax import config as config_lib
-from flexivit_jax import demos
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.training import demos
 
 DEMO = f"{REPO}/configs/demo_digits.py:runlocal"
 QUIET = ["--config.progress_bar=False"]

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax import checkpoint
-from flexivit_jax.model import FlexiViT
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.models.vit import FlexiViT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY_VIT = dict(num_classes=10, width=16, depth=1, num_heads=2, mlp_dim=32, pool_type="tok",
@@ -32,7 +32,7 @@ def tiny_vit_params(seed: int = 0) -> dict:
 
 def main() -> None:
   path = os.path.join(HERE, "tiny_vit.npz")
-  checkpoint.save_params(path, tiny_vit_params())
+  npz.save_params(path, tiny_vit_params())
   print(f"{path}: {os.path.getsize(path)} bytes")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.errors import UserError
-from flexivit_jax.model import FlexiViT
+from flexivit_jax.models.vit import FlexiViT
 
 IMAGE_SIZE, GRIDS, ALL_GRIDS = 48, (12, 6), (3, 4, 6, 8, 12)
 RUNLOCAL = dict(image_size=16, grids=(4, 2), all_grids=(2, 4))

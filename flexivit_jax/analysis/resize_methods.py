@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.errors import UserError
-from flexivit_jax.model import FlexiViT
+from flexivit_jax.models.vit import FlexiViT
 
 METHODS = ("vanilla", "area", "norm", "pi")
 FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)

@@ -13,10 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax import config as config_lib
-from flexivit_jax import data, demos, evaluation, trainer
+from flexivit_jax.training import config as config_lib
+from flexivit_jax import data
+from flexivit_jax.training import demos
+from flexivit_jax.evaluators import evaluation
+from flexivit_jax.training import trainer
 from flexivit_jax.errors import UserError
-from flexivit_jax.model import FlexiViT
+from flexivit_jax.models.vit import FlexiViT
 
 DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
              "onehot(10, key='label', key_result='labels')")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, predictors at any size, and evaluation outside a training run."""

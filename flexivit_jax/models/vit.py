@@ -1,0 +1,463 @@
+"""The FlexiViT model: a ViT whose patch size is chosen at call time.
+
+Parameter names and shapes follow big_vision's `vit` / `proj.flexi.vit`, so
+reference npz checkpoints load without renaming. The patch-embedding kernel and
+the position embedding are stored at fixed sizes (`patch_size`, `posemb_size`)
+and resized on the fly (`flexivit_jax.models.resize`) to the grid of each call.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import typing
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flexivit_jax.models import resize
+from flexivit_jax.errors import UserError
+
+Array = jax.Array
+HW = Union[int, Sequence[int]]
+
+POOL_TYPES = ("gap", "tok", "map")
+POSEMB_TYPES = ("learn", "sincos2d")
+
+# name -> (width, depth, mlp_dim, num_heads), as big_vision's ViT variants.
+VARIANTS = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+
+def decode_variant(variant: str) -> dict:
+  """'B' or 'B/8' -> dict(width, depth, mlp_dim, num_heads[, patch_size])."""
+  name, _, patch = variant.partition("/")
+  if name not in VARIANTS:
+    raise UserError(f"unknown ViT variant {variant!r}; allowed: "
+                     f"{', '.join(VARIANTS)} (optionally with '/<patch>', e.g. 'B/8')")
+  out = dict(zip(("width", "depth", "mlp_dim", "num_heads"), VARIANTS[name]))
+  if patch:
+    if not patch.isdigit() or int(patch) <= 0:
+      raise UserError(f"bad patch size in variant {variant!r}; expected e.g. 'B/16'")
+    out["patch_size"] = (int(patch), int(patch))
+  return out
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
+                     dtype=jnp.float32) -> Array:
+  """Fixed 2-D sin-cos position embedding (1, h*w, width) (MoCo v3 style)."""
+  if width % 4:
+    raise UserError(f"width must be a multiple of 4 for sincos2d posemb, got {width}")
+  y, x = jnp.mgrid[:h, :w]
+  omega = jnp.arange(width // 4) / (width // 4 - 1)
+  omega = 1. / (temperature**omega)
+  y = jnp.einsum("m,d->md", y.flatten(), omega)
+  x = jnp.einsum("m,d->md", x.flatten(), omega)
+  pe = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+  return jnp.asarray(pe, dtype)[None, :, :]
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense -> gelu (tanh approx.) -> dropout -> Dense."""
+  mlp_dim: Optional[int] = None  # Defaults to 4x input dim.
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6))
+    d = x.shape[-1]
+    x = nn.Dense(self.mlp_dim or 4 * d, **inits)(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return nn.Dense(d, **inits)(x)
+
+
+class _ProjParams(nn.Module):
+  """Holds one projection's `kernel`/`bias` under flax DenseGeneral's names.
+
+  Initialised as DenseGeneral does (flat (fan_in, fan_out), then reshaped) so the
+  parameters are those of `nn.MultiHeadDotProductAttention`; the attention below
+  does its own (fused) arithmetic with them.
+  """
+  kernel_shape: Tuple[int, ...]
+  fan_in_dims: int
+  bias_shape: Tuple[int, ...]
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self) -> Tuple[Array, Array]:
+    def init(key, shape, dtype=jnp.float32):
+      flat = (int(np.prod(shape[:self.fan_in_dims])), int(np.prod(shape[self.fan_in_dims:])))
+      return jnp.reshape(self.kernel_init(key, flat, dtype), shape)
+    return (self.param("kernel", init, self.kernel_shape, jnp.float32),
+            self.param("bias", nn.initializers.zeros, self.bias_shape, jnp.float32))
+
+
+# Queries per block of the blocked attention: keeps a (heads, block, tokens) slab of
+# logits in cache instead of the whole (heads, tokens, tokens) (SPEC 8).
+QUERY_BLOCK = 160
+
+
+def _attend(q: Array, k: Array, v: Array) -> Array:
+  """softmax(q k^T) v, heads-major (n, h, l, dh); q already scaled."""
+  logits = jnp.einsum("nhqd,nhkd->nhqk", q, k)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum("nhqk,nhkd->nhqd", weights, v)
+
+
+def blocked_attention(q: Array, k: Array, v: Array, block: int = QUERY_BLOCK) -> Array:
+  """`_attend` over blocks of queries (lax.map); same result, better cache use."""
+  lq = q.shape[2]
+  nblk = -(-lq // block)
+  if nblk <= 1:
+    return _attend(q, k, v)
+  size = -(-lq // nblk)  # Even blocks; the last one padded with zero queries.
+  pad = nblk * size - lq
+  qb = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  qb = jnp.moveaxis(qb.reshape(*q.shape[:2], nblk, size, q.shape[3]), 2, 0)
+  out = jax.lax.map(lambda qi: _attend(qi, k, v), qb)
+  out = jnp.moveaxis(out, 0, 2).reshape(*q.shape[:2], nblk * size, q.shape[3])
+  return out[:, :, :lq]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with the parameters of `nn.MultiHeadDotProductAttention`.
+
+  Same names and shapes (`query|key|value/kernel (D, H, D/H)`, `out/kernel
+  (H, D/H, D)`), so checkpoints interoperate; the arithmetic differs: one fused
+  QKV matmul, heads-major layout and query-blocked attention, which ran ~2x
+  faster than the flax module on CPU (benchmarks/attention.py).
+  """
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, l, d = x.shape
+    h = self.num_heads
+    dh = d // h
+    qkv = [_ProjParams((d, h, dh), 1, (h, dh), name=name)() for name in ("query", "key", "value")]
+    out_k, out_b = _ProjParams((h, dh, d), 2, (d,), name="out")()
+    kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(d, 3 * d).astype(x.dtype)
+    bias = jnp.stack([b for _, b in qkv]).reshape(3 * d).astype(x.dtype)
+    y = (x.reshape(n * l, d) @ kernel + bias).reshape(n, l, 3, h, dh)
+    y = jnp.transpose(y, (2, 0, 3, 1, 4))  # (3, n, h, l, dh): heads-major.
+    q, k, v = y[0] * jnp.asarray(dh**-0.5, x.dtype), y[1], y[2]
+    o = blocked_attention(q, k, v)
+    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(n * l, d)
+    return (o @ out_k.reshape(d, d).astype(x.dtype) + out_b.astype(x.dtype)).reshape(n, l, d)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
+    out = {}
+    y = nn.LayerNorm()(x)
+    y = out["sa"] = SelfAttention(self.num_heads, name="MultiHeadDotProductAttention_0")(y)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = out["+sa"] = x + y
+    y = nn.LayerNorm()(x)
+    y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, deterministic)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = out["+mlp"] = x + y
+    return x, out
+
+
+class Encoder(nn.Module):
+  """Stack of `encoderblock_{i}` followed by `encoder_norm`."""
+  depth: int
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
+    out = {}
+    for lyr in range(self.depth):
+      block = Encoder1DBlock(name=f"encoderblock_{lyr}", mlp_dim=self.mlp_dim,
+                             num_heads=self.num_heads, dropout=self.dropout)
+      x, out[f"block{lyr:02d}"] = block(x, deterministic)
+    out["pre_ln"] = x
+    return nn.LayerNorm(name="encoder_norm")(x), out
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe attends over the tokens."""
+  mlp_dim: Optional[int] = None
+  num_heads: int = 12
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, _, d = x.shape
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), x.dtype)
+    probe = jnp.tile(probe, [n, 1, 1])
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform())(probe, x)
+    y = nn.LayerNorm()(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim)(y)
+    return x[:, 0]
+
+
+class FlexiPatchEmbed(nn.Module):
+  """VALID conv with stride = patch, its kernel resized to the requested patch.
+
+  The stored kernel keeps whatever size it was created or loaded with; only the
+  size used at this call changes. Where it costs fewer FLOPs (patches larger than
+  the kernel, or few patches), the resize's transpose maps the patches to the
+  kernel's size instead: the same tokens to float32 rounding.
+  """
+  width: int
+  kernel_size: Tuple[int, int]
+  resize_method: str = "pi"
+
+  @nn.compact
+  def __call__(self, x: Array, patch: Tuple[int, int]) -> Array:
+    channels = x.shape[-1]
+    shape = (*self.kernel_size, channels, self.width)
+    if self.has_variable("params", "kernel"):
+      stored = self.get_variable("params", "kernel").shape
+      if len(stored) != 4 or stored[2] != channels or stored[3] != self.width:
+        raise UserError(
+            f"images have {channels} channels but the patch-embedding kernel has shape "
+            f"{tuple(stored)} (expects (ph, pw, {channels}, {self.width})); "
+            "feed images with as many channels as the kernel")
+      shape = tuple(stored)
+    kernel = self.param("kernel", nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
+                        shape, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
+    num_patches = x.shape[0] * (x.shape[1] // patch[0]) * (x.shape[2] // patch[1])
+    if (self.resize_method != "norm" and tuple(kernel.shape[:2]) != tuple(patch)
+        and resize.fold_is_cheaper(kernel.shape, patch, num_patches)):
+      # Coarse grids: map the patches to the stored kernel's size instead (fewer FLOPs).
+      x = resize.fold_into_patches(x, kernel.shape[:2], patch, self.resize_method)
+      patch = tuple(kernel.shape[:2])
+    else:
+      kernel = resize.resize_patch_embed(kernel, patch, self.resize_method)
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=patch, padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+
+
+def _check_images(images) -> None:
+  if getattr(images, "ndim", None) != 4:
+    raise UserError(
+        f"images must be NHWC (batch, height, width, channels), got shape "
+        f"{tuple(getattr(images, 'shape', ()))}")
+  if images.shape[-1] not in (1, 3, 4) and images.shape[1] in (1, 3, 4):
+    raise UserError(
+        f"images look NCHW (shape {tuple(images.shape)}); FlexiViT takes NHWC: "
+        "transpose with images.transpose(0, 2, 3, 1)")
+
+
+def resolve_patch(image_hw: Tuple[int, int], seqhw: Optional[HW],
+                  patch_size: Optional[HW]) -> Tuple[int, int]:
+  """Patch size for one call: from `seqhw` (floor of image / seqhw) or given."""
+  h, w = image_hw
+  if seqhw is not None and patch_size is not None:
+    raise UserError(f"pass seqhw or patch_size, not both (got seqhw={seqhw}, "
+                     f"patch_size={patch_size})")
+  if seqhw is not None:
+    sh, sw = resize.to_hw(seqhw, "seqhw")
+    if sh > h or sw > w:
+      raise UserError(f"seqhw={seqhw} is larger than the image ({h}x{w}); "
+                       f"allowed: 1..{min(h, w)} tokens per side")
+    return h // sh, w // sw
+  ph, pw = resize.to_hw(patch_size, "patch_size")
+  if ph > h or pw > w:
+    raise UserError(f"patch_size={patch_size} is larger than the image ({h}x{w}); "
+                     f"allowed: 1..{h} x 1..{w}")
+  return ph, pw
+
+
+class FlexiViT(nn.Module):
+  """ViT with flexible patch size; returns `(logits, intermediates)`.
+
+  `FlexiViT(num_classes=10, variant='S')` fills width/depth/mlp_dim/num_heads
+  from the variant; explicitly given fields override it. At call time pass
+  `seqhw` (tokens per side) or `patch_size`; with neither, `self.seqhw` is used,
+  and failing that the stored kernel's `patch_size`.
+  """
+  num_classes: Optional[int] = None
+  variant: Optional[str] = None
+  patch_size: Optional[Sequence[int]] = None  # Size the kernel is created at.
+  posemb_size: Sequence[int] = (7, 7)
+  width: Optional[int] = None
+  depth: Optional[int] = None
+  mlp_dim: Optional[int] = None
+  num_heads: Optional[int] = None
+  posemb: str = "learn"
+  pool_type: str = "gap"
+  head_zeroinit: bool = True
+  rep_size: Union[int, bool] = False
+  dropout: float = 0.0
+  seqhw: Optional[HW] = None
+  resize_method: str = "pi"
+  token_norm: Optional[float] = None  # For resize_method="norm": every token's L2 norm.
+
+  def hparams(self) -> dict:
+    """The architecture after applying the variant; validates every field."""
+    hp = dict(patch_size=(32, 32))
+    if self.variant is not None:
+      hp.update(decode_variant(self.variant))
+    for name in ("patch_size", "width", "depth", "mlp_dim", "num_heads"):
+      if getattr(self, name) is not None:
+        hp[name] = getattr(self, name)
+    missing = [k for k in ("width", "depth", "num_heads") if k not in hp]
+    if missing:
+      raise UserError(f"FlexiViT needs {', '.join(missing)}: pass them or a variant "
+                       f"({', '.join(VARIANTS)})")
+    hp["patch_size"] = resize.to_hw(hp["patch_size"], "patch_size")
+    hp.setdefault("mlp_dim", None)
+    if hp["width"] % hp["num_heads"]:
+      raise UserError(f"width={hp['width']} is not divisible by num_heads={hp['num_heads']}")
+    if self.pool_type not in POOL_TYPES:
+      raise UserError(f"unknown pool_type {self.pool_type!r}; allowed: {POOL_TYPES}")
+    if self.posemb not in POSEMB_TYPES:
+      raise UserError(f"unknown posemb {self.posemb!r}; allowed: {POSEMB_TYPES}")
+    if self.resize_method not in resize.RESIZE_METHODS:
+      raise UserError(f"unknown resize_method {self.resize_method!r}; "
+                       f"allowed: {resize.RESIZE_METHODS}")
+    if (self.resize_method == "norm") != (self.token_norm is not None):
+      raise UserError(f"resize_method={self.resize_method!r} with token_norm={self.token_norm}: "
+                       "the 'norm' method needs token_norm (the mean token norm at the "
+                       "training size) and the other methods take none")
+    return hp
+
+  def _posemb(self, h: int, w: int, width: int) -> Array:
+    if self.posemb == "sincos2d":
+      return posemb_sincos_2d(h, w, width)
+    gh, gw = resize.to_hw(self.posemb_size, "posemb_size")
+    shape = (1, gh * gw, width)
+    if self.has_variable("params", "pos_embedding"):
+      stored = tuple(self.get_variable("params", "pos_embedding").shape)
+      if stored != shape:
+        raise UserError(
+            f"pos_embedding has shape {stored} but the model expects {shape} "
+            f"(posemb_size={self.posemb_size}); load checkpoints with "
+            "flexivit_jax.load_pretrained to resample it")
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                    shape, jnp.float32)
+    return resize.resample_posemb(pe, (h, w), old_hw=(gh, gw))
+
+  @nn.compact
+  def __call__(self, images: Array, *, seqhw: Optional[HW] = None,
+               patch_size: Optional[HW] = None, train: bool = False
+               ) -> Tuple[Array, dict[str, Any]]:
+    hp = self.hparams()
+    _check_images(images)
+    if seqhw is None and patch_size is None:
+      seqhw = self.seqhw
+      patch_size = hp["patch_size"] if seqhw is None else None
+    patch = resolve_patch(images.shape[1:3], seqhw, patch_size)
+    width, out = hp["width"], {}
+
+    x = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
+                        name="embedding")(images, patch)
+    if self.token_norm is not None:  # 'norm' resize: vanilla kernel, tokens rescaled.
+      x = x * (self.token_norm / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6))
+    out["stem"] = x
+    n, h, w, d = x.shape
+    x = jnp.reshape(x, [n, h * w, d])
+    x = out["with_posemb"] = x + self._posemb(h, w, width)
+    if self.pool_type == "tok":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width), x.dtype)
+      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    x = nn.Dropout(rate=self.dropout)(x, not train)
+
+    x, out["encoder"] = Encoder(depth=hp["depth"], mlp_dim=hp["mlp_dim"],
+                                num_heads=hp["num_heads"], dropout=self.dropout,
+                                name="Transformer")(x, deterministic=not train)
+    encoded = out["encoded"] = x
+
+    if self.pool_type == "map":
+      x = out["head_input"] = MAPHead(num_heads=hp["num_heads"], mlp_dim=hp["mlp_dim"])(x)
+    elif self.pool_type == "gap":
+      x = out["head_input"] = jnp.mean(x, axis=1)
+    else:  # tok
+      x = out["head_input"] = x[:, 0]
+      encoded = encoded[:, 1:]
+    x_2d = jnp.reshape(encoded, [n, h, w, -1])
+
+    if self.rep_size:
+      rep_size = width if self.rep_size is True else self.rep_size
+      hid = nn.Dense(rep_size, name="pre_logits")
+      x_2d = nn.tanh(hid(x_2d))
+      x = nn.tanh(hid(x))
+    out["pre_logits_2d"] = x_2d
+    out["pre_logits"] = x
+
+    if self.num_classes:
+      kw = {"kernel_init": nn.initializers.zeros} if self.head_zeroinit else {}
+      head = nn.Dense(self.num_classes, name="head", **kw)
+      out["logits_2d"] = head(x_2d)
+      x = out["logits"] = head(x)
+    return x, out
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------------------
+# Building the model from a config dict (the `model` key of a training config).
+
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(FlexiViT)
+                     if f.name not in ("parent", "name"))
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+  """Whether a config value fits a FlexiViT field's type hint (ints, strs, int pairs)."""
+  origin = typing.get_origin(hint)
+  if origin is Union:
+    return any(_type_ok(value, h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if origin in (collections.abc.Sequence, list, tuple):
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _hint_text(hint: Any) -> str:
+  """Optional[int] -> 'an int'; Sequence[int] -> 'a sequence of ints'."""
+  args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+  names = []
+  for a in args:
+    if a is not type(None):
+      name = "sequence of ints" if typing.get_origin(a) else getattr(a, "__name__", str(a))
+      names.append(("an " if name[0] in "aeiou" else "a ") + name)
+  return " or ".join(names)
+
+
+def from_config(model_cfg: Any, where: str = "model") -> FlexiViT:
+  """A FlexiViT from a config dict; bad field names, types or values raise UserError."""
+  hints = typing.get_type_hints(FlexiViT)
+  kwargs = {}
+  for key, value in dict(model_cfg).items():
+    if key not in MODEL_FIELDS:
+      raise UserError(f"unknown config key '{where}.{key}'; FlexiViT fields: "
+                      f"{', '.join(MODEL_FIELDS)}")
+    if not _type_ok(value, hints[key]):
+      raise UserError(f"bad value for config key '{where}.{key}': {value!r} is not "
+                      f"{_hint_text(hints[key])}")
+    kwargs[key] = tuple(value) if isinstance(value, list) else value
+  model = FlexiViT(**kwargs)
+  model.hparams()  # Validates the variant and the fields now, not at trace time.
+  return model

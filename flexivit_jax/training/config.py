@@ -1,0 +1,397 @@
+"""Training configs: the schema of known keys, its defaults, overrides and validation.
+
+A config file is big_vision-style: `get_config(arg)` returning a ConfigDict.
+`complete(config, overrides)` overlays it on `default_config()`, applies
+command-line overrides (`model.variant=B`), and checks every key: typed keys
+against their default's type, the keys of free-form dicts (`model`, `input.data`,
+`evals.<name>`, ...) against `FREE_KEYS`. A bad key or value raises a UserError
+naming it (with close matches) before anything is compiled. The result is
+locked so later typos fail too.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import fnmatch
+import importlib.util
+import math
+import os
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+import ml_collections
+
+from flexivit_jax import paths
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.evaluators import classification
+from flexivit_jax.training import losses
+from flexivit_jax.outputs import metrics
+from flexivit_jax.training import optim
+from flexivit_jax.errors import UserError
+from flexivit_jax.training.flexi import SPEC_KEYS, FlexiSampler
+from flexivit_jax.models.vit import MODEL_FIELDS, from_config as model_from_config
+
+FLEXI_ARGS = ("seqhw", "patch_size")
+PARAM_SHARDINGS = ("replicated", "fsdp")
+EVAL_TYPES = ("classification",)
+EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "log_percent", "label_mapping")
+TEACHER_COMBINE = ("sum", "mean")
+TEACHER_KEYS = ("model", "init", "input_key", "call")
+DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")  # What data.pipeline reads.
+PROGRESS_BAR = ("auto", True, False)  # The older key: 'auto', a bar or none.
+_ANY = None  # Keys of this dict are free (names of evals/teachers, optax kwargs).
+# Dicts whose keys are not typed by `default_config`: the keys each may hold.
+FREE_KEYS = {
+    "model": MODEL_FIELDS,
+    "model_load": ("dont_load", "kernel"),
+    "input.data": DATA_KEYS,
+    "flexi": FLEXI_ARGS,
+    "flexi.*": SPEC_KEYS,
+    "eval_flexi": FLEXI_ARGS,
+    "eval_flexi.*": SPEC_KEYS,
+    "evals": _ANY,
+    "evals.*": EVAL_KEYS,
+    "evals.*.data": DATA_KEYS,
+    "distill.teachers": _ANY,
+    "distill.teachers.*": TEACHER_KEYS,
+    "distill.teachers.*.model": MODEL_FIELDS,
+    "distill.teachers.*.call": FLEXI_ARGS,
+    "schedule": optim.SCHEDULE_KEYS,
+    "optax": _ANY,
+    "mixup": ("p", "n", "fold_in"),
+    "mesh": ("data", "fsdp"),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = ml_collections.FieldReference(None, field_type=int)
+  c.total_epochs = ml_collections.FieldReference(None, field_type=float)
+
+  c.input = ml_collections.ConfigDict()
+  c.input.data = dict(name="sklearn_digits", split="train")
+  c.input.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.input.pp = ""
+  c.input.batch_size = 64
+  c.input.num_threads = 4
+  c.input.prefetch = 2
+
+  c.model = dict(num_classes=10)
+  c.model_init = ml_collections.FieldReference(None, field_type=str)  # npz / workdir / shortcut.
+  c.model_load = dict(dont_load=())
+  c.init_head_bias = ml_collections.FieldReference(None, field_type=float)
+
+  c.flexi = dict(seqhw=dict(v=(7,), p="uniform"))
+  c.eval_flexi = ml_collections.FieldReference(None, field_type=dict)  # Default: flexi's values.
+
+  c.loss = "softmax_xent"
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teachers = {}  # name -> dict(model=..., init=path, input_key=..., call=dict(...))
+  c.distill.temperature = 1.0
+  c.distill.combine_teachers = "sum"  # As big_vision: the KL terms of several teachers add up.
+
+  c.lr = 1e-3
+  c.wd = 1e-4
+  c.schedule = dict(decay_type="stair", warmup_steps=0)  # big_vision's defaults.
+  c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
+  c.optax_name = "scale_by_adam"
+  c.optax = dict(mu_dtype="bfloat16")
+  c.mixup = dict(p=0.0, n=2, fold_in=None)  # n, fold_in: big_vision's keys, one value each.
+
+  c.evals = {}
+  c.log_training_steps = 50
+  c.log_eval_steps = 1000
+  c.ckpt_steps = 1000
+  c.keep_ckpt = 3  # Keep the newest N train-state checkpoints (orbax, workdir/checkpoints/).
+  c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
+  c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
+  c.progress = "auto"  # metrics.PROGRESS_MODES: 'auto' is a bar on a terminal, else log lines.
+  c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
+
+  c.mesh = dict(data=-1, fsdp=1)
+  c.param_sharding = "replicated"
+  c.aot_compile = False
+  c.compile_cache_dir = ml_collections.FieldReference(None, field_type=str)
+  c.check_nan = True
+  return c
+
+
+def _close(key: str, allowed: Iterable[str]) -> str:
+  """' (did you mean 'x'?)' for a near miss of an allowed key, else ''."""
+  near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=3, cutoff=0.6)
+  return f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+
+
+def _unknown_key(name: str, allowed: Iterable[str]) -> UserError:
+  key = name.rsplit(".", 1)[-1]
+  allowed = sorted(map(str, allowed))
+  return UserError(f"unknown config key {name!r}{_close(key, allowed)}; allowed there: "
+                   f"{', '.join(allowed)}")
+
+
+def _free_keys(name: str) -> Tuple[bool, Optional[Sequence[str]]]:
+  """(is `name` a free-form dict, the keys it may hold or None for any)."""
+  for pattern, keys in FREE_KEYS.items():
+    if fnmatch.fnmatchcase(name, pattern) and name.count(".") == pattern.count("."):
+      return True, keys
+  return False, None
+
+
+def _is_dict(value: Any) -> bool:
+  return isinstance(value, (dict, ml_collections.ConfigDict))
+
+
+def check_free_keys(node: Any, prefix: str = "") -> None:
+  """Every key of every free-form dict must be one it may hold (`FREE_KEYS`)."""
+  for key, value in node.items():
+    name = f"{prefix}{key}"
+    free, keys = _free_keys(prefix[:-1]) if prefix else (False, None)
+    if free and keys is not None and key not in keys:
+      raise _unknown_key(name, keys)
+    if _is_dict(value):
+      check_free_keys(value, name + ".")
+
+
+def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> None:
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if key in node and isinstance(node[key], float) and isinstance(value, int) \
+      and not isinstance(value, bool):
+    value = float(value)
+  try:
+    node[key] = value
+  except (TypeError, ValueError) as e:
+    kind = node.get_type(key).__name__ if key in node else "?"
+    raise UserError(f"bad value for config key {name!r}: {value!r} is not "
+                    f"{_article(kind)} ({e})") from None
+
+
+def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> None:
+  for key, value in user.items():
+    name = f"{prefix}{key}"
+    if key not in defaults:
+      raise _unknown_key(name, defaults.keys())
+    current = defaults[key]
+    if isinstance(current, ml_collections.ConfigDict) and not _free_keys(name)[0]:
+      if not _is_dict(value):
+        raise UserError(f"config key {name!r} must be a dict, got {value!r}")
+      _merge(current, value, name + ".")
+    else:
+      _set(defaults, key, value, name)
+
+
+def _article(noun: str) -> str:
+  return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def parse_value(text: str, kind: Optional[type], what: str) -> Any:
+  """A command-line value for a key of type `kind` (None: a Python literal or a string).
+
+  `what` names the value in the error, e.g. 'config key total_steps'.
+  """
+  if text == "None":
+    return None
+  try:
+    if kind is bool:
+      if text.lower() in ("true", "1", "yes"):
+        return True
+      if text.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError(text)
+    if kind in (int, float):
+      return kind(text)
+  except ValueError:
+    raise UserError(f"bad value for {what}: {text!r} is not {_article(kind.__name__)}") from None
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A bare word: a string.
+  return text if kind is str and not isinstance(value, str) else value
+
+
+def apply_override(config: ml_collections.ConfigDict, name: str, text: str) -> None:
+  """Sets `config.<name>` from the command-line text `text` (any FlexiViT field too)."""
+  *parents, key = name.split(".")
+  node, path = config, ""
+  for part in parents:
+    path = f"{path}{part}"
+    if part not in node:
+      free, keys = _free_keys(path.rpartition(".")[0]) if "." in path else (False, None)
+      if not free or (keys is not None and part not in keys):
+        raise _unknown_key(path, keys if free else node.keys())
+      node[part] = {}  # A new eval / teacher / data dict.
+    node = node[part]
+    if not _is_dict(node):
+      raise UserError(f"config key {path!r} is {node!r}, not a dict: cannot set {name!r}")
+    path += "."
+  free, keys = _free_keys(path[:-1]) if path else (False, None)
+  if key not in node and not (free and (keys is None or key in keys)):
+    raise _unknown_key(name, keys if free else node.keys())
+  kind = node.get_type(key) if key in node else None
+  if kind in (ml_collections.ConfigDict, object, type(None)):
+    kind = None
+  _set(node, key, parse_value(text, kind, f"config key {name!r}"), name)
+
+
+def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """Overlays a user config and `(key, text)` overrides on the defaults; validates and locks."""
+  full = default_config()
+  _merge(full, config)
+  for name, text in overrides:
+    apply_override(full, name, text)
+  check_free_keys(full)
+  _fold_progress_bar(full)
+  normalize_paths(full)
+  validate(full)
+  full.lock()
+  return full
+
+
+def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
+  """Configs that set the older `progress_bar` key keep working: True/False/'auto' set
+  `progress` to 'bar'/'none'/'auto' (both may be set if they agree, as in a saved config)."""
+  if c.progress_bar is None:
+    return
+  if c.progress_bar not in PROGRESS_BAR:
+    raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
+                    "True, False (or use 'progress': " + ", ".join(metrics.PROGRESS_MODES) + ")")
+  mode = {"auto": "auto", True: "bar", False: "none"}[c.progress_bar]
+  if c.progress not in ("auto", mode):
+    raise UserError(f"config keys 'progress'={c.progress!r} and 'progress_bar'="
+                    f"{c.progress_bar!r} disagree; set only 'progress'")
+  c.progress = mode
+
+
+def _data_configs(c: ml_collections.ConfigDict) -> list:
+  """Every data dict of a config: the training input's and each evaluator's."""
+  found = [c.input.data] + [ev["data"] for ev in c.evals.values() if "data" in ev]
+  return [d for d in found if hasattr(d, "get")]
+
+
+def normalize_paths(c: ml_collections.ConfigDict) -> None:
+  """Makes every path-valued key absolute (`paths.normalize`; URLs and shortcuts kept).
+
+  The one place config values that name files or directories are resolved, so a
+  config means the same from any current directory and config.json records paths
+  that `evaluate` can use from another one: data_dir and image folders,
+  compile_cache_dir, label_mapping files, model_init and teacher inits
+  (`npz.resolve_checkpoint`: a released checkpoint's name becomes its URL).
+  """
+  def fix(holder, key: str, resolve=paths.normalize) -> None:
+    value = holder.get(key)
+    if isinstance(value, str) and value:
+      holder[key] = resolve(value)
+
+  fix(c.input, "data_dir")
+  fix(c, "compile_cache_dir")
+  fix(c, "model_init", npz.resolve_checkpoint)
+  for data_cfg in _data_configs(c):
+    fix(data_cfg, "data_dir")
+    fix(data_cfg, "folder")
+  for ev in c.evals.values():
+    fix(ev, "label_mapping")
+  for teacher in c.distill.teachers.values():
+    fix(teacher, "init", npz.resolve_checkpoint)
+
+
+def _positive_int(config, key: str, allow_none: bool = False) -> None:
+  value = config[key]
+  if value is None and allow_none:
+    return
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise UserError(f"config key {key!r} must be a positive int, got {value!r}")
+
+
+def _non_negative(c, key: str) -> None:
+  value = c[key]
+  if value is not None and not (math.isfinite(value) and value >= 0):
+    raise UserError(f"config key {key!r} must be a finite number >= 0, got {value!r}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Checks values that can be checked without data or devices."""
+  if (c.total_steps is None) == (c.total_epochs is None):
+    raise UserError("set exactly one of config keys 'total_steps' and 'total_epochs' "
+                     f"(got total_steps={c.total_steps}, total_epochs={c.total_epochs})")
+  for key in ("log_training_steps", "log_eval_steps", "ckpt_steps", "keep_ckpt",
+              "preemption_check_steps"):
+    _positive_int(c, key)
+  _positive_int(c, "keep_ckpt_every", allow_none=True)
+  _positive_int(c, "total_steps", allow_none=True)
+  _positive_int(c.input, "batch_size")
+  for key in ("lr", "wd"):
+    _non_negative(c, key)
+  if "p" in c.mixup:
+    _non_negative(c.mixup, "p")
+  if not c.input.pp:
+    raise UserError("config key 'input.pp' (the preprocessing string) is empty")
+  if c.progress not in metrics.PROGRESS_MODES:
+    raise UserError(f"config key 'progress' is {c.progress!r}; allowed: "
+                    f"{', '.join(metrics.PROGRESS_MODES)}")
+  model_from_config(c.model, "model")
+  for key in ("flexi", "eval_flexi"):
+    # Checks the spec's form (the values are checked against the images later). With
+    # total_epochs the step count is known only once the data is: any count checks the form.
+    FlexiSampler(c[key], total_steps=c.total_steps or 1_000_000)
+  if c.total_steps is not None:
+    optim.schedule_from_config(c.schedule, c.total_steps)
+  if c.loss not in losses.LOSSES:
+    raise UserError(f"unknown config value loss={c.loss!r}{_close(c.loss, losses.LOSSES)}; "
+                    f"allowed: {', '.join(losses.LOSSES)}")
+  if c.param_sharding not in PARAM_SHARDINGS:
+    raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
+  for name, ev in c.evals.items():
+    kind = ev.get("type", "classification")
+    if kind not in EVAL_TYPES:
+      raise UserError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
+    if "data" not in ev or "pp" not in ev:
+      raise UserError(f"evals.{name} needs 'data' and 'pp'")
+    if ev.get("log_steps") is not None:
+      _positive_int(ev, "log_steps")
+    if "log_steps" in ev and "log_percent" in ev:
+      raise UserError(f"evals.{name}: give log_steps or log_percent, not both")
+    percent = ev.get("log_percent")
+    if percent is not None and not 0 < percent <= 1:
+      raise UserError(f"evals.{name}.log_percent={percent!r} must be a fraction in (0, 1]")
+    classification.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
+  if c.model_load.get("kernel", "keep") not in npz.KERNEL_LOAD_MODES:
+    raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
+                    f"{npz.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
+  if c.distill.combine_teachers not in TEACHER_COMBINE:
+    raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
+                    f"allowed: {TEACHER_COMBINE}")
+  if c.mixup.get("n", 2) != 2 or c.mixup.get("fold_in") is not None:
+    raise UserError(f"mixup n={c.mixup.get('n')}, fold_in={c.mixup.get('fold_in')!r}: this "
+                    "trainer mixes "
+                     "n=2 images (a batch with its roll) with a per-step key (fold_in=None)")
+  for name, teacher in c.distill.teachers.items():
+    if "model" not in teacher or "init" not in teacher:
+      raise UserError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
+    model_from_config(teacher["model"], f"distill.teachers.{name}.model")
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  path = paths.normalize(path)
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_flexivit_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path!r} defines no get_config(arg)")
+  return module.get_config(arg or None) if arg else module.get_config()
+
+
+def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
+  """Parses a config argument 'runlocal,baseline,steps=10' into typed fields."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in out:
+      raise UserError(f"unknown config argument {key!r}{_close(key, out)}; allowed: "
+                      f"{', '.join(out)}")
+    out[key] = parse_value(value, type(out[key]), f"config argument {key!r}") if eq else True
+  return out

@@ -1,0 +1,322 @@
+"""The trainer in-process: an end-to-end run, distillation, config and input errors."""
+import glob
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import flexivit_jax
+from conftest import DATA, DEMO_CONFIG, REPO
+from flexivit_jax.checkpoints import npz
+from flexivit_jax.training import optim
+from flexivit_jax.checkpoints import step_dirs
+from flexivit_jax.checkpoints import manager
+from flexivit_jax.training import trainer
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.models.vit import FlexiViT
+
+
+def demo_user_config(arg="runlocal", **overrides) -> dict:
+  """The demo config file's dict with dotted-key overrides (before completion)."""
+  c = config_lib.load_config_file(f"{DEMO_CONFIG}:{arg}").to_dict()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return c
+
+
+def demo_config(arg="runlocal", **overrides) -> ml_collections.ConfigDict:
+  """The demo config with dotted-key overrides, completed and locked."""
+  return config_lib.complete(demo_user_config(arg, **overrides))
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (to show errors come before any compile)."""
+
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+  def _listen(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      self.count += 1
+
+
+COMPILES = CompileCounter()
+
+
+@pytest.mark.slow
+def test_end_to_end_run(digits_data_dir, tmp_path):
+  config = demo_config(**{"progress_bar": False, "keep_ckpt": 1})
+  out = trainer.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
+  for r in train_rows:
+    assert {"train/loss", "seqhw", "lr", "img_per_s"} <= set(r)
+    assert r["seqhw"] in (2, 4) and np.isfinite(r["train/loss"])
+  evals = [r for r in rows if "eval/test/seqhw=2/prec@1" in r]
+  assert [r["step"] for r in evals] == [4, 8]
+  assert 0.0 <= evals[-1]["eval/test/seqhw=4/prec@1"] <= 1.0
+  assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+  assert (tmp_path / "eval_test.png").stat().st_size > 1000
+  assert step_dirs.complete_steps(str(tmp_path)) == [8]
+  # load_params on the workdir returns the newest checkpoint's params.
+  loaded = flexivit_jax.load_params(str(tmp_path))
+  final = jax.tree.map(np.asarray, out["state"]["params"])
+  jax.tree.map(np.testing.assert_array_equal, loaded, final)
+
+
+@pytest.mark.slow
+def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
+  config = demo_config(progress_bar=False, log_training_steps=1, evals={})
+  trainer.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  lr_fn = optim.make_lr_fn(config.lr, optim.make_optimizer(config, config.total_steps)[1])
+  np.testing.assert_allclose([r["lr"] for r in rows], [float(lr_fn(r["step"] - 1)) for r in rows],
+                             rtol=1e-6)
+  # The patch-size sequence is the sampler's, a pure function of (seed, step).
+  sampler = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=config.seed)
+  assert [r["seqhw"] for r in rows] == [sampler(s)["seqhw"] for s in range(8)]
+
+
+def _tiny_teacher(path) -> dict:
+  teacher = FlexiViT(num_classes=10, width=16, depth=1, num_heads=2, mlp_dim=32,
+                     patch_size=(8, 8), posemb_size=(2, 2), head_zeroinit=False)
+  params = teacher.init(jax.random.key(7), jnp.zeros((1, 16, 16, 3)), seqhw=2)["params"]
+  params = jax.tree.map(lambda x: np.asarray(x) * 3, params)  # Confident, non-trivial logits.
+  npz.save_params(path, params)
+  return dict(model=dict(num_classes=10, width=16, depth=1, num_heads=2, mlp_dim=32,
+                         patch_size=(8, 8), posemb_size=(2, 2), head_zeroinit=False),
+              init=str(path), input_key="image", call=dict(seqhw=2))
+
+
+def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
+  config = demo_config(**{"distill.teachers": {"prof": _tiny_teacher(tmp_path / "t.npz")},
+                          "lr": 1e-2, "schedule": dict(decay_type="constant")})
+  model = trainer.build_model(config.model)
+  teachers, teacher_params = trainer.build_teachers(config.distill)
+  tx, _ = optim.make_optimizer(config, 100)
+  mesh = trainer.make_mesh(config.mesh)
+  state, _ = trainer.init_state(config, model, tx, mesh, (16, 16, 3), (("seqhw", 4),))
+  before = jax.tree.map(np.array, teacher_params)
+  step = jax.jit(trainer.make_train_step(model, tx, trainer.make_loss_fn(config), teachers,
+                                         seed=0, mixup_p=0.0), static_argnames="flexi")
+  images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 3), minval=-1, maxval=1)
+  batch = {"image": images, "labels": jnp.zeros((16, 10))}
+  kls = []
+  for i in range(15):
+    state, m = step(state, teacher_params, batch, flexi=(("seqhw", 4 if i % 2 else 2),))
+    kls.append(float(m["train/loss"]))
+  assert kls[0] > 0.05 and kls[-1] < 0.5 * kls[0], kls
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, teacher_params), before)
+  assert "prof" not in state["params"]
+
+
+@pytest.mark.slow
+def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path):
+  teacher = _tiny_teacher(tmp_path / "teacher.npz")
+  config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
+                          "mixup": dict(p=1.0), "lr": 1e-2})
+  out = trainer.train_and_evaluate(config, str(tmp_path / "wd"))
+  flat = manager.leaf_names(step_dirs.read_state(str(tmp_path / "wd"), 8))
+  assert any(k.startswith("params/") for k in flat)
+  assert any(k.startswith("opt_state/") for k in flat)
+  assert not any("prof" in k for k in flat)
+  assert np.isfinite(out["train/loss"])
+  loaded = npz.load_params(teacher["init"])
+  assert set(loaded) == {"embedding", "pos_embedding", "Transformer", "head"}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"flexi": dict(seqhw=dict(v=(2, 40)))}, r"seqhw=40 is larger than the image \(16x16\)"),
+    ({"eval_flexi": dict(seqhw=dict(v=(0,)))}, "seqhw must be a positive"),
+    ({"model.num_classes": 5}, "model.num_classes=5 but input.pp makes labels with 10 classes"),
+    ({"distill.teachers": {"prof": dict(model="TEACHER", init="TEACHER",
+                                        input_key="prof_image")}},
+     "teacher 'prof' reads batch key 'prof_image'"),
+])
+def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, message):
+  if "distill.teachers" in overrides:
+    teacher = _tiny_teacher(tmp_path / "t.npz")
+    overrides["distill.teachers"]["prof"].update(model=teacher["model"], init=teacher["init"])
+  config = demo_config(**overrides)
+  compiles = COMPILES.count
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path / "wd"))
+  assert COMPILES.count == compiles
+  assert not (tmp_path / "wd" / step_dirs.CHECKPOINT_SUBDIR).exists()
+  # Positive control: the counter does see a compile (a fresh function, never cached).
+  jax.jit(lambda x: x * 3 + compiles).lower(jnp.float32(1)).compile()
+  assert COMPILES.count > compiles
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"bogus": 1}, "unknown config key 'bogus'"),
+    ({"input.batch_sise": 3}, "unknown config key 'input.batch_sise'"),
+    ({"model.widht": 3}, r"unknown config key 'model.widht' \(did you mean 'width'\?\)"),
+    ({"model.width": "wide"}, "bad value for config key 'model.width': 'wide' is not an int"),
+    ({"model.variant": "Q"}, "unknown ViT variant 'Q'"),
+    ({"model_load": dict(dontload=1)}, "unknown config key 'model_load.dontload'.*dont_load"),
+    ({"input.data": dict(name="x", splt="test")}, "unknown config key 'input.data.splt'"),
+    ({"mesh": dict(tensor=2)}, "unknown config key 'mesh.tensor'"),
+    ({"distill.teachers": {"t": dict(model={}, init="x", modle=1)}},
+     "unknown config key 'distill.teachers.t.modle'"),
+    ({"lr": float("nan")}, "'lr' must be a finite number >= 0, got nan"),
+    ({"lr": -1.0}, "'lr' must be a finite number >= 0"),
+    ({"wd": float("inf")}, "'wd' must be a finite number >= 0, got inf"),
+    ({"progress_bar": "maybe"}, "'progress_bar' is 'maybe'"),
+    ({"progress": "quiet"}, "'progress' is 'quiet'; allowed: auto, bar, lines, none"),
+    ({"progress": "lines", "progress_bar": False}, "'progress'='lines' and 'progress_bar'=False"),
+    ({"evals.test.log_steps": 0}, "'log_steps' must be a positive int"),
+    ({"loss": "hinge"}, "unknown config value loss='hinge'"),
+    ({"flexi.seqhws": dict(v=(1,))}, r"unknown config key 'flexi.seqhws' \(did you mean 'seqhw'"),
+    ({"total_epochs": 2.0}, "set exactly one of config keys 'total_steps' and 'total_epochs'"),
+    ({"ckpt_steps": 0}, "'ckpt_steps' must be a positive int"),
+    ({"lr": "fast"}, "bad value for config key 'lr'"),
+    ({"param_sharding": "zero3"}, "unknown param_sharding 'zero3'"),
+    ({"evals.val": dict(data=dict(name="x"), pp="keep", bs=3)},
+     "unknown config key 'evals.val.bs'"),
+    ({"evals.val": dict(data=dict(name="x"), pp="keep", log_percent=2.0)},
+     r"evals.val.log_percent=2.0 must be a fraction"),
+    ({"mixup": dict(p=0.5, n=3)}, "mixup n=3, fold_in=None: this trainer mixes n=2"),
+])
+def test_config_errors_name_the_key(overrides, message):
+  user = demo_user_config(**overrides)
+  with pytest.raises(ValueError, match=message):
+    config_lib.complete(user)
+
+
+@pytest.mark.parametrize("key,text,message", [
+    ("total_steps", "abc", "config key 'total_steps': 'abc' is not an int"),
+    ("lr", "fast", "config key 'lr': 'fast' is not a float"),
+    ("aot_compile", "maybe", "config key 'aot_compile': 'maybe' is not a bool"),
+    ("totl_steps", "3", r"unknown config key 'totl_steps' \(did you mean 'total_steps'"),
+    ("model.widht", "3", r"unknown config key 'model.widht' \(did you mean 'width'"),
+    ("input.data.nmae", "x", r"unknown config key 'input.data.nmae' \(did you mean 'name'"),
+    ("evals.test.bs", "3", "unknown config key 'evals.test.bs'"),
+    ("seed.x", "3", "config key 'seed' is 0, not a dict"),
+])
+def test_command_line_override_errors_name_the_key(key, text, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.complete(demo_user_config(), [(key, text)])
+
+
+def test_any_model_field_can_be_set_from_the_command_line():
+  config = config_lib.complete(demo_user_config(), [
+      ("model.variant", "S"), ("model.posemb", "sincos2d"), ("model.patch_size", "(4, 4)"),
+      ("lr", "1"), ("progress_bar", "False"), ("evals.test.log_steps", "2"),
+      ("flexi.seqhw.v", "(2, 4)"), ("input.data.split", "train[:50%]")])
+  assert config.model.variant == "S" and config.model.patch_size == (4, 4)
+  assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
+  assert config.progress == "none"  # The older key still works: False is no progress shown.
+  assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
+  assert trainer.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
+  with pytest.raises(AttributeError):  # Still locked afterwards.
+    config.model.widht = 3
+
+
+def test_config_argument_errors():
+  with pytest.raises(ValueError, match=r"unknown config argument 'runlcal' \(did you mean "
+                     "'runlocal'"):
+    config_lib.parse_arg("runlcal", runlocal=False)
+  with pytest.raises(ValueError, match="config argument 'steps': 'ten' is not an int"):
+    config_lib.parse_arg("steps=ten", steps=3)
+  assert config_lib.parse_arg("steps=10,runlocal", steps=3, runlocal=False).to_dict() == dict(
+      steps=10, runlocal=True)
+
+
+def test_each_eval_runs_at_its_own_cadence():
+  config = demo_config(**{"log_eval_steps": 4, "evals.fast": dict(
+      data=dict(name="sklearn_digits", split="test"), pp="keep", log_steps=2)})
+  due = {d: sorted(trainer.evals_due(config, d, 8)) for d in range(1, 9)}
+  assert due == {1: [], 2: ["fast"], 3: [], 4: ["fast", "test"], 5: [], 6: ["fast"], 7: [],
+                 8: ["fast", "test"]}
+
+
+def test_completed_config_is_locked():
+  config = demo_config()
+  with pytest.raises(AttributeError):
+    config.totl_steps = 3
+
+
+CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))
+
+
+def _has_baseline(path) -> bool:
+  return "baseline=" in (REPO / path).read_text()
+
+
+@pytest.mark.parametrize("spec", [f"{f}{arg}" for f in CONFIG_FILES
+                                  for arg in ("", ":runlocal", ":baseline")
+                                  if arg != ":baseline" or _has_baseline(f)])
+def test_every_config_file_completes_and_builds(spec):
+  config = config_lib.complete(config_lib.load_config_file(str(REPO / spec)))
+  model = trainer.build_model(config.model)
+  flexis = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=0, total_steps=100).all_values()
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
+                                             **flexis[0]))
+  assert "embedding" in shapes["params"]
+
+
+def test_mesh_and_fsdp_sharding_rules():
+  mesh = trainer.make_mesh({"data": -1, "fsdp": 1})
+  assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
+  with pytest.raises(ValueError, match="does not fit the"):
+    trainer.make_mesh({"data": 3, "fsdp": 5})
+  assert trainer.state_sharding(mesh, (64, 32), "fsdp").spec == jax.sharding.PartitionSpec()
+
+
+def test_fsdp_rule_splits_the_largest_divisible_axis():
+  P = jax.sharding.PartitionSpec
+  mesh = jax.sharding.AbstractMesh((2, 4), ("data", "fsdp"))  # fsdp > 1 without 8 devices.
+  rule = lambda shape, mode="fsdp": trainer.state_sharding(mesh, shape, mode).spec
+  assert rule((64, 32)) == P("fsdp", None)
+  assert rule((6, 8)) == P(None, "fsdp")  # 6 is not divisible by 4.
+  assert rule((3, 32, 16)) == P(None, "fsdp", None)
+  assert rule((6, 3)) == P() and rule(()) == P() and rule((2,)) == P()
+  assert rule((64, 32), "replicated") == P()
+
+
+def test_total_epochs_and_init_head_bias(digits_data_dir):
+  config = demo_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
+  assert trainer.total_steps(config) == round(2 * 1497 / 16)
+  model = trainer.build_model(config.model)
+  tx, _ = optim.make_optimizer(config, 10)
+  state, _ = trainer.init_state(config, model, tx, trainer.make_mesh(config.mesh),
+                                (16, 16, 3), (("seqhw", 2),))
+  np.testing.assert_array_equal(state["params"]["head"]["bias"], np.full(10, -10.0))
+  # Adam's first moment is kept in bfloat16: one bf16 leaf per parameter.
+  bf16 = [x for x in jax.tree.leaves(state["opt_state"]) if x.dtype == jnp.bfloat16]
+  assert len(bf16) == len(jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.slow
+def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
+  """Fine-tuning start: posemb resampled 7x7 -> 2x2, 32x32 kernel kept, new head."""
+  ref = str(DATA / "bv_gap_ckpt.npz")
+  model_cfg = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96,
+                   patch_size=(8, 8), posemb_size=(2, 2), pool_type="gap")
+  config = demo_config(**{"model": model_cfg, "model_init": ref,
+                          "model_load": dict(dont_load=("head/.*",)), "progress_bar": False,
+                          "total_steps": 2, "evals": {}})
+  model = trainer.build_model(config.model)
+  tx, _ = optim.make_optimizer(config, 2)
+  state, _ = trainer.init_state(config, model, tx, trainer.make_mesh(config.mesh),
+                                (16, 16, 3), (("seqhw", 2),))
+  stored = npz.load_params(ref)
+  np.testing.assert_array_equal(state["params"]["embedding"]["kernel"],
+                                stored["embedding"]["kernel"])
+  np.testing.assert_allclose(state["params"]["pos_embedding"],
+                             flexivit_jax.resample_posemb(stored["pos_embedding"], 2,
+                                                          rule="load"), atol=1e-6)
+  np.testing.assert_array_equal(state["params"]["head"]["kernel"], np.zeros((48, 10)))
+  out = trainer.train_and_evaluate(config, str(tmp_path))  # And it trains from there.
+  assert out["state"]["params"]["embedding"]["kernel"].shape == (32, 32, 3, 48)
