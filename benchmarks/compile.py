@@ -1,7 +1,7 @@
 """Compile time of the trainer's train steps: cold vs warm (persistent caches).
 
-The steps are the trainer's own (`trainer.CompiledSteps` over
-`trainer.make_train_step`: AdamW-style optimizer, grad clipping, mixup off,
+The steps are the trainer's own (`compiled_steps.CompiledSteps` over
+`compiled_steps.make_train_step`: AdamW-style optimizer, grad clipping, mixup off,
 FlexiViT-S at 240 px, batch 4), one per seqhw, each run in a fresh subprocess
 with `config.compile_cache_dir` set, as a restarted training job would:
 
@@ -28,7 +28,7 @@ import time
 
 import common
 from flexivit_jax import cli
-from flexivit_jax.outputs import metrics
+from flexivit_jax.outputs import console
 
 CHILD = """
 import json, sys, time
@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
-from flexivit_jax.training import trainer
+from flexivit_jax.training import compiled_steps
+from flexivit_jax.training import initial_state
+from flexivit_jax.training import sharding
 from jax.sharding import NamedSharding, PartitionSpec as P
 cache_dir, variant, seqhws, use_step_cache = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 c = config_lib.default_config()
@@ -50,24 +52,24 @@ c.total_steps = 1000
 jax.config.update("jax_compilation_cache_dir", cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-model = trainer.build_model(c.model)
+model = initial_state.build_model(c.model)
 tx, _ = optim.make_optimizer(c, c.total_steps)
-mesh = trainer.make_mesh(c.mesh)
+mesh = sharding.make_mesh(c.mesh)
 repl = NamedSharding(mesh, P())
 sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=repl)
 params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 240, 240, 3)),
                                            seqhw=7)["params"])
 state = jax.tree.map(lambda a: sds(a.shape, a.dtype),
-                     jax.eval_shape(lambda p: trainer.state_from_params(tx, p), params))
+                     jax.eval_shape(lambda p: initial_state.state_from_params(tx, p), params))
 batch = {"image": sds((4, 240, 240, 3), jnp.float32), "labels": sds((4, 1000), jnp.float32)}
-steps = trainer.CompiledSteps(
-    trainer.make_train_step(model, tx, trainer.make_loss_fn(c), (), seed=0, mixup_p=0.0),
-    (repl, repl), donate=True, cache=trainer.make_step_cache(c) if use_step_cache else None,
+steps = compiled_steps.CompiledSteps(
+    compiled_steps.make_train_step(model, tx, compiled_steps.make_loss_fn(c), (), seed=0, mixup_p=0.0),
+    (repl, repl), donate=True, cache=compiled_steps.make_step_cache(c) if use_step_cache else None,
     name="train")
 setup = time.perf_counter() - start
 start = time.perf_counter()
 for s in seqhws.split(","):
-  steps.compile(trainer.flexi_key({"seqhw": int(s)}), state, {}, batch)
+  steps.compile(initial_state.flexi_key({"seqhw": int(s)}), state, {}, batch)
 print(json.dumps({"steps": time.perf_counter() - start, "setup": setup}))
 """
 
@@ -97,7 +99,7 @@ def main() -> None:
   runs = {}
   modes = [("step cache + XLA cache", True)] + ([("XLA cache only", False)] if args.xla_only
                                                  else [])
-  progress = metrics.Progress(2 * len(modes), mode=args.progress, unit="run")
+  progress = console.Progress(2 * len(modes), mode=args.progress, unit="run")
   for label, step_cache in modes:
     with tempfile.TemporaryDirectory() as cache_dir:
       runs[label] = []

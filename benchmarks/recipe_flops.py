@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
-from flexivit_jax.training import trainer
+from flexivit_jax.training import compiled_steps
+from flexivit_jax.training import initial_state
 from flexivit_jax.training.flexi import FlexiSampler
 
 CONFIGS = ("i1k_deit3_distill.py:variant=S", "i1k_deit3_distill.py:variant=B",
@@ -35,23 +36,23 @@ def _with_depth(model_cfg, depth):
 
 def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
   """FLOPs of one compiled train step at batch 1 with every model at `depth`."""
-  model = trainer.build_model(_with_depth(config.model, depth))
+  model = initial_state.build_model(_with_depth(config.model, depth))
   tx, _ = optim.make_optimizer(config, 100_000)
   image = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(image.shape),
                                              **dict(flexi))["params"])
-  state = jax.eval_shape(lambda p: trainer.state_from_params(tx, p), params)
+  state = jax.eval_shape(lambda p: initial_state.state_from_params(tx, p), params)
   teachers, tparams = [], {}
   for name, t in sorted(config.distill.teachers.items()):
-    tm = trainer.build_model(_with_depth(t["model"], depth))
+    tm = initial_state.build_model(_with_depth(t["model"], depth))
     timg = jnp.zeros((1, teacher_res, teacher_res, 3))
-    teachers.append(trainer.Teacher(name, tm, t.get("input_key", "image"), ()))
+    teachers.append(initial_state.Teacher(name, tm, t.get("input_key", "image"), ()))
     tparams[name] = jax.eval_shape(lambda: tm.init(jax.random.key(0), timg)["params"])
   batch = {"image": image,
            "labels": jax.ShapeDtypeStruct((1, config.model["num_classes"]), jnp.float32)}
   for t in teachers:
     batch[t.input_key] = jax.ShapeDtypeStruct((1, teacher_res, teacher_res, 3), jnp.float32)
-  step = trainer.make_train_step(model, tx, trainer.make_loss_fn(config), tuple(teachers),
+  step = compiled_steps.make_train_step(model, tx, compiled_steps.make_loss_fn(config), tuple(teachers),
                                  seed=0, mixup_p=float(config.mixup.p or 0.0))
   compiled = jax.jit(step, static_argnames="flexi").lower(state, tparams, batch,
                                                           flexi=flexi).compile()
@@ -62,13 +63,13 @@ def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
 
 def recipe_flops(spec: str, res: int = 240):
   config = config_lib.complete(config_lib.load_config_file(os.path.join(REPO, "configs", spec)))
-  hp = trainer.build_model(config.model).hparams()
+  hp = initial_state.build_model(config.model).hparams()
   teacher_res = {"i1k": 384, "i21k_distill": 224}.get(
       "i1k" if spec.startswith("i1k") else spec.split(".")[0], res)
   sampler = FlexiSampler(config.flexi, seed=0, total_steps=100_000)
   out = []
   for value in sampler.all_values():
-    flexi = trainer.flexi_key(value)
+    flexi = initial_state.flexi_key(value)
     f1 = step_flops(config, 1, flexi, res, teacher_res)
     f2 = step_flops(config, 2, flexi, res, teacher_res)
     per_image = f1 + (hp["depth"] - 1) * (f2 - f1)

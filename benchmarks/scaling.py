@@ -72,22 +72,24 @@ def student_step(variant: str, devices, fsdp: int, param_sharding: str, depth: i
   import jax
   from flexivit_jax.training import config as config_lib
   from flexivit_jax.training import optim
-  from flexivit_jax.training import trainer
+  from flexivit_jax.training import compiled_steps
+  from flexivit_jax.training import initial_state
+  from flexivit_jax.training import sharding
   from flexivit_jax.models.vit import FlexiViT
   model = FlexiViT(num_classes=1000, variant=variant, patch_size=(32, 32), posemb_size=(7, 7),
                    pool_type="tok", depth=depth)
   config = config_lib.default_config()
   tx, _ = optim.make_optimizer(config, 10_000)
-  mesh = trainer.make_mesh({"data": -1, "fsdp": fsdp}, devices)
-  init = trainer.make_init_fn(model, tx, (IMAGE, IMAGE, 3), (("seqhw", 30),), None)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": fsdp}, devices)
+  init = initial_state.make_init_fn(model, tx, (IMAGE, IMAGE, 3), (("seqhw", 30),), None)
   abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = jax.tree.map(lambda a: trainer.state_sharding(mesh, a.shape, param_sharding),
+  shardings = jax.tree.map(lambda a: sharding.state_sharding(mesh, a.shape, param_sharding),
                            abstract)
-  step = trainer.make_train_step(model, tx, trainer.make_loss_fn(config), (), seed=0,
+  step = compiled_steps.make_train_step(model, tx, compiled_steps.make_loss_fn(config), (), seed=0,
                                  mixup_p=0.0)
   jitted = jax.jit(step, static_argnames=("flexi",), out_shardings=(shardings, None),
                    donate_argnums=(0,))
-  return jitted, abstract, shardings, trainer.batch_sharding(mesh)
+  return jitted, abstract, shardings, sharding.batch_sharding(mesh)
 
 
 def abstract_batch(batch: int, sharding=None):

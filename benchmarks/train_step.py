@@ -33,7 +33,7 @@ import optax
 
 import common
 from flexivit_jax import cli
-from flexivit_jax.outputs import metrics
+from flexivit_jax.outputs import console
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.evaluators.predict import params_at_size
 
@@ -60,7 +60,7 @@ def step_bytes(compiled) -> float:
                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
 
 
-def compile_all(args, images, labels, progress: metrics.Progress) -> dict:
+def compile_all(args, images, labels, progress: console.Progress) -> dict:
   """Every (variant, seqhw, flexi|fixed) step compiled, with the params it takes.
 
   Traced here, compiled two at a time (XLA's compile releases the GIL), and all
@@ -103,7 +103,7 @@ def main() -> None:
   print(f"threads: {common.cpu_threads()}; XLA_FLAGS: {common.xla_flags()}; MFU's peak (best "
         f"of JAX and numpy 2048^2 matmul): {peak:.1f} GFLOP/s", flush=True)
   num_steps = 2 * len(args.variants.split(",")) * len(args.seqhw.split(","))
-  compiling = metrics.Progress(num_steps, mode=args.progress, unit="compiled", every_s=30.0)
+  compiling = console.Progress(num_steps, mode=args.progress, unit="compiled", every_s=30.0)
   steps = compile_all(args, images, labels, compiling)
   compiling.close()
   print(f"compiled {len(steps)} steps in {time.perf_counter() - start:.0f} s", flush=True)
@@ -115,7 +115,7 @@ def main() -> None:
   times = {key: [] for key in steps}
   rows = [(variant, seqhw) for variant, seqhw, name in steps if name == "flexi"]
   sweep = 0.0
-  sweeps = metrics.Progress(args.rounds, mode=args.progress, unit="sweep")
+  sweeps = console.Progress(args.rounds, mode=args.progress, unit="sweep")
   for r in range(args.rounds):
     if r >= 2 and time.perf_counter() - start + sweep > args.budget_s:
       break

@@ -93,7 +93,7 @@ def user_facing(main: Callable[..., Any]) -> Callable[..., Any]:
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
   """`--progress auto|bar|lines|none` for an argparse CLI (the train CLI has the absl flag)."""
-  from flexivit_jax.outputs.metrics import PROGRESS_MODES
+  from flexivit_jax.outputs.console import PROGRESS_MODES
   parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                       help="a bar on a terminal, plain flushed lines (logs, pods, SLURM, nohup) "
                       "or nothing; 'auto' (default): a bar on a terminal, lines otherwise")

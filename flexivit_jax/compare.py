@@ -21,7 +21,10 @@ import re
 from typing import Optional, Sequence
 
 from flexivit_jax import cli, paths
-from flexivit_jax.outputs import metrics
+from flexivit_jax.outputs import eval_names
+from flexivit_jax.outputs import plots
+from flexivit_jax.outputs import runlog
+from flexivit_jax.outputs import tables
 from flexivit_jax.outputs import report
 from flexivit_jax.errors import UserError
 
@@ -46,10 +49,10 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
   """Returns the table text; writes the plot to `out` when given."""
   curves, image_size = {}, None
   for wd in workdirs:
-    rows = metrics.read_metrics(wd)
+    rows = runlog.read_metrics(wd)
     if not rows:
       raise UserError(f"{wd} has no metrics.jsonl: is it a flexivit_jax workdir?")
-    per_eval = metrics.final_eval_curves(rows)
+    per_eval = eval_names.final_eval_curves(rows)
     if not per_eval:
       raise UserError(f"{wd} has no evaluation results yet")
     name = evaluator or sorted(per_eval)[0]
@@ -57,9 +60,9 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
       raise UserError(f"{wd} has no evaluator {name!r}; it has {sorted(per_eval)}")
     curves[os.path.basename(os.path.normpath(wd))] = per_eval[name]
     image_size = image_size or image_size_of(wd)
-  table = metrics.format_table(curves, image_size)
+  table = tables.format_table(curves, image_size)
   if out:
-    metrics.plot_accuracy(curves, out, image_size=image_size, title="prec@1 per patch size")
+    plots.plot_accuracy(curves, out, image_size=image_size, title="prec@1 per patch size")
   return table
 
 
@@ -72,25 +75,25 @@ def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
   """prec@1 against cumulative training GFLOPs; returns a table of each run's points."""
   runs = {}
   for wd in workdirs:
-    rows = metrics.read_metrics(wd)
+    rows = runlog.read_metrics(wd)
     if not rows:
       raise UserError(f"{wd} has no metrics.jsonl: is it a flexivit_jax workdir?")
-    runs[_label(wd)] = metrics.eval_curve_over_compute(rows, evaluator)
+    runs[_label(wd)] = eval_names.eval_curve_over_compute(rows, evaluator)
     if not runs[_label(wd)]:
       raise UserError(f"{wd} has no evaluation rows with compute/gflops")
   common = set.intersection(*[set(s for _, accs in r for s in accs) for r in runs.values()])
   if seqhw is None:
     if not common:
       raise UserError("the runs share no evaluated seqhw; pass --seqhw")
-    seqhw = max(common, key=metrics.seqhw_side)
+    seqhw = max(common, key=eval_names.seqhw_side)
   curves = {}
   for name, points in runs.items():
     curves[name] = [(g, accs[seqhw]) for g, accs in points if seqhw in accs]
     if not curves[name]:
       raise UserError(f"run {name} has no evaluation at seqhw={seqhw}")
   if out:
-    metrics.plot_over_compute(curves, out, title=f"prec@1 at seqhw={seqhw} against compute")
-  return metrics.format_compute_table(curves, seqhw)
+    plots.plot_over_compute(curves, out, title=f"prec@1 at seqhw={seqhw} against compute")
+  return tables.format_compute_table(curves, seqhw)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,7 +121,7 @@ def run(args) -> list[dict]:
     seqhws_of(args.seqhw, None, sys.maxsize)
   from flexivit_jax import data
   from flexivit_jax.evaluators import evaluation
-  from flexivit_jax.outputs import metrics
+  from flexivit_jax.outputs import console
   model, params, config = evaluation.load_model(args.checkpoint, args.model)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
   batches = data.eval_iterator(data_cfg, pp, args.batch_size)
@@ -136,7 +136,7 @@ def run(args) -> list[dict]:
     if args.max_gflops is not None or args.max_ms is not None:
       seqhws = choose(args, model, params, h, c, seqhws)
     num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
-    progress = metrics.Progress(num, mode=args.progress, batch_size=args.batch_size,
+    progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
                                 unit="batch", every_s=PROGRESS_EVERY_S)
     progress.line(f"evaluating {args.checkpoint} on {data_cfg['name']}:{data_cfg['split']} "
                   f"at seqhw {','.join(map(str, seqhws))}: {num // len(seqhws)} batches "

@@ -1,4 +1,4 @@
-"""Entry point: flags, distributed init, hand-off to `trainer.train_and_evaluate`.
+"""Entry point: flags, distributed init, hand-off to `loop.train_and_evaluate`.
 
   python -m flexivit_jax.train --config configs/demo_digits.py --workdir /tmp/demo \
       [--config.total_steps=100 --config.model.variant=S ...] [--progress=lines] [--verbose]
@@ -25,7 +25,7 @@ from absl import logging as absl_logging
 
 from flexivit_jax import cli, paths
 from flexivit_jax.errors import UserError
-from flexivit_jax.outputs.metrics import PROGRESS_MODES
+from flexivit_jax.outputs.console import PROGRESS_MODES
 
 FLAGS = flags.FLAGS
 CONFIG_PREFIX = "--config."
@@ -118,14 +118,14 @@ def main(parsed) -> None:
   config = config_lib.complete(config_lib.load_config_file(FLAGS.config), overrides)
   setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
             FLAGS.num_processes, FLAGS.process_id)
-  from flexivit_jax.training import trainer
+  from flexivit_jax.training import loop
   quiet_libraries()
   import jax
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
     logging.getLogger("flexivit_jax").setLevel(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
   # Takes the workdir's lock, then writes config.json and trains; Preempted -> 143 in cli.
-  trainer.train_and_evaluate(config, paths.normalize(FLAGS.workdir), name=FLAGS.config)
+  loop.train_and_evaluate(config, paths.normalize(FLAGS.workdir), name=FLAGS.config)
 
 
 def run() -> None:

@@ -12,7 +12,10 @@ from flexivit_jax import data
 from flexivit_jax.checkpoints import npz
 from flexivit_jax.evaluators import classification
 from flexivit_jax.training import losses
-from flexivit_jax.training import trainer
+from flexivit_jax.training import compiled_steps
+from flexivit_jax.training import evals
+from flexivit_jax.training import initial_state
+from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.models.vit import FlexiViT
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -91,10 +94,10 @@ def test_eval_step_with_label_mapping():
   labels = np.eye(4, dtype=np.float32)[want_top]
   labels[:2] = np.eye(4, dtype=np.float32)[3]  # labelled with the class the model lacks: misses
   batch = {"image": images, "labels": labels, "_mask": np.ones(8, bool)}
-  step = jax.jit(trainer.make_eval_step(model, mapping), static_argnames="flexi")
+  step = jax.jit(compiled_steps.make_eval_step(model, mapping), static_argnames="flexi")
   correct, count = step(params, batch, flexi=(("seqhw", 2),))
   assert (float(correct), float(count)) == (6, 8)
-  steps = trainer.make_eval_steps(model, {"a": {"label_mapping": mapping.tolist()}, "b": {}},
+  steps = compiled_steps.make_eval_steps(model, {"a": {"label_mapping": mapping.tolist()}, "b": {}},
                                   (None, None))
   assert steps["a"].label_mapping.tolist() == mapping.tolist() and steps["b"].label_mapping is None
 
@@ -122,10 +125,10 @@ def test_several_teachers_sum_by_default():
   rng = np.random.default_rng(0)
   student, ta, tb = (jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(3))
   kl_a, kl_b = losses.distill_kl(student, ta), losses.distill_kl(student, tb)
-  got = trainer.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
+  got = compiled_steps.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
   assert float(got) == pytest.approx(float(kl_a + kl_b), rel=1e-6)
   config.distill.combine_teachers = "mean"
-  got = trainer.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
+  got = compiled_steps.make_loss_fn(config)(student, {}, {"a": ta, "b": tb})
   assert float(got) == pytest.approx(float(kl_a + kl_b) / 2, rel=1e-6)
 
 
@@ -178,15 +181,15 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
                      batch_size=32, label_mapping=list(range(9, -1, -1))),
   }
   config = config_lib.complete(user)
-  model = trainer.build_model(config.model)
-  mesh = trainer.make_mesh(config.mesh)
+  model = initial_state.build_model(config.model)
+  mesh = sharding.make_mesh(config.mesh)
   images = jnp.zeros((1, 16, 16, 3))
   params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
   params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  steps = trainer.make_eval_steps(model, config.evals, (repl, repl))
+  steps = compiled_steps.make_eval_steps(model, config.evals, (repl, repl))
   flexis = [(("seqhw", 2),)]
-  got = trainer.evaluate(config, config.evals, steps, params, flexis, mesh)
+  got = evals.evaluate(config, config.evals, steps, params, flexis, mesh)
   # Reference numbers from the logits, computed directly.
   batch = next(iter(data.eval_iterator(
       dict(name="sklearn_digits", split="test[:64]", data_dir=digits_data_dir), pp3, 64)))
@@ -198,7 +201,7 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
   assert got["eval/mapped/seqhw=2/prec@1"] == pytest.approx(mapped)
   assert plain != mapped
   with pytest.raises(ValueError, match="make_eval_steps"):
-    trainer.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
+    evals.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
 
 
 def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_path):
@@ -216,7 +219,7 @@ def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_p
   def run(mapping):
     mapping_file.write_text("\n".join(map(str, mapping)))
     cache = step_cache.StepCache(str(tmp_path / "steps"), "fingerprint")
-    steps = trainer.make_eval_steps(model, {"a": {"label_mapping": str(mapping_file)}},
+    steps = compiled_steps.make_eval_steps(model, {"a": {"label_mapping": str(mapping_file)}},
                                     (repl, repl), cache=cache)
     # Labels are the first map's top class: every example right under it.
     top = np.asarray(logits)[:, [4, 1, 5]].argmax(1)

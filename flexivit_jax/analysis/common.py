@@ -24,8 +24,8 @@ def add_subject_args(p: argparse.ArgumentParser, default_steps: int) -> None:
 
 def progress(args, total: int, unit: str):
   """The analysis' progress (`--progress`): its subject's training and its own loop."""
-  from flexivit_jax.outputs import metrics
-  return metrics.Progress(total, mode=args.progress, unit=unit)
+  from flexivit_jax.outputs import console
+  return console.Progress(total, mode=args.progress, unit=unit)
 
 
 def quiet() -> None:
@@ -69,6 +69,7 @@ def line_plot(curves: Mapping[str, tuple], path: str, xlabel: str, title: str,
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   from flexivit_jax.outputs.report import finish_plot
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for label, (xs, ys) in curves.items():

@@ -1,6 +1,6 @@
 """The models the analyses study: a given checkpoint, or a small one trained on digits.
 
-Subjects are trained by the trainer itself (`trainer.train_and_evaluate`) with
+Subjects are trained by the trainer itself (`loop.train_and_evaluate`) with
 the demo config (`demos.digits_config`: configs/demo_digits.py, installed with
 the package) adjusted to the analysis: image size, grids and steps.
 `runlocal=True` trains the demo's tiny smoke-test model.
@@ -13,13 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax.training import config as config_lib
 from flexivit_jax import data
-from flexivit_jax.training import demos
-from flexivit_jax.evaluators import evaluation
-from flexivit_jax.training import trainer
 from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators import evaluation
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.training import config as config_lib
+from flexivit_jax.training import demos, initial_state, loop
 
 DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
              "onehot(10, key='label', key_result='labels')")
@@ -58,9 +57,9 @@ def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
 def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
   """Trains (or resumes/reuses) a subject in `workdir`; kwargs of `subject_config`."""
   config = subject_config(**kwargs)
-  state = trainer.train_and_evaluate(config, workdir)["state"]
+  state = loop.train_and_evaluate(config, workdir)["state"]
   params = jax.tree.map(np.asarray, state["params"])
-  return trainer.build_model(config.model), params
+  return initial_state.build_model(config.model), params
 
 
 def load_subject(checkpoint: str, model_spec: Optional[str] = None

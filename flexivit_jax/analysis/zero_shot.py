@@ -16,10 +16,10 @@ import os
 from typing import Mapping, Optional, Sequence
 
 from flexivit_jax import cli
-from flexivit_jax.evaluators import evaluation
-from flexivit_jax.outputs import report
 from flexivit_jax.analysis import common, subjects
+from flexivit_jax.evaluators import evaluation
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.outputs import report
 
 # The demo's setting: 48 px digits, grids 3..12 (patches 16..4 px), the ViT at 6 (8 px).
 IMAGE_SIZE, SEQHWS, VIT_SEQHW = 48, (3, 4, 6, 8, 12), 6

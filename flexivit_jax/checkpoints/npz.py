@@ -29,10 +29,10 @@ import ml_dtypes
 import numpy as np
 
 from flexivit_jax import paths
-from flexivit_jax.models import resize
-from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax import tree as tree_lib
+from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.errors import UserError
+from flexivit_jax.models import resize
 
 logger = logging.getLogger(__name__)
 

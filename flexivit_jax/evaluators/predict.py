@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax.models import resize
 from flexivit_jax.errors import UserError
-from flexivit_jax.models.vit import FlexiViT, HW, resolve_patch
+from flexivit_jax.models import resize
+from flexivit_jax.models.vit import HW, FlexiViT, resolve_patch
 
 # The evaluation preprocessing of the digits demo (configs/demo_digits.py).
 DEFAULT_PP = "decode|resize(48)|value_range(-1, 1)"
@@ -123,6 +123,7 @@ class Predictor:
 def load_images(paths: Sequence[str], pp: str) -> np.ndarray:
   """Reads image files and applies an eval pp string (starting with `decode`)."""
   import tensorflow as tf
+
   from flexivit_jax.data import ops
   fn = ops.get_pp_fn(pp)
   images = []

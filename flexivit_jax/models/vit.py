@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax.models import resize
 from flexivit_jax.errors import UserError
+from flexivit_jax.models import resize
 
 Array = jax.Array
 HW = Union[int, Sequence[int]]

@@ -10,8 +10,8 @@ import json
 import os
 from typing import Mapping, Optional, Sequence
 
-from flexivit_jax.outputs import metrics
 from flexivit_jax.errors import UserError
+from flexivit_jax.outputs import plots
 
 EVAL_KEYS = ("seqhw", "patch", "tokens", "top1", "top5", "loss", "gflops", "img_per_s")
 EVAL_JSON, EVAL_CSV, EVAL_PNG = "eval.json", "eval.csv", "eval.png"
@@ -97,7 +97,7 @@ def plot_accuracy_vs_gflops(runs: Mapping[str, Sequence[Mapping]], path: str,
 
 def finish_plot(fig, ax, path: str, xlabel: str, title: str) -> str:
   """Labels a top-1 (%) plot, saves it as PNG and closes it."""
-  return metrics.save_plot(fig, ax, path, xlabel=xlabel, ylabel="top-1 (%)", title=title,
+  return plots.save_plot(fig, ax, path, xlabel=xlabel, ylabel="top-1 (%)", title=title,
                            grid_which="both")
 
 

@@ -16,19 +16,19 @@ import fnmatch
 import importlib.util
 import math
 import os
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
 from flexivit_jax import paths
 from flexivit_jax.checkpoints import npz
-from flexivit_jax.evaluators import classification
-from flexivit_jax.training import losses
-from flexivit_jax.outputs import metrics
-from flexivit_jax.training import optim
 from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators import classification
+from flexivit_jax.models.vit import MODEL_FIELDS
+from flexivit_jax.models.vit import from_config as model_from_config
+from flexivit_jax.outputs import console
+from flexivit_jax.training import losses, optim
 from flexivit_jax.training.flexi import SPEC_KEYS, FlexiSampler
-from flexivit_jax.models.vit import MODEL_FIELDS, from_config as model_from_config
 
 FLEXI_ARGS = ("seqhw", "patch_size")
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -106,7 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_ckpt = 3  # Keep the newest N train-state checkpoints (orbax, workdir/checkpoints/).
   c.keep_ckpt_every = ml_collections.FieldReference(None, field_type=int)  # Also keep every K-th step.
   c.preemption_check_steps = 10  # Multi-process without JAX's preemption service: poll SIGTERM every N steps.
-  c.progress = "auto"  # metrics.PROGRESS_MODES: 'auto' is a bar on a terminal, else log lines.
+  c.progress = "auto"  # console.PROGRESS_MODES: 'auto' is a bar on a terminal, else log lines.
   c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
@@ -255,7 +255,7 @@ def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
     return
   if c.progress_bar not in PROGRESS_BAR:
     raise UserError(f"config key 'progress_bar' is {c.progress_bar!r}; allowed: 'auto', "
-                    "True, False (or use 'progress': " + ", ".join(metrics.PROGRESS_MODES) + ")")
+                    "True, False (or use 'progress': " + ", ".join(console.PROGRESS_MODES) + ")")
   mode = {"auto": "auto", True: "bar", False: "none"}[c.progress_bar]
   if c.progress not in ("auto", mode):
     raise UserError(f"config keys 'progress'={c.progress!r} and 'progress_bar'="
@@ -267,6 +267,14 @@ def _data_configs(c: ml_collections.ConfigDict) -> list:
   """Every data dict of a config: the training input's and each evaluator's."""
   found = [c.input.data] + [ev["data"] for ev in c.evals.values() if "data" in ev]
   return [d for d in found if hasattr(d, "get")]
+
+
+def data_config(config: ml_collections.ConfigDict, data_cfg: Mapping[str, Any]) -> dict:
+  """A data config of `config` (input.data or an eval's) with `input.data_dir` as its default."""
+  out = dict(data_cfg)
+  if config.input.data_dir and "data_dir" not in out:
+    out["data_dir"] = config.input.data_dir
+  return out
 
 
 def normalize_paths(c: ml_collections.ConfigDict) -> None:
@@ -326,9 +334,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _non_negative(c.mixup, "p")
   if not c.input.pp:
     raise UserError("config key 'input.pp' (the preprocessing string) is empty")
-  if c.progress not in metrics.PROGRESS_MODES:
+  if c.progress not in console.PROGRESS_MODES:
     raise UserError(f"config key 'progress' is {c.progress!r}; allowed: "
-                    f"{', '.join(metrics.PROGRESS_MODES)}")
+                    f"{', '.join(console.PROGRESS_MODES)}")
   model_from_config(c.model, "model")
   for key in ("flexi", "eval_flexi"):
     # Checks the spec's form (the values are checked against the images later). With

@@ -41,7 +41,8 @@ import math
 import numbers
 import operator
 import zlib
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Dict, Hashable, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 

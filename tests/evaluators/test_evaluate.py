@@ -13,7 +13,7 @@ from flexivit_jax import compare, evaluate
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.evaluators import classification
 from flexivit_jax.outputs import report
-from flexivit_jax.training import trainer
+from flexivit_jax.training import loop
 from flexivit_jax.errors import UserError
 from conftest import DEMO_CONFIG, REPO
 from test_predict import analytic_vit_flops
@@ -40,7 +40,7 @@ def demo_workdir(digits_data_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("demo"))
   config = config_lib.complete(config_lib.load_config_file(f"{DEMO_CONFIG}:steps=2"),
                               [("progress_bar", "False"), ("schedule.warmup_steps", "1")])
-  trainer.train_and_evaluate(config, wd)
+  loop.train_and_evaluate(config, wd)
   with open(os.path.join(wd, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
   return wd

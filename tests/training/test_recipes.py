@@ -15,7 +15,9 @@ from conftest import REPO
 from flexivit_jax import compare
 from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.checkpoints import manager
-from flexivit_jax.training import trainer
+from flexivit_jax.training import compiled_steps
+from flexivit_jax.training import loop
+from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training.flexi import FlexiSampler
 
@@ -47,7 +49,7 @@ def quick(spec, **overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_runs_two_steps_under_runlocal(digits_data_dir, tmp_path, name):
-  out = trainer.train_and_evaluate(quick(f"{name}:runlocal"), str(tmp_path))
+  out = loop.train_and_evaluate(quick(f"{name}:runlocal"), str(tmp_path))
   rows = rows_of(tmp_path)
   train = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2]
@@ -92,13 +94,13 @@ class CompileSpy:
 
   def __init__(self, monkeypatch):
     self.calls = []
-    original = trainer.CompiledSteps.compile
+    original = compiled_steps.CompiledSteps.compile
 
     def compile(steps, flexi, *args):
       if flexi not in steps._compiled:  # pylint: disable=protected-access
         self.calls.append((id(steps), flexi))
       return original(steps, flexi, *args)
-    monkeypatch.setattr(trainer.CompiledSteps, "compile", compile)
+    monkeypatch.setattr(compiled_steps.CompiledSteps, "compile", compile)
 
   def per_instance(self):
     out = {}
@@ -112,7 +114,7 @@ def test_curriculum_run_compiles_each_value_once_and_follows_the_stages(
     digits_data_dir, tmp_path, monkeypatch):
   spy = CompileSpy(monkeypatch)
   config = quick("demo_curriculum.py:runlocal", total_steps=8, aot_compile=True)
-  trainer.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   train = [r for r in rows_of(tmp_path) if "train/loss" in r]
   sampler = FlexiSampler(config.flexi, seed=config.seed, total_steps=8)
   assert [r["seqhw"] for r in train] == [sampler(s)["seqhw"] for s in range(8)]
@@ -133,12 +135,12 @@ def test_curriculum_run_compiles_each_value_once_and_follows_the_stages(
 def test_pad_batch_masks_the_padding():
   local = {"image": np.ones((5, 2, 2, 3)), "labels": np.ones((5, 3)),
            "_mask": np.array([True, True, True, False, True])}
-  out = trainer.pad_batch(local, 4)
+  out = sharding.pad_batch(local, 4)
   assert out["image"].shape == (8, 2, 2, 3)
   np.testing.assert_array_equal(out["_mask"], [True, True, True, False, True, False, False,
                                                False])
   assert not out["labels"][5:].any()
-  assert trainer.pad_batch(local, 5)["image"].shape == (5, 2, 2, 3)
+  assert sharding.pad_batch(local, 5)["image"].shape == (5, 2, 2, 3)
 
 
 EVAL_ON_8 = textwrap.dedent("""
@@ -147,19 +149,23 @@ EVAL_ON_8 = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     from flexivit_jax.training import config as config_lib
-    from flexivit_jax.training import trainer
+    from flexivit_jax.training import compiled_steps
+    from flexivit_jax.training import evals
+    from flexivit_jax.training import initial_state
+    from flexivit_jax.training import loop
+    from flexivit_jax.training import sharding
     c = config_lib.load_config_file(sys.argv[1]).to_dict()
     c["evals"]["test"]["batch_size"] = 100
     config = config_lib.complete(c)
-    model = trainer.build_model(config.model)
+    model = initial_state.build_model(config.model)
     params = model.init(jax.random.key(1), np.zeros((1, 16, 16, 3)), seqhw=2)["params"]
-    steps = trainer.CompiledSteps(trainer.make_eval_step(model), None, donate=False)
+    steps = compiled_steps.CompiledSteps(compiled_steps.make_eval_step(model), None, donate=False)
     flexis = [(("seqhw", 2),), (("seqhw", 4),)]
     out = {}
     for n in (1, 8):
-      mesh = trainer.make_mesh(dict(data=-1), devices=jax.devices()[:n])
-      steps = trainer.CompiledSteps(trainer.make_eval_step(model), None, donate=False)
-      out[n] = trainer.evaluate(config, config.evals, steps, params, flexis, mesh)
+      mesh = sharding.make_mesh(dict(data=-1), devices=jax.devices()[:n])
+      steps = compiled_steps.CompiledSteps(compiled_steps.make_eval_step(model), None, donate=False)
+      out[n] = evals.evaluate(config, config.evals, steps, params, flexis, mesh)
     print(json.dumps({"devices": jax.device_count(), **{str(k): v for k, v in out.items()}}))
 """)
 

@@ -14,7 +14,11 @@ from flexivit_jax.checkpoints import npz
 from flexivit_jax.training import optim
 from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.checkpoints import manager
-from flexivit_jax.training import trainer
+from flexivit_jax.training import compiled_steps
+from flexivit_jax.training import evals
+from flexivit_jax.training import initial_state
+from flexivit_jax.training import loop
+from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.models.vit import FlexiViT
 
@@ -55,7 +59,7 @@ COMPILES = CompileCounter()
 @pytest.mark.slow
 def test_end_to_end_run(digits_data_dir, tmp_path):
   config = demo_config(**{"progress_bar": False, "keep_ckpt": 1})
-  out = trainer.train_and_evaluate(config, str(tmp_path))
+  out = loop.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
@@ -77,7 +81,7 @@ def test_end_to_end_run(digits_data_dir, tmp_path):
 @pytest.mark.slow
 def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
   config = demo_config(progress_bar=False, log_training_steps=1, evals={})
-  trainer.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   lr_fn = optim.make_lr_fn(config.lr, optim.make_optimizer(config, config.total_steps)[1])
   np.testing.assert_allclose([r["lr"] for r in rows], [float(lr_fn(r["step"] - 1)) for r in rows],
@@ -101,13 +105,13 @@ def _tiny_teacher(path) -> dict:
 def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
   config = demo_config(**{"distill.teachers": {"prof": _tiny_teacher(tmp_path / "t.npz")},
                           "lr": 1e-2, "schedule": dict(decay_type="constant")})
-  model = trainer.build_model(config.model)
-  teachers, teacher_params = trainer.build_teachers(config.distill)
+  model = initial_state.build_model(config.model)
+  teachers, teacher_params = initial_state.build_teachers(config.distill)
   tx, _ = optim.make_optimizer(config, 100)
-  mesh = trainer.make_mesh(config.mesh)
-  state, _ = trainer.init_state(config, model, tx, mesh, (16, 16, 3), (("seqhw", 4),))
+  mesh = sharding.make_mesh(config.mesh)
+  state, _ = initial_state.init_state(config, model, tx, mesh, (16, 16, 3), (("seqhw", 4),))
   before = jax.tree.map(np.array, teacher_params)
-  step = jax.jit(trainer.make_train_step(model, tx, trainer.make_loss_fn(config), teachers,
+  step = jax.jit(compiled_steps.make_train_step(model, tx, compiled_steps.make_loss_fn(config), teachers,
                                          seed=0, mixup_p=0.0), static_argnames="flexi")
   images = jax.random.uniform(jax.random.key(0), (16, 16, 16, 3), minval=-1, maxval=1)
   batch = {"image": images, "labels": jnp.zeros((16, 10))}
@@ -125,7 +129,7 @@ def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path
   teacher = _tiny_teacher(tmp_path / "teacher.npz")
   config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
                           "mixup": dict(p=1.0), "lr": 1e-2})
-  out = trainer.train_and_evaluate(config, str(tmp_path / "wd"))
+  out = loop.train_and_evaluate(config, str(tmp_path / "wd"))
   flat = manager.leaf_names(step_dirs.read_state(str(tmp_path / "wd"), 8))
   assert any(k.startswith("params/") for k in flat)
   assert any(k.startswith("opt_state/") for k in flat)
@@ -150,7 +154,7 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
   config = demo_config(**overrides)
   compiles = COMPILES.count
   with pytest.raises(ValueError, match=message):
-    trainer.train_and_evaluate(config, str(tmp_path / "wd"))
+    loop.train_and_evaluate(config, str(tmp_path / "wd"))
   assert COMPILES.count == compiles
   assert not (tmp_path / "wd" / step_dirs.CHECKPOINT_SUBDIR).exists()
   # Positive control: the counter does see a compile (a fresh function, never cached).
@@ -218,7 +222,7 @@ def test_any_model_field_can_be_set_from_the_command_line():
   assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
   assert config.progress == "none"  # The older key still works: False is no progress shown.
   assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
-  assert trainer.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
+  assert initial_state.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
   with pytest.raises(AttributeError):  # Still locked afterwards.
     config.model.widht = 3
 
@@ -236,7 +240,7 @@ def test_config_argument_errors():
 def test_each_eval_runs_at_its_own_cadence():
   config = demo_config(**{"log_eval_steps": 4, "evals.fast": dict(
       data=dict(name="sklearn_digits", split="test"), pp="keep", log_steps=2)})
-  due = {d: sorted(trainer.evals_due(config, d, 8)) for d in range(1, 9)}
+  due = {d: sorted(evals.evals_due(config, d, 8)) for d in range(1, 9)}
   assert due == {1: [], 2: ["fast"], 3: [], 4: ["fast", "test"], 5: [], 6: ["fast"], 7: [],
                  8: ["fast", "test"]}
 
@@ -259,7 +263,7 @@ def _has_baseline(path) -> bool:
                                   if arg != ":baseline" or _has_baseline(f)])
 def test_every_config_file_completes_and_builds(spec):
   config = config_lib.complete(config_lib.load_config_file(str(REPO / spec)))
-  model = trainer.build_model(config.model)
+  model = initial_state.build_model(config.model)
   flexis = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=0, total_steps=100).all_values()
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
                                              **flexis[0]))
@@ -267,17 +271,17 @@ def test_every_config_file_completes_and_builds(spec):
 
 
 def test_mesh_and_fsdp_sharding_rules():
-  mesh = trainer.make_mesh({"data": -1, "fsdp": 1})
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
   assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
   with pytest.raises(ValueError, match="does not fit the"):
-    trainer.make_mesh({"data": 3, "fsdp": 5})
-  assert trainer.state_sharding(mesh, (64, 32), "fsdp").spec == jax.sharding.PartitionSpec()
+    sharding.make_mesh({"data": 3, "fsdp": 5})
+  assert sharding.state_sharding(mesh, (64, 32), "fsdp").spec == jax.sharding.PartitionSpec()
 
 
 def test_fsdp_rule_splits_the_largest_divisible_axis():
   P = jax.sharding.PartitionSpec
   mesh = jax.sharding.AbstractMesh((2, 4), ("data", "fsdp"))  # fsdp > 1 without 8 devices.
-  rule = lambda shape, mode="fsdp": trainer.state_sharding(mesh, shape, mode).spec
+  rule = lambda shape, mode="fsdp": sharding.state_sharding(mesh, shape, mode).spec
   assert rule((64, 32)) == P("fsdp", None)
   assert rule((6, 8)) == P(None, "fsdp")  # 6 is not divisible by 4.
   assert rule((3, 32, 16)) == P(None, "fsdp", None)
@@ -287,10 +291,10 @@ def test_fsdp_rule_splits_the_largest_divisible_axis():
 
 def test_total_epochs_and_init_head_bias(digits_data_dir):
   config = demo_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
-  assert trainer.total_steps(config) == round(2 * 1497 / 16)
-  model = trainer.build_model(config.model)
+  assert loop.total_steps(config) == round(2 * 1497 / 16)
+  model = initial_state.build_model(config.model)
   tx, _ = optim.make_optimizer(config, 10)
-  state, _ = trainer.init_state(config, model, tx, trainer.make_mesh(config.mesh),
+  state, _ = initial_state.init_state(config, model, tx, sharding.make_mesh(config.mesh),
                                 (16, 16, 3), (("seqhw", 2),))
   np.testing.assert_array_equal(state["params"]["head"]["bias"], np.full(10, -10.0))
   # Adam's first moment is kept in bfloat16: one bf16 leaf per parameter.
@@ -307,9 +311,9 @@ def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   config = demo_config(**{"model": model_cfg, "model_init": ref,
                           "model_load": dict(dont_load=("head/.*",)), "progress_bar": False,
                           "total_steps": 2, "evals": {}})
-  model = trainer.build_model(config.model)
+  model = initial_state.build_model(config.model)
   tx, _ = optim.make_optimizer(config, 2)
-  state, _ = trainer.init_state(config, model, tx, trainer.make_mesh(config.mesh),
+  state, _ = initial_state.init_state(config, model, tx, sharding.make_mesh(config.mesh),
                                 (16, 16, 3), (("seqhw", 2),))
   stored = npz.load_params(ref)
   np.testing.assert_array_equal(state["params"]["embedding"]["kernel"],
@@ -318,5 +322,5 @@ def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
                              flexivit_jax.resample_posemb(stored["pos_embedding"], 2,
                                                           rule="load"), atol=1e-6)
   np.testing.assert_array_equal(state["params"]["head"]["kernel"], np.zeros((48, 10)))
-  out = trainer.train_and_evaluate(config, str(tmp_path))  # And it trains from there.
+  out = loop.train_and_evaluate(config, str(tmp_path))  # And it trains from there.
   assert out["state"]["params"]["embedding"]["kernel"].shape == (32, 32, 3, 48)
