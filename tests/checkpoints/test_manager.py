@@ -272,7 +272,7 @@ _SLOW_SAVE = textwrap.dedent("""
     import asyncio, sys
     sys.path.insert(0, {tests!r})
     from orbax.checkpoint._src.path import atomicity
-    from test_train_state import make_state, save_steps
+    from test_manager import make_state, save_steps
     from flexivit_jax.checkpoints import manager
     save_steps(sys.argv[1], [1]).close()
     finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -289,7 +289,7 @@ _SLOW_SAVE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_killed_async_save_leaves_the_previous_checkpoint_usable(tmp_path):
-  code = _SLOW_SAVE.format(tests=str(REPO / "tests"))
+  code = _SLOW_SAVE.format(tests=str(REPO / "tests" / "checkpoints"))
   proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "save returned", proc.communicate()[1][-3000:]
