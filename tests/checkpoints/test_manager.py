@@ -270,7 +270,7 @@ def test_other_config_is_a_user_error_that_renames_nothing(tmp_path):
 
 _SLOW_SAVE = textwrap.dedent("""
     import asyncio, sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {tests!r} + "/checkpoints"]
     from orbax.checkpoint._src.path import atomicity
     from test_manager import make_state, save_steps
     from flexivit_jax.checkpoints import manager
@@ -289,7 +289,7 @@ _SLOW_SAVE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_killed_async_save_leaves_the_previous_checkpoint_usable(tmp_path):
-  code = _SLOW_SAVE.format(tests=str(REPO / "tests" / "checkpoints"))
+  code = _SLOW_SAVE.format(tests=str(REPO / "tests"))
   proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "save returned", proc.communicate()[1][-3000:]
