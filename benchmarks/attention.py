@@ -20,7 +20,7 @@ import numpy as np
 
 import common
 
-from flexivit_jax.models import vit as model_lib
+from flexivit_jax.models import layers
 
 
 def xla_attention(q, k, v, block=None):
@@ -31,15 +31,15 @@ def xla_attention(q, k, v, block=None):
 
 def variants(width: int, heads: int):
   flax_mha = nn.MultiHeadDotProductAttention(num_heads=heads)
-  ours = model_lib.SelfAttention(heads)
+  ours = layers.SelfAttention(heads)
   out = {"flax": lambda p, x: flax_mha.apply(p, x, x)}
   for block in (None, 96, 160, 289):
     def fn(p, x, block=block):
-      with mock.patch.object(model_lib, "QUERY_BLOCK", block or 10**9):
+      with mock.patch.object(layers, "QUERY_BLOCK", block or 10**9):
         return ours.apply(p, x)
     out[f"ours/block={block or 'none'}"] = fn
   def xla(p, x):
-    with mock.patch.object(model_lib, "blocked_attention", xla_attention):
+    with mock.patch.object(layers, "blocked_attention", xla_attention):
       return ours.apply(p, x)
   out["ours/jax.nn.dpa"] = xla
   return flax_mha, out

@@ -19,8 +19,11 @@ import numpy as np
 
 from flexivit_jax.errors import UserError
 from flexivit_jax.models import resize
+from flexivit_jax.models.layers import Encoder, MAPHead, posemb_sincos_2d
 
 Array = jax.Array
+
+
 HW = Union[int, Sequence[int]]
 
 POOL_TYPES = ("gap", "tok", "map")
@@ -49,166 +52,6 @@ def decode_variant(variant: str) -> dict:
       raise UserError(f"bad patch size in variant {variant!r}; expected e.g. 'B/16'")
     out["patch_size"] = (int(patch), int(patch))
   return out
-
-
-def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
-                     dtype=jnp.float32) -> Array:
-  """Fixed 2-D sin-cos position embedding (1, h*w, width) (MoCo v3 style)."""
-  if width % 4:
-    raise UserError(f"width must be a multiple of 4 for sincos2d posemb, got {width}")
-  y, x = jnp.mgrid[:h, :w]
-  omega = jnp.arange(width // 4) / (width // 4 - 1)
-  omega = 1. / (temperature**omega)
-  y = jnp.einsum("m,d->md", y.flatten(), omega)
-  x = jnp.einsum("m,d->md", x.flatten(), omega)
-  pe = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
-  return jnp.asarray(pe, dtype)[None, :, :]
-
-
-class MlpBlock(nn.Module):
-  """Transformer MLP: Dense -> gelu (tanh approx.) -> dropout -> Dense."""
-  mlp_dim: Optional[int] = None  # Defaults to 4x input dim.
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.normal(stddev=1e-6))
-    d = x.shape[-1]
-    x = nn.Dense(self.mlp_dim or 4 * d, **inits)(x)
-    x = nn.gelu(x)
-    x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(d, **inits)(x)
-
-
-class _ProjParams(nn.Module):
-  """Holds one projection's `kernel`/`bias` under flax DenseGeneral's names.
-
-  Initialised as DenseGeneral does (flat (fan_in, fan_out), then reshaped) so the
-  parameters are those of `nn.MultiHeadDotProductAttention`; the attention below
-  does its own (fused) arithmetic with them.
-  """
-  kernel_shape: Tuple[int, ...]
-  fan_in_dims: int
-  bias_shape: Tuple[int, ...]
-  kernel_init: Any = nn.initializers.xavier_uniform()
-
-  @nn.compact
-  def __call__(self) -> Tuple[Array, Array]:
-    def init(key, shape, dtype=jnp.float32):
-      flat = (int(np.prod(shape[:self.fan_in_dims])), int(np.prod(shape[self.fan_in_dims:])))
-      return jnp.reshape(self.kernel_init(key, flat, dtype), shape)
-    return (self.param("kernel", init, self.kernel_shape, jnp.float32),
-            self.param("bias", nn.initializers.zeros, self.bias_shape, jnp.float32))
-
-
-# Queries per block of the blocked attention: keeps a (heads, block, tokens) slab of
-# logits in cache instead of the whole (heads, tokens, tokens) (SPEC 8).
-QUERY_BLOCK = 160
-
-
-def _attend(q: Array, k: Array, v: Array) -> Array:
-  """softmax(q k^T) v, heads-major (n, h, l, dh); q already scaled."""
-  logits = jnp.einsum("nhqd,nhkd->nhqk", q, k)
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("nhqk,nhkd->nhqd", weights, v)
-
-
-def blocked_attention(q: Array, k: Array, v: Array, block: int = QUERY_BLOCK) -> Array:
-  """`_attend` over blocks of queries (lax.map); same result, better cache use."""
-  lq = q.shape[2]
-  nblk = -(-lq // block)
-  if nblk <= 1:
-    return _attend(q, k, v)
-  size = -(-lq // nblk)  # Even blocks; the last one padded with zero queries.
-  pad = nblk * size - lq
-  qb = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
-  qb = jnp.moveaxis(qb.reshape(*q.shape[:2], nblk, size, q.shape[3]), 2, 0)
-  out = jax.lax.map(lambda qi: _attend(qi, k, v), qb)
-  out = jnp.moveaxis(out, 0, 2).reshape(*q.shape[:2], nblk * size, q.shape[3])
-  return out[:, :, :lq]
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention with the parameters of `nn.MultiHeadDotProductAttention`.
-
-  Same names and shapes (`query|key|value/kernel (D, H, D/H)`, `out/kernel
-  (H, D/H, D)`), so checkpoints interoperate; the arithmetic differs: one fused
-  QKV matmul, heads-major layout and query-blocked attention, which ran ~2x
-  faster than the flax module on CPU (benchmarks/attention.py).
-  """
-  num_heads: int
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    n, l, d = x.shape
-    h = self.num_heads
-    dh = d // h
-    qkv = [_ProjParams((d, h, dh), 1, (h, dh), name=name)() for name in ("query", "key", "value")]
-    out_k, out_b = _ProjParams((h, dh, d), 2, (d,), name="out")()
-    kernel = jnp.stack([k for k, _ in qkv], axis=1).reshape(d, 3 * d).astype(x.dtype)
-    bias = jnp.stack([b for _, b in qkv]).reshape(3 * d).astype(x.dtype)
-    y = (x.reshape(n * l, d) @ kernel + bias).reshape(n, l, 3, h, dh)
-    y = jnp.transpose(y, (2, 0, 3, 1, 4))  # (3, n, h, l, dh): heads-major.
-    q, k, v = y[0] * jnp.asarray(dh**-0.5, x.dtype), y[1], y[2]
-    o = blocked_attention(q, k, v)
-    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(n * l, d)
-    return (o @ out_k.reshape(d, d).astype(x.dtype) + out_b.astype(x.dtype)).reshape(n, l, d)
-
-
-class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
-  mlp_dim: Optional[int] = None
-  num_heads: int = 12
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
-    out = {}
-    y = nn.LayerNorm()(x)
-    y = out["sa"] = SelfAttention(self.num_heads, name="MultiHeadDotProductAttention_0")(y)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    x = out["+sa"] = x + y
-    y = nn.LayerNorm()(x)
-    y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, deterministic)
-    y = nn.Dropout(rate=self.dropout)(y, deterministic)
-    x = out["+mlp"] = x + y
-    return x, out
-
-
-class Encoder(nn.Module):
-  """Stack of `encoderblock_{i}` followed by `encoder_norm`."""
-  depth: int
-  mlp_dim: Optional[int] = None
-  num_heads: int = 12
-  dropout: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
-    out = {}
-    for lyr in range(self.depth):
-      block = Encoder1DBlock(name=f"encoderblock_{lyr}", mlp_dim=self.mlp_dim,
-                             num_heads=self.num_heads, dropout=self.dropout)
-      x, out[f"block{lyr:02d}"] = block(x, deterministic)
-    out["pre_ln"] = x
-    return nn.LayerNorm(name="encoder_norm")(x), out
-
-
-class MAPHead(nn.Module):
-  """Multihead attention pooling: a learned probe attends over the tokens."""
-  mlp_dim: Optional[int] = None
-  num_heads: int = 12
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    n, _, d = x.shape
-    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), x.dtype)
-    probe = jnp.tile(probe, [n, 1, 1])
-    x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform())(probe, x)
-    y = nn.LayerNorm()(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim)(y)
-    return x[:, 0]
 
 
 class FlexiPatchEmbed(nn.Module):

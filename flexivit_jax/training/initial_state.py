@@ -11,7 +11,7 @@ import numpy as np
 
 from flexivit_jax.checkpoints import npz
 from flexivit_jax.models import resize
-from flexivit_jax.models import vit as model_lib
+from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names
 from flexivit_jax.training.sharding import shardings_of
@@ -25,7 +25,7 @@ FlexiKey = eval_names.FlexiKey
 
 
 def build_model(model_cfg: Mapping[str, Any]) -> FlexiViT:
-  return model_lib.from_config(model_cfg)
+  return vit.from_config(model_cfg)
 
 
 @dataclasses.dataclass(frozen=True)

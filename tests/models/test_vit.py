@@ -219,7 +219,7 @@ def test_mismatched_posemb_in_params(ref_params):
 
 
 def test_blocked_attention_equals_unblocked_with_a_ragged_last_block():
-  from flexivit_jax.models.vit import _attend, blocked_attention
+  from flexivit_jax.models.layers import _attend, blocked_attention
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 2, 37, 8))
   np.testing.assert_allclose(blocked_attention(q, k, v, block=10), _attend(q, k, v),
                              atol=1e-6)
