@@ -6,7 +6,7 @@ See docs/data.md.
 from flexivit_jax.data import digits
 from flexivit_jax.data import ops
 from flexivit_jax.data.digits import ensure_built
-from flexivit_jax.data.ops import get_pp_fn
+from flexivit_jax.data.preprocess import get_pp_fn
 from flexivit_jax.data.pipeline import MASK_KEY
 from flexivit_jax.data.pipeline import BatchIterator
 from flexivit_jax.data.pipeline import EvalData

@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 
 from flexivit_jax import paths
 from flexivit_jax.data import digits
-from flexivit_jax.data import ops
+from flexivit_jax.data import preprocess
 from flexivit_jax.errors import UserError
 
 _FOLDER_PREFIX = "imagefolder:"
@@ -421,18 +421,18 @@ def _example_reader(src) -> Callable[[tf.Tensor], dict]:
 
 def _preprocess(read: Callable, pp: str) -> Callable:
   """(index, seed int64[2]) -> preprocessed example, as a tf.data map fn."""
-  pp_fn = ops.get_pp_fn(pp)
+  pp_fn = preprocess.get_pp_fn(pp)
 
   def fn(index, seed):
     ex = dict(read(index))
-    ex[ops.SEED_KEY] = seed
+    ex[preprocess.SEED_KEY] = seed
     return _strip_internal(pp_fn(ex))
 
   return fn
 
 
 def _strip_internal(ex):
-  return {k: v for k, v in ex.items() if k != ops.SEED_KEY}
+  return {k: v for k, v in ex.items() if k != preprocess.SEED_KEY}
 
 
 def _parallel(num_threads: int | None) -> int:
@@ -637,7 +637,7 @@ def _with_seed(seed: int):
 
   def add(i, ex):
     ex = dict(ex)
-    ex[ops.SEED_KEY] = tf.stack([tag, tf.cast(i, tf.int64)])
+    ex[preprocess.SEED_KEY] = tf.stack([tag, tf.cast(i, tf.int64)])
     return ex
 
   return add
@@ -651,7 +651,7 @@ def _streaming_train(ds, pp, b, *, seed, start_step, pi, pc, num_threads,
   data = ds.as_dataset(split, shuffle_files=True, seed=run_seed)
   if shard:
     data = data.shard(pc, pi)
-  pp_fn = ops.get_pp_fn(pp)
+  pp_fn = preprocess.get_pp_fn(pp)
   data = (data.shuffle(shuffle_buffer, seed=run_seed)
           .repeat()
           .enumerate()
@@ -666,7 +666,7 @@ def _streaming_eval_examples(ds, pp, pi, pc, num_threads):
   data = ds.as_dataset(split, shuffle_files=False)
   if shard:
     data = data.shard(pc, pi)
-  pp_fn = ops.get_pp_fn(pp)
+  pp_fn = preprocess.get_pp_fn(pp)
   return data.enumerate().map(
       lambda i, ex: _strip_internal(pp_fn(_with_seed(0)(i, ex))),
       num_parallel_calls=_parallel(num_threads))

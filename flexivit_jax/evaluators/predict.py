@@ -124,8 +124,8 @@ def load_images(paths: Sequence[str], pp: str) -> np.ndarray:
   """Reads image files and applies an eval pp string (starting with `decode`)."""
   import tensorflow as tf
 
-  from flexivit_jax.data import ops
-  fn = ops.get_pp_fn(pp)
+  from flexivit_jax.data import preprocess
+  fn = preprocess.get_pp_fn(pp)
   images = []
   for path in paths:
     if not tf.io.gfile.exists(path):
