@@ -51,7 +51,7 @@ def _data_dir(cfg) -> str | None:
 
 def selection_key(data_cfg) -> tuple:
   """What in a data config decides its examples: equal keys, equal examples."""
-  keys = ("name", "split", "streaming", "folder")
+  keys = ("name", "split", "streaming", "folder", "classes")
   return tuple(str(_get(data_cfg, k)) for k in keys) + (_data_dir(data_cfg),)
 
 

@@ -222,3 +222,12 @@ def test_image_folder(image_folder):
                                  process_index=0, process_count=1))
     assert len(ev) == 2 and sum(x["_mask"].sum() for x in ev) == 6
     assert ev[1]["labels"][ev[1]["_mask"]].sum() == 2
+
+
+def test_eval_data_is_not_shared_between_class_subsets(digits_data_dir):
+  pp = 'decode|keep("label")'
+  c = cfg(digits_data_dir, "test")
+  subsets = [data.eval_data(dict(c, classes=k), pp, 128, process_index=0, process_count=1)
+             for k in ((7, 5), (0, 1, 2))]
+  labels = [np.concatenate([b["label"][b["_mask"]] for b in ev.iterate()]) for ev in subsets]
+  assert set(labels[0]) == {0, 1} and set(labels[1]) == {0, 1, 2}
