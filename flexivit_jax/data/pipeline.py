@@ -24,6 +24,7 @@ from flexivit_jax.data.order import EpochPermutations
 from flexivit_jax.data.order import epoch_tag
 from flexivit_jax.data.order import slice_positions
 from flexivit_jax.data.sources import ClassSubset
+from flexivit_jax.data.sources import LABEL_KEY
 from flexivit_jax.data.sources import FolderSource
 from flexivit_jax.data.sources import open_dataset
 from flexivit_jax.data.sources import selection_key
@@ -71,7 +72,7 @@ def _folder_reader(src: FolderSource) -> Callable[[tf.Tensor], dict]:
 
   def read(index):
     path = tf.gather(paths, index)
-    return {"image": tf.io.read_file(path), "label": tf.gather(labels, index),
+    return {"image": tf.io.read_file(path), LABEL_KEY: tf.gather(labels, index),
             "image/filename": path}
 
   return read
@@ -122,7 +123,7 @@ def _subset_reader(subset: ClassSubset) -> Callable[[tf.Tensor], dict]:
 
   def read_subset(index):
     ex = dict(read(tf.gather(indices, index)))
-    ex["label"] = tf.gather(labels, index)
+    ex[LABEL_KEY] = tf.gather(labels, index)
     return ex
 
   return read_subset

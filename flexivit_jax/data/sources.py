@@ -30,7 +30,7 @@ from flexivit_jax.data import digits
 from flexivit_jax.errors import UserError
 
 _FOLDER_PREFIX = "imagefolder:"
-_LABEL_KEY = "label"
+LABEL_KEY = "label"  # the class label of tfds classification datasets and image folders
 
 
 def _get(cfg, key, default=None):
@@ -90,7 +90,7 @@ class FolderSource:
 
   def __init__(self, builder, split):
     examples = builder._split_examples[split]  # pylint: disable=protected-access
-    str2int = builder.info.features[_LABEL_KEY].str2int
+    str2int = builder.info.features[LABEL_KEY].str2int
     self.paths = [ex.image_path for ex in examples]
     self.labels = np.array([str2int(ex.label) for ex in examples], np.int64)
 
@@ -185,7 +185,7 @@ def _labels(source) -> np.ndarray:
   """The label of every example: an image folder knows them, other sources are read once."""
   if isinstance(source, FolderSource):
     return source.labels
-  return np.asarray([int(source[i][_LABEL_KEY]) for i in range(len(source))])
+  return np.asarray([int(source[i][LABEL_KEY]) for i in range(len(source))])
 
 
 def _class_subset(source, classes: tuple[int, ...]) -> ClassSubset:
