@@ -52,3 +52,19 @@ def digits_data_dir(tmp_path_factory):
   data.ensure_built("sklearn_digits", path)
   os.environ["FLEXIVIT_DATA_DIR"] = path
   return path
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+  """A tiny ImageFolder of PNGs: root/{train: 5, test: 3}/{cat, dog}/<i>.png, (10 + i) x 12."""
+  import tensorflow as tf
+  root = tmp_path / "imgs"
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 5), ("test", 3)):
+    for label in ("cat", "dog"):
+      d = root / split / label
+      d.mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 256, (10 + i, 12, 3), np.uint8)
+        (d / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
+  return str(root)

@@ -1,24 +1,38 @@
 """Input pipeline: big_vision-style pp ops and deterministic tfds pipelines.
 
-Importing this package registers the bundled `sklearn_digits` tfds builder.
-See docs/data.md.
-"""
-from flexivit_jax.data import digits
-from flexivit_jax.data import ops
-from flexivit_jax.data.digits import ensure_built
-from flexivit_jax.data.preprocess import get_pp_fn
-from flexivit_jax.data.pipeline import MASK_KEY
-from flexivit_jax.data.pipeline import BatchIterator
-from flexivit_jax.data.pipeline import EvalData
-from flexivit_jax.data.pipeline import dataset_info
-from flexivit_jax.data.pipeline import eval_data
-from flexivit_jax.data.pipeline import eval_iterator
-from flexivit_jax.data.pipeline import num_eval_batches
-from flexivit_jax.data.pipeline import train_iterator
-from flexivit_jax.data.pipeline import train_positions
+  order      which examples each step reads: a pure function of (seed, step), no TensorFlow
+  sources    which examples a data config names: tfds, image folders, class subsets
+  pipeline   the tf.data pipelines: readers, preprocessing, batching, train/eval iterators
+  streaming  tf.data streaming, for datasets without random access
+  preprocess pp strings: the op registry, the parser, the composed function
+  ops, randaug  the pp ops;  digits  the bundled offline dataset `sklearn_digits`
 
-__all__ = [
-    "BatchIterator", "EvalData", "MASK_KEY", "dataset_info", "digits",
-    "ensure_built", "eval_data", "eval_iterator", "get_pp_fn",
-    "num_eval_batches", "ops", "train_iterator", "train_positions",
-]
+The names below are imported on first use, so that `flexivit_jax.data.order`
+can be imported without TensorFlow. See docs/data.md.
+"""
+import importlib
+
+_HOME = {
+    "BatchIterator": "pipeline", "EvalData": "pipeline", "MASK_KEY": "pipeline",
+    "eval_data": "pipeline", "eval_iterator": "pipeline", "train_iterator": "pipeline",
+    "dataset_info": "sources", "num_eval_batches": "sources",
+    "train_positions": "order", "ensure_built": "digits", "get_pp_fn": "preprocess",
+}
+_MODULES = ("digits", "ops", "order", "pipeline", "preprocess", "randaug", "sources",
+            "streaming")
+
+__all__ = sorted([*_HOME, "digits", "ops"])
+
+
+def __getattr__(name):
+  if name in _MODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  if name not in _HOME:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted({*globals(), *_HOME, *_MODULES})

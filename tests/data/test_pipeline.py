@@ -1,10 +1,9 @@
 """Pipeline tests: process-count invariance, restarts, eval coverage, mock data.
 
-Everything runs offline on the bundled `sklearn_digits` (built into a tmp data
-dir), on tfds.testing.mock_data, and on a tiny PNG image folder.
+Everything runs offline on the bundled `sklearn_digits` (the session's data dir),
+on tfds.testing.mock_data, and on a tiny PNG image folder (tests/conftest.py).
 """
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from flexivit_jax import data
-from flexivit_jax.data import digits
 
 TRAIN_PP = ('decode|inception_crop(area_min=30)|flip_lr|resize(12)|'
             'value_range(-1,1)|onehot(10, key="label", key_result="labels")|'
@@ -24,11 +22,6 @@ PAPER_TRAIN_PP = ('decode|inception_crop|flip_lr|resize(240)|value_range(-1,1)|'
 PAPER_EVAL_PP = ('decode|resize(272)|central_crop(240)|value_range(-1,1)|'
                  'onehot(1000, key="label", key_result="labels")|'
                  'keep("image","labels")')
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return digits.ensure_built(data_dir=str(tmp_path_factory.mktemp("tfds")))
 
 
 def cfg(data_dir, split="train", **kw):
@@ -49,35 +42,11 @@ def assert_batches_equal(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-def test_dataset_info_and_build_is_reused(data_dir):
-  n, info = data.dataset_info(cfg(data_dir))
-  assert n == digits.NUM_TRAIN == 1497
-  assert data.dataset_info(cfg(data_dir, "test"))[0] == 300
-  assert info.features["label"].num_classes == 10
-  assert data.num_eval_batches(cfg(data_dir, "test"), 128) == 3
-  stamp = os.path.getmtime(os.path.join(data_dir, "sklearn_digits", "1.0.0"))
-  digits.ensure_built(data_dir=data_dir)
-  assert os.path.getmtime(
-      os.path.join(data_dir, "sklearn_digits", "1.0.0")) == stamp
-
-
-def test_digits_content_matches_sklearn(data_dir):
-  images, labels = digits.load_arrays()
-  src = tfds.data_source("sklearn_digits", split="test", data_dir=data_dir,
-                         download=False, try_gcs=False)
-  idx = sorted(int(src[i]["index"]) for i in range(len(src)))
-  np.testing.assert_array_equal(idx, digits.split_indices()["test"])
-  for i in range(0, 300, 37):
-    ex = src[i]
-    np.testing.assert_array_equal(ex["image"], images[ex["index"]])
-    assert ex["label"] == labels[ex["index"]]
-
-
-def test_two_processes_equal_one(data_dir):
+def test_two_processes_equal_one(digits_data_dir):
   gbs, steps = 16, 3
-  full = take(data.train_iterator(cfg(data_dir), TRAIN_PP, gbs, seed=7,
+  full = take(data.train_iterator(cfg(digits_data_dir), TRAIN_PP, gbs, seed=7,
                                   process_index=0, process_count=1), steps)
-  halves = [take(data.train_iterator(cfg(data_dir), TRAIN_PP, gbs, seed=7,
+  halves = [take(data.train_iterator(cfg(digits_data_dir), TRAIN_PP, gbs, seed=7,
                                      process_index=p, process_count=2,
                                      num_threads=2), steps) for p in (0, 1)]
   for k in range(steps):
@@ -88,36 +57,25 @@ def test_two_processes_equal_one(data_dir):
     assert_batches_equal([joined], [full[k]])  # incl. random crop/flip
   # Random augmentation actually happened (not all images identical to a
   # plain resize), and different seeds give different streams.
-  other = take(data.train_iterator(cfg(data_dir), TRAIN_PP, gbs, seed=8,
+  other = take(data.train_iterator(cfg(digits_data_dir), TRAIN_PP, gbs, seed=8,
                                    process_index=0, process_count=1), 1)
   assert not np.array_equal(other[0]["index"], full[0]["index"])
 
 
-def test_restart_reproduces_batches(data_dir):
+def test_restart_reproduces_batches(digits_data_dir):
   gbs = 24
-  ref = take(data.train_iterator(cfg(data_dir), TRAIN_PP, gbs, seed=3,
+  ref = take(data.train_iterator(cfg(digits_data_dir), TRAIN_PP, gbs, seed=3,
                                  process_index=0, process_count=1), 5)
-  resumed = take(data.train_iterator(cfg(data_dir), TRAIN_PP, gbs, seed=3,
+  resumed = take(data.train_iterator(cfg(digits_data_dir), TRAIN_PP, gbs, seed=3,
                                      start_step=2, process_index=0,
                                      process_count=1), 3)
   assert_batches_equal(resumed, ref[2:])
 
 
-def test_train_epochs_are_permutations_and_batches_straddle():
-  n, gbs = 10, 4
-  pos = [data.train_positions(5, n, k, gbs) for k in range(5)]
-  flat = [p for batch in pos for p in batch]
-  assert sorted(i for e, i in flat[:10]) == list(range(10))  # epoch 0
-  assert [e for e, _ in pos[2]] == [0, 0, 1, 1]  # batch 2 straddles
-  assert sorted(i for e, i in flat[10:20]) == list(range(10))  # epoch 1
-  assert [i for _, i in flat[:10]] != [i for _, i in flat[10:20]]
-  halves = [data.train_positions(5, n, 3, gbs, p, 2) for p in (0, 1)]
-  assert halves[0] + halves[1] == pos[3]
 
-
-def test_eval_each_example_exactly_once(data_dir):
+def test_eval_each_example_exactly_once(digits_data_dir):
   gbs = 128
-  ecfg = cfg(data_dir, "test")
+  ecfg = cfg(digits_data_dir, "test")
   nb = data.num_eval_batches(ecfg, gbs)
   got_idx, got = [], {}
   for p in (0, 1):
@@ -133,7 +91,7 @@ def test_eval_each_example_exactly_once(data_dir):
         got[int(i)] = (img, lab)
   assert len(got_idx) == 300 and len(set(got_idx)) == 300
   # Compare against tfds's own read of the split (decoded by tfds).
-  ref = tfds.data_source("sklearn_digits", split="test", data_dir=data_dir,
+  ref = tfds.data_source("sklearn_digits", split="test", data_dir=digits_data_dir,
                          download=False, try_gcs=False)
   n_ref = 0
   for i in range(len(ref)):
@@ -150,10 +108,10 @@ def test_eval_each_example_exactly_once(data_dir):
   assert b2["_mask"].sum() == 300 - 256
 
 
-def test_in_graph_record_parsing_equals_tfds_decoding(data_dir):
+def test_in_graph_record_parsing_equals_tfds_decoding(digits_data_dir):
   """The array_record reader parses in the graph; tfds parses in Python."""
   from flexivit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  src = tfds.data_source("sklearn_digits", split="train", data_dir=data_dir,
+  src = tfds.data_source("sklearn_digits", split="train", data_dir=digits_data_dir,
                          download=False, try_gcs=False,
                          decoders={"image": tfds.decode.SkipDecoding()})
   in_graph = pipeline._record_reader(src)  # pylint: disable=protected-access
@@ -167,15 +125,15 @@ def test_in_graph_record_parsing_equals_tfds_decoding(data_dir):
     assert a["image"].numpy() == src[i]["image"]
 
 
-def test_iterators_close_and_are_context_managers(data_dir, image_folder):
+def test_iterators_close_and_are_context_managers(digits_data_dir, image_folder):
   """Random access, streaming and eval iterators share one interface."""
   pp = 'decode|resize(8)|keep("image")'
   its = [
-      data.train_iterator(cfg(data_dir), pp, 8, seed=0, process_index=0,
+      data.train_iterator(cfg(digits_data_dir), pp, 8, seed=0, process_index=0,
                           process_count=1),
       data.train_iterator({"folder": image_folder, "streaming": True}, pp, 4,
                           seed=0, process_index=0, process_count=1),
-      data.eval_iterator(cfg(data_dir, "test"), pp, 8, process_index=0,
+      data.eval_iterator(cfg(digits_data_dir, "test"), pp, 8, process_index=0,
                          process_count=1),
   ]
   for it in its:
@@ -190,7 +148,7 @@ def test_iterators_close_and_are_context_managers(data_dir, image_folder):
 PP_TRACES = []
 
 
-@data.ops.register("count_pp_traces")
+@data.preprocess.register("count_pp_traces")
 def _count_pp_traces():
   def fn(ex):
     PP_TRACES.append(1)  # a Python side effect: runs once per trace
@@ -198,23 +156,23 @@ def _count_pp_traces():
   return fn
 
 
-def test_eval_data_is_reused_without_retracing(data_dir):
+def test_eval_data_is_reused_without_retracing(digits_data_dir):
   """A second evaluation replays the built pipeline: the pp is not re-traced."""
   pp = "decode|value_range(0, 1)|count_pp_traces|keep('image', 'label')"
   kw = dict(process_index=0, process_count=1)
-  ev = data.eval_data(cfg(data_dir, "test"), pp, 128, **kw)
+  ev = data.eval_data(cfg(digits_data_dir, "test"), pp, 128, **kw)
   first = list(ev.iterate())
   assert sum(b["_mask"].sum() for b in first) == 300
   traced = len(PP_TRACES)
-  again = data.eval_data(cfg(data_dir, "test"), pp, 128, **kw)
+  again = data.eval_data(cfg(digits_data_dir, "test"), pp, 128, **kw)
   assert again is ev
   assert_batches_equal(list(again.iterate()), first)
   assert len(PP_TRACES) == traced
-  list(data.eval_iterator(cfg(data_dir, "test"), pp, 128, **kw))
+  list(data.eval_iterator(cfg(digits_data_dir, "test"), pp, 128, **kw))
   assert len(PP_TRACES) > traced  # a fresh pipeline does trace
 
 
-def test_unbatchable_pp_is_a_user_error(data_dir, image_folder):
+def test_unbatchable_pp_is_a_user_error(digits_data_dir, image_folder):
   it = data.train_iterator({"folder": image_folder}, "decode", 4, seed=0,
                            process_index=0, process_count=1)
   with pytest.raises(ValueError, match="fixed shapes"):
@@ -226,26 +184,6 @@ def test_batch_size_must_divide():
     data.train_iterator({"name": "sklearn_digits"}, "decode", 16, seed=0,
                         process_index=0, process_count=3)
 
-
-def test_missing_dataset_errors(tmp_path, data_dir):
-  empty = str(tmp_path / "empty")
-  os.makedirs(empty)
-  with pytest.raises(ValueError, match=r"'no_such_dataset_xyz'.*tfds build"):
-    data.dataset_info({"name": "no_such_dataset_xyz", "split": "train",
-                       "data_dir": empty})
-  with pytest.raises(ValueError, match=r"'cifar10'.*not prepared.*tfds build"):
-    data.train_iterator({"name": "cifar10", "split": "train",
-                         "data_dir": empty}, "decode", 8, seed=0,
-                        process_index=0, process_count=1)
-  with pytest.raises(ValueError, match=r"'cifar10'"):
-    data.dataset_info({"name": "cifar10", "split": "train",
-                       "data_dir": empty, "streaming": True})
-  assert os.listdir(empty) == [] or "downloads" not in os.listdir(empty)
-  with pytest.raises(ValueError, match=r"array_record.*streaming=False"):
-    data.train_iterator(cfg(data_dir, streaming=True), "decode", 8, seed=0,
-                        process_index=0, process_count=1)
-  with pytest.raises(ValueError, match="does not exist"):
-    data.dataset_info({"name": f"imagefolder:{tmp_path}/nope"})
 
 
 def test_mock_imagenet_random_access_and_streaming():
@@ -267,19 +205,6 @@ def test_mock_imagenet_random_access_and_streaming():
         assert x["labels"].shape == (4, 1000)
 
 
-@pytest.fixture()
-def image_folder(tmp_path):
-  root = tmp_path / "imgs"
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 5), ("test", 3)):
-    for label in ("cat", "dog"):
-      d = root / split / label
-      d.mkdir(parents=True)
-      for i in range(n):
-        img = rng.integers(0, 256, (10 + i, 12, 3), np.uint8)
-        (d / f"{i}.png").write_bytes(tf.io.encode_png(img).numpy())
-  return str(root)
-
 
 def test_image_folder(image_folder):
   pp = ('decode|resize(8)|value_range(-1,1)|'
@@ -297,3 +222,12 @@ def test_image_folder(image_folder):
                                  process_index=0, process_count=1))
     assert len(ev) == 2 and sum(x["_mask"].sum() for x in ev) == 6
     assert ev[1]["labels"][ev[1]["_mask"]].sum() == 2
+
+
+def test_eval_data_is_not_shared_between_class_subsets(digits_data_dir):
+  pp = 'decode|keep("label")'
+  c = cfg(digits_data_dir, "test")
+  subsets = [data.eval_data(dict(c, classes=k), pp, 128, process_index=0, process_count=1)
+             for k in ((7, 5), (0, 1, 2))]
+  labels = [np.concatenate([b["label"][b["_mask"]] for b in ev.iterate()]) for ev in subsets]
+  assert set(labels[0]) == {0, 1} and set(labels[1]) == {0, 1, 2}
