@@ -21,9 +21,10 @@ from flexivit_jax import paths
 from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.errors import UserError
 
+log = logging.getLogger("flexivit_jax")
+
 CORRUPT_MARK = ".corrupt-"  # `<step dir>.corrupt-<timestamp>`: set aside, never deleted.
 REASON_FILE = "SET_ASIDE.txt"  # Inside a set-aside directory: why, and when.
-log = logging.getLogger("flexivit_jax")
 # A step directory of any kind: committed, orbax's temp, or set aside.
 _ANY_STEP_RE = re.compile(rf"^{step_dirs.STEP_PREFIX}_(\d{{{step_dirs.STEP_DIGITS},}})")
 
