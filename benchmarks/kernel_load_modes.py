@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import adapt, sources
 from flexivit_jax.models.vit import FlexiViT
 
 DATA = pathlib.Path(__file__).parent.parent / "tests" / "testdata"
@@ -21,11 +21,11 @@ MODEL = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96, patch_s
 
 def main():
   ref = dict(np.load(DATA / "bv_gap.npz"))
-  stored = npz.load_params(DATA / "bv_gap_ckpt.npz")
+  stored = sources.load_params(DATA / "bv_gap_ckpt.npz")
   init = jax.tree.map(np.zeros_like, stored)
   init["embedding"]["kernel"] = np.zeros((16, 16, 3, 48), np.float32)
   apply = jax.jit(FlexiViT(**MODEL).apply, static_argnames="seqhw")
-  modes = {m: npz.load_pretrained(init, stored, kernel=m, log=lambda _: None)[0]
+  modes = {m: adapt.load_pretrained(init, stored, kernel=m, log=lambda _: None)[0]
            for m in ("keep", "pi_resize")}
   print("| seqhw | patch | keep: max diff | pi_resize: max diff |")
   print("|---|---|---|---|")

@@ -17,8 +17,8 @@ from flexivit_jax import cli, paths
 
 
 def export(workdir: str, out: str, step: Optional[int] = None) -> None:
-  from flexivit_jax.checkpoints import npz
-  npz.save_params(out, npz.load_params(workdir, step=step))
+  from flexivit_jax.checkpoints import npz, sources
+  npz.save_params(out, sources.load_params(workdir, step=step))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   if args.list:
-    from flexivit_jax.checkpoints import __main__ as checkpoints_cli
-    print("\n".join(checkpoints_cli.listing(args.workdir)))
+    from flexivit_jax.checkpoints import step_health
+    print("\n".join(step_health.listing(args.workdir)))
     return 0
   if args.out is None:
     parser.error("the npz to write (out) is required unless --list is given")

@@ -6,7 +6,7 @@ symlinked directories and `gs://` URLs. orbax accepts only absolute paths, and
 a path that means one thing at the start of a run must mean the same thing
 after a library changes the current directory. So every entry point that takes
 a path from a user (the CLIs, `train_and_evaluate`, `load_params`,
-`StateCheckpoints`, the workdir layout in `state_files`) passes it through
+`StateCheckpoints`, the workdir layout in `checkpoints.step_dirs`) passes it through
 `normalize` once, and everything below works with absolute paths only.
 
 Symlinks are kept as typed (`abspath`, not `realpath`): the user named the

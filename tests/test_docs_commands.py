@@ -301,15 +301,15 @@ def _check_the_transfer_demo(workdirs):
   """docs/recipes.md: digits 0-4 pretraining, then fine-tuning from `init=workdirs/digits04`
   (a path relative to where the command runs) on digits 5-9 at one grid."""
   import numpy as np
-  from flexivit_jax.checkpoints import npz
+  from flexivit_jax.checkpoints import sources
   from flexivit_jax.outputs import runlog
-  pre = npz.load_params(str(workdirs / "digits04"))
+  pre = sources.load_params(str(workdirs / "digits04"))
   assert pre["head"]["kernel"].shape[-1] == 5
   rows = runlog.read_metrics(str(workdirs / "tr"))
   assert {r["seqhw"] for r in rows if "train/loss" in r} == {2}  # Fine-tuned at one grid ...
   final = [r for r in rows if "eval/test/seqhw=1/prec@1" in r][-1]
   assert {f"eval/test/seqhw={s}/prec@1" for s in (1, 2, 4)} <= set(final)  # ... evaluated at all.
-  params = npz.load_params(str(workdirs / "tr"))
+  params = sources.load_params(str(workdirs / "tr"))
   assert params["head"]["kernel"].shape == (16, 5)
   # The body started from digits04: after 2 small SGD steps it is still close to it.
   moved = np.abs(np.asarray(params["Transformer"]["encoder_norm"]["scale"])

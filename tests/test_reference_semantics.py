@@ -9,7 +9,7 @@ import pytest
 
 from conftest import DEMO_CONFIG, REF_MODEL
 from flexivit_jax import data
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import adapt
 from flexivit_jax.evaluators import classification
 from flexivit_jax.training import losses
 from flexivit_jax.training import compiled_steps
@@ -145,7 +145,7 @@ def _apply(patch):
 def _load(ref_params, kernel):
   init = jax.tree.map(np.zeros_like, dict(ref_params))
   init["embedding"] = {**init["embedding"], "kernel": np.zeros((16, 16, 3, 48), np.float32)}
-  params, report = npz.load_pretrained(init, ref_params, kernel=kernel, log=lambda _: None)
+  params, report = adapt.load_pretrained(init, ref_params, kernel=kernel, log=lambda _: None)
   return params, report
 
 

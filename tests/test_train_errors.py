@@ -22,7 +22,7 @@ from absl import flags
 
 from conftest import DEMO_CONFIG, REPO
 from flexivit_jax import cli, train
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import npz, sources
 from flexivit_jax.checkpoints import step_dirs
 
 BASE = [f"--config={DEMO_CONFIG}:runlocal", "--config.progress_bar=False"]
@@ -94,7 +94,7 @@ def trained_workdir(digits_data_dir, tmp_path_factory):
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   params_file = workdir.parent / "params.npz"  # The run's params as an npz, then cut in half.
-  npz.save_params(str(params_file), npz.load_params(str(workdir)))
+  npz.save_params(str(params_file), sources.load_params(str(workdir)))
   data = params_file.read_bytes()
   (workdir.parent / "truncated.npz").write_bytes(data[:len(data) // 2])
   return workdir

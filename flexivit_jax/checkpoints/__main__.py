@@ -13,26 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from flexivit_jax import cli, paths
-from flexivit_jax.checkpoints import step_dirs
-from flexivit_jax.errors import UserError
-
-
-def listing(workdir: str) -> List[str]:
-  """The lines of the list: one per step directory, newest last."""
-  workdir = paths.normalize(workdir)
-  if not step_dirs.is_train_workdir(workdir):
-    raise UserError(f"{workdir!r} has no {step_dirs.CHECKPOINT_SUBDIR}/ directory; pass "
-                    "a training workdir")
-  rows = [(str(h.step), h.state, h.name, h.reason) for h in step_dirs.list_steps(workdir)]
-  if not rows:
-    return [f"no checkpoints in {step_dirs.checkpoint_dir(workdir)}"]
-  head = ("step", "state", "directory", "reason")
-  widths = [max(len(r[i]) for r in rows + [head]) for i in range(3)]
-  fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3]
-  return [fmt(head).rstrip()] + [fmt(r).rstrip() for r in rows]
+from flexivit_jax.checkpoints import step_health
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if args.restore is not None:
-    name = step_dirs.put_back(paths.normalize(args.workdir), args.restore)
+    name = step_health.put_back(paths.normalize(args.workdir), args.restore)
     print(f"put back {name}")
     return 0
-  print("\n".join(listing(args.workdir)))
+  print("\n".join(step_health.listing(args.workdir)))
   return 0
 
 

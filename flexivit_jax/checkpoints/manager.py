@@ -1,7 +1,7 @@
 """Train-state checkpoints: orbax, sharded, asynchronous, atomic, resumable on any mesh.
 
 The one owner of saving and restoring `{"params", "opt_state", "step"}` (the
-layout on disk is `state_files`'). Teachers are never part of the state, and
+layout on disk is `step_dirs`'). Teachers are never part of the state, and
 the data position is the step, so nothing else needs saving.
 
 - Sharded: every process writes only the shards it holds (orbax OCDBT); nothing
@@ -15,7 +15,7 @@ the data position is the step, so nothing else needs saving.
   saved on 8 devices with fsdp=2 resumes on 4 devices replicated or on 2
   processes.
 - Damaged, proven: when the newest checkpoint fails to restore, its files are
-  inspected (`step_dirs.inspect_step`: orbax's commit and metadata, the OCDBT
+  inspected (`step_health.inspect_step`: orbax's commit and metadata, the OCDBT
   index, every data file at its recorded size). Only proven damage renames it
   `<dir>.corrupt-<timestamp>` (never deleted; the reason in `SET_ASIDE.txt`)
   and falls back to the one before it. A checkpoint that is complete on disk
@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from flexivit_jax import paths, tree
-from flexivit_jax.checkpoints import step_dirs
+from flexivit_jax.checkpoints import step_dirs, step_health
 from flexivit_jax.errors import UserError
 
 log = logging.getLogger("flexivit_jax")
@@ -85,10 +85,6 @@ class StateCheckpoints:
     """Committed steps, oldest first: the same list every reader of the workdir sees."""
     return step_dirs.complete_steps(self.workdir)
 
-  def latest_step(self) -> Optional[int]:
-    steps = self.steps()
-    return steps[-1] if steps else None
-
   def save(self, step: int, state) -> None:
     """Starts writing `state` as `step`; returns once it is off the devices."""
     self._manager.save(step, args=ocp.args.Composite(**{
@@ -122,15 +118,15 @@ class StateCheckpoints:
     """(state, None) or (None, the error of the last try); a UserError propagates."""
     try:
       return step_dirs.retrying(lambda: self._read(step, target),
-                                  f"checkpoint {step_dirs.step_path(self.workdir, step)}",
-                                  self.read_tries), None
+                                f"checkpoint {step_dirs.step_path(self.workdir, step)}",
+                                self.read_tries), None
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # Judged from the files next.
       return None, e
 
   def _set_aside(self, step: int, reason: str) -> str:
-    name = step_dirs.set_aside(self.workdir, step, reason) if jax.process_index() == 0 else ""
+    name = step_health.set_aside(self.workdir, step, reason) if jax.process_index() == 0 else ""
     multihost_utils.sync_global_devices(f"set aside {step}")
     self._manager.reload()
     log.warning("checkpoint %s is damaged (%s); set it aside as %s and trying the previous "
@@ -151,9 +147,9 @@ class StateCheckpoints:
       state, error = self._try_restore(step, target)
       if _all_agree(error is None):
         return state, step
-      health = step_dirs.inspect_step(self.workdir, step)
-      if not _all_agree(health.state == step_dirs.DAMAGED):
-        raise step_dirs.unreadable_error(
+      health = step_health.inspect_step(self.workdir, step)
+      if not _all_agree(health.state == step_health.DAMAGED):
+        raise step_health.unreadable_error(
             self.workdir, step, error or RuntimeError("another process could not read it"),
             health)
       set_aside.append(self._set_aside(step, health.reason))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax import data
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import classification
 from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
@@ -130,8 +130,8 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
 
   `checkpoint_path` is taken as typed (relative, `~`, a shortcut name): resolved once, here.
   """
-  path, subkey = npz.split_subkey(checkpoint_path)
-  checkpoint_path = npz.resolve_checkpoint(path) + (f":{subkey}" if subkey else "")
+  path, subkey = sources.split_subkey(checkpoint_path)
+  checkpoint_path = sources.resolve_checkpoint(path) + (f":{subkey}" if subkey else "")
   config = read_workdir_config(checkpoint_path)
   if model_spec:
     fields = model_from_spec(model_spec)
@@ -140,7 +140,7 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
   else:
     raise UserError(f"{checkpoint_path!r} is not a workdir with a config.json; pass --model "
                      "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
-  params = npz.load_params(checkpoint_path)
+  params = sources.load_params(checkpoint_path)
   try:
     model = initial_state.build_model(model_fields(fields, params))
   except TypeError as e:  # An unknown FlexiViT field.

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 import ml_collections
 
 from flexivit_jax import paths
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import adapt, sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import classification
 from flexivit_jax.models.vit import MODEL_FIELDS
@@ -284,7 +284,7 @@ def normalize_paths(c: ml_collections.ConfigDict) -> None:
   config means the same from any current directory and config.json records paths
   that `evaluate` can use from another one: data_dir and image folders,
   compile_cache_dir, label_mapping files, model_init and teacher inits
-  (`npz.resolve_checkpoint`: a released checkpoint's name becomes its URL).
+  (`sources.resolve_checkpoint`: a released checkpoint's name becomes its URL).
   """
   def fix(holder, key: str, resolve=paths.normalize) -> None:
     value = holder.get(key)
@@ -293,14 +293,14 @@ def normalize_paths(c: ml_collections.ConfigDict) -> None:
 
   fix(c.input, "data_dir")
   fix(c, "compile_cache_dir")
-  fix(c, "model_init", npz.resolve_checkpoint)
+  fix(c, "model_init", sources.resolve_checkpoint)
   for data_cfg in _data_configs(c):
     fix(data_cfg, "data_dir")
     fix(data_cfg, "folder")
   for ev in c.evals.values():
     fix(ev, "label_mapping")
   for teacher in c.distill.teachers.values():
-    fix(teacher, "init", npz.resolve_checkpoint)
+    fix(teacher, "init", sources.resolve_checkpoint)
 
 
 def _positive_int(config, key: str, allow_none: bool = False) -> None:
@@ -363,9 +363,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if percent is not None and not 0 < percent <= 1:
       raise UserError(f"evals.{name}.log_percent={percent!r} must be a fraction in (0, 1]")
     classification.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
-  if c.model_load.get("kernel", "keep") not in npz.KERNEL_LOAD_MODES:
+  if c.model_load.get("kernel", "keep") not in adapt.KERNEL_LOAD_MODES:
     raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
-                    f"{npz.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
+                    f"{adapt.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
   if c.distill.combine_teachers not in TEACHER_COMBINE:
     raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
                     f"allowed: {TEACHER_COMBINE}")

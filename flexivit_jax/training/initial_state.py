@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import adapt
 from flexivit_jax.models import resize
 from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
@@ -44,7 +44,7 @@ def load_teacher_params(model: FlexiViT, path: str) -> dict:
   image = jnp.zeros((1, grid[0] * hp["patch_size"][0], grid[1] * hp["patch_size"][1], 3))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), image)["params"])
   init = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
-  params, _ = npz.load_pretrained(init, path, log=log.info)
+  params, _ = adapt.load_pretrained(init, path, log=log.info)
   return params
 
 
@@ -89,7 +89,7 @@ def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey, loaded=Non
     shardings = shardings_of(jax.eval_shape(init_fn, rng), mesh, config.param_sharding)
     return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
   init_params = jax.jit(lambda r: init_fn(r)["params"])(rng)
-  params, _ = npz.load_pretrained(
+  params, _ = adapt.load_pretrained(
       jax.tree.map(np.asarray, init_params), config.model_init if loaded is None else loaded,
       dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info,
       kernel=config.model_load.get("kernel", "keep"))

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flexivit_jax import data, paths
-from flexivit_jax.checkpoints import manager, npz, step_dirs, workdir_lock
+from flexivit_jax.checkpoints import manager, sources, step_dirs, workdir_lock
 from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
 from flexivit_jax.models.vit import FlexiViT, resolve_patch
 from flexivit_jax.outputs import console, eval_names, runlog, tables
@@ -63,10 +63,6 @@ def check_flexi_fits(values, image_hw: Tuple[int, int]) -> None:
 def resume_step(workdir: str) -> int:
   """The step a run in `workdir` continues from (0: a fresh run)."""
   steps = step_dirs.complete_steps(workdir)
-  if not steps and npz.latest_checkpoint(workdir):
-    raise UserError(f"workdir {workdir!r} holds npz train-state checkpoints of an older "
-                    "version, which cannot be resumed; start a new workdir with "
-                    f"--config.model_init={workdir} to begin from their params")
   return steps[-1] if steps else 0
 
 
@@ -118,7 +114,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                        f"{jax.process_count()} processes")
   steps = total_steps(config)
   teachers, teacher_params = build_teachers(config.distill)
-  model_init = npz.load_params(config.model_init) if config.model_init else None
+  model_init = sources.load_params(config.model_init) if config.model_init else None
   sampler = FlexiSampler(config.flexi, seed=config.seed, total_steps=steps)
   eval_sampler = (FlexiSampler(config.eval_flexi, seed=0, total_steps=steps)
                   if config.eval_flexi else sampler)

@@ -1,8 +1,7 @@
-"""Orbax train-state checkpoints in-process: round trip, retention, damaged ones set aside
-(only proven damage: unreadable ones are an error that renames nothing), retries, the
-health list and put-back, an interrupted asynchronous save, the npz export of params."""
+"""Orbax train states in-process (`manager.StateCheckpoints`): round trip, retention, damaged
+ones set aside (only proven damage: unreadable ones are an error that renames nothing), restore
+retries, an interrupted asynchronous save, the npz export of params."""
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -10,58 +9,13 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import REPO
-from flexivit_jax.checkpoints import npz
-from flexivit_jax.checkpoints import __main__ as checkpoints_cli
-from flexivit_jax.checkpoints import step_dirs
-from flexivit_jax.checkpoints import manager
+from flexivit_jax.checkpoints import manager, sources, step_dirs, step_health
 from flexivit_jax.errors import UserError
-
-
-def make_state(seed=0, width=8):
-  rng = np.random.default_rng(seed)
-  params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(width, 4)), jnp.float32),
-                      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.bfloat16)},
-            "scale": jnp.asarray(rng.normal(size=(width,)), jnp.float32)}
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3, mu_dtype=jnp.bfloat16))
-  opt_state = tx.init(params)
-  opt_state = jax.tree.map(lambda x: x + 1 if x.dtype != jnp.int32 else x + 3, opt_state)
-  return {"params": params, "opt_state": opt_state, "step": jnp.asarray(seed, jnp.int32)}
-
-
-def replicated(tree):
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
-
-
-def assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    assert x.dtype == y.dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def save_steps(workdir, steps, keep=10, keep_every=None):
-  ckpts = manager.StateCheckpoints(str(workdir), keep=keep, keep_every=keep_every)
-  for step in steps:
-    ckpts.save(step, make_state(step))
-  ckpts.wait()
-  return ckpts
-
-
-def restore(workdir, seed=0):
-  ckpts = manager.StateCheckpoints(str(workdir), keep=10)
-  abstract = jax.eval_shape(lambda: make_state(seed))
-  try:
-    return ckpts.restore(abstract, replicated(abstract))
-  finally:
-    ckpts.close()
+from saved_states import (assert_trees_equal, deny, make_state, replicated, restore, save_steps,
+                          truncate_data_files)
 
 
 def test_round_trip_is_bit_identical_and_layout_is_one_owner(tmp_path):
@@ -71,10 +25,7 @@ def test_round_trip_is_bit_identical_and_layout_is_one_owner(tmp_path):
   assert_trees_equal(state, make_state(5))
   assert sorted(os.listdir(tmp_path / step_dirs.CHECKPOINT_SUBDIR)) == [
       step_dirs.step_dir_name(3), step_dirs.step_dir_name(5)]
-  assert [step_dirs.step_of(n) for n in ("step_000000005", "step_000000005.corrupt-1",
-                                           "step_000000005.orbax-checkpoint-tmp-9")] == [
-      5, None, None]
-  assert_trees_equal(step_dirs.read_params(str(tmp_path), 3), make_state(3)["params"])
+  assert_trees_equal(sources.read_params(str(tmp_path), 3), make_state(3)["params"])
   assert restore(tmp_path / "empty") is None
 
 
@@ -83,47 +34,31 @@ def test_keep_last_n_and_every_k(tmp_path):
   assert step_dirs.complete_steps(str(tmp_path)) == [4, 8, 9, 10]
 
 
-def _truncate_data_files(step_dir: pathlib.Path):
-  files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 64
-           and "d" in p.relative_to(step_dir).parts]
-  assert files, list(step_dir.rglob("*"))
-  for p in files:
-    with open(p, "r+b") as f:
-      f.truncate(p.stat().st_size // 3)
-
-
 def test_damaged_latest_is_set_aside_with_its_reason_and_previous_used(tmp_path, caplog):
   save_steps(tmp_path, [2, 4]).close()
   root = tmp_path / step_dirs.CHECKPOINT_SUBDIR
-  _truncate_data_files(root / step_dirs.step_dir_name(4))
+  truncate_data_files(root / step_dirs.step_dir_name(4))
   before = {p.name: p.stat().st_size for p in (root / "step_000000004").rglob("*") if p.is_file()}
   state, step = restore(tmp_path)
   assert step == 2
   assert_trees_equal(state, make_state(2))
-  aside = [n for n in os.listdir(root) if n.startswith("step_000000004" + step_dirs.CORRUPT_MARK)]
+  aside = [n for n in os.listdir(root) if n.startswith("step_000000004" + step_health.CORRUPT_MARK)]
   assert len(aside) == 1, os.listdir(root)  # Renamed, not deleted: same files, same sizes.
   after = {p.name: p.stat().st_size for p in (root / aside[0]).rglob("*") if p.is_file()}
-  reason = (root / aside[0] / step_dirs.REASON_FILE).read_text()
-  assert after.pop(step_dirs.REASON_FILE) and after == before
+  reason = (root / aside[0] / step_health.REASON_FILE).read_text()
+  assert after.pop(step_health.REASON_FILE) and after == before
   assert "truncated" in reason
   assert "is damaged" in caplog.text and "--restore " + aside[0] in caplog.text
-  health = {h.step: h for h in step_dirs.list_steps(str(tmp_path))}
-  assert (health[2].state, health[4].state) == (step_dirs.COMPLETE, step_dirs.SET_ASIDE)
+  health = {h.step: h for h in step_health.list_steps(str(tmp_path))}
+  assert (health[2].state, health[4].state) == (step_health.COMPLETE, step_health.SET_ASIDE)
   assert "truncated" in health[4].reason and health[4].name == aside[0]
 
 
 def test_no_usable_checkpoint_is_one_user_error(tmp_path):
   save_steps(tmp_path, [2]).close()
-  _truncate_data_files(tmp_path / step_dirs.CHECKPOINT_SUBDIR / "step_000000002")
+  truncate_data_files(tmp_path / step_dirs.CHECKPOINT_SUBDIR / "step_000000002")
   with pytest.raises(UserError, match="no usable checkpoint.*damaged.*set aside.*--restore"):
     restore(tmp_path)
-
-
-def _deny(*paths_denied):
-  """A stand-in for files whose reads are refused (tests may run as root, where chmod is moot)."""
-  def refuse(*args, **kwargs):
-    raise PermissionError(13, "Permission denied", paths_denied[0])
-  return refuse
 
 
 @pytest.mark.parametrize("cause", ["permission", "memory", "io"])
@@ -133,8 +68,8 @@ def test_unreadable_but_complete_checkpoint_is_an_error_that_renames_nothing(
   root = tmp_path / step_dirs.CHECKPOINT_SUBDIR
   step_dir = str(root / "step_000000004")
   if cause == "permission":  # Restore and inspection both refused.
-    monkeypatch.setattr(manager.StateCheckpoints, "_read", _deny(step_dir))
-    monkeypatch.setattr(step_dirs.Storage, "read_bytes", _deny(step_dir))
+    monkeypatch.setattr(manager.StateCheckpoints, "_read", deny(step_dir))
+    monkeypatch.setattr(step_health.Storage, "read_bytes", deny(step_dir))
     expect = r"step_000000004 could not be read \(PermissionError.*permission denied reading " \
              r"_CHECKPOINT_METADATA.*check the permissions.*nothing was set aside"
   else:  # The files are fine; reading them fails for another reason.
@@ -151,31 +86,8 @@ def test_unreadable_but_complete_checkpoint_is_an_error_that_renames_nothing(
   assert restore(tmp_path, seed=4)[1] == 4
 
 
-class FlakyStorage(step_dirs.Storage):
-  """Fails the first `failures` reads with a transient error, as a remote store may."""
-
-  def __init__(self, failures):
-    self.failures = failures
-    self.calls = 0
-
-  def read_bytes(self, path):
-    self.calls += 1
-    if self.calls <= self.failures:
-      raise OSError(104, "Connection reset by peer")
-    return super().read_bytes(path)
-
-
-def test_reads_are_retried_before_anything_is_judged(tmp_path, monkeypatch, caplog):
-  assert step_dirs.default_tries("gs://bucket/run") == len(step_dirs.RETRY_WAITS_S) + 1 == 3
-  assert step_dirs.default_tries(str(tmp_path)) == 1
+def test_a_restore_that_fails_twice_still_resumes_the_newest_step(tmp_path, monkeypatch):
   save_steps(tmp_path, [2, 4]).close()
-  waits = []
-  health = step_dirs.inspect_step(str(tmp_path), 4, FlakyStorage(2), tries=3, sleep=waits.append)
-  assert health.state == step_dirs.COMPLETE and waits == list(step_dirs.RETRY_WAITS_S)
-  assert "waiting 1.0s before try 2 of 3" in caplog.text
-  assert "waiting 4.0s before try 3 of 3" in caplog.text
-  health = step_dirs.inspect_step(str(tmp_path), 4, FlakyStorage(3), tries=3, sleep=waits.append)
-  assert health.state == step_dirs.UNREADABLE and "Connection reset" in health.reason
   # A restore that fails twice on the way (a storage hiccup) still resumes the newest step.
   monkeypatch.setattr(step_dirs, "RETRY_WAITS_S", (0.0, 0.0))
   read, calls = manager.StateCheckpoints._read, []
@@ -193,49 +105,16 @@ def test_reads_are_retried_before_anything_is_judged(tmp_path, monkeypatch, capl
   assert_trees_equal(state, make_state(4))
 
 
-def test_health_of_each_kind_of_damage_and_put_back(tmp_path, capsys):
-  save_steps(tmp_path, [1, 2, 3, 4, 5]).close()
-  root = tmp_path / step_dirs.CHECKPOINT_SUBDIR
-  wd = str(tmp_path)
-  data, = (root / "step_000000002/state/d").iterdir()  # The index's root node (tiny values
-  data.unlink()  # are stored inline in it) is gone.
-  (root / "step_000000003/state/_METADATA").write_text('{"tree_metadata": {"(\'par')
-  _truncate_data_files(root / "step_000000004")
-  os.rename(root / "step_000000005", root / "step_000000005.orbax-checkpoint-tmp-1796")
-  health = {h.step: h for h in step_dirs.list_steps(wd)}
-  assert [health[s].state for s in (1, 2, 3, 4, 5)] == [
-      "complete", "damaged", "damaged", "damaged", "partial"], health
-  assert "missing" in health[2].reason and data.name in health[2].reason
-  assert "_METADATA is missing or unparsable" in health[3].reason
-  assert "truncated" in health[4].reason
-  assert step_dirs.complete_steps(wd) == [1, 2, 3, 4]
-  name = step_dirs.set_aside(wd, 4, health[4].reason)
-  assert step_dirs.complete_steps(wd) == [1, 2, 3]
-  assert checkpoints_cli.main([wd]) == 0
-  listed = capsys.readouterr().out
-  assert "set aside" in listed and name in listed and "truncated" in listed, listed
-  with pytest.raises(UserError, match="none is set aside.*" + name):
-    step_dirs.put_back(wd, "7")
-  (root / "step_000000004").mkdir()  # That step was written again: never overwritten.
-  with pytest.raises(UserError, match="step_000000004 exists"):
-    step_dirs.put_back(wd, "4")
-  (root / "step_000000004").rmdir()
-  assert step_dirs.put_back(wd, name) == "step_000000004"
-  assert not (root / "step_000000004" / step_dirs.REASON_FILE).exists()
-  assert step_dirs.complete_steps(wd) == [1, 2, 3, 4]
-  assert step_dirs.inspect_step(wd, 4).state == "damaged"
-
-
 def test_trainer_and_readers_agree_on_which_steps_exist(tmp_path):
   """One owner of the layout: the trainer, load_params/export and the list see the same steps."""
   save_steps(tmp_path, [1, 2, 3]).close()
   root, wd = tmp_path / step_dirs.CHECKPOINT_SUBDIR, str(tmp_path)
-  step_dirs.set_aside(wd, 3, "test")
+  step_health.set_aside(wd, 3, "test")
   shutil.copytree(root / "step_000000002", root / "step_000000004.orbax-checkpoint-tmp-17")
   assert step_dirs.complete_steps(wd) == [1, 2]
-  assert [(h.step, h.state) for h in step_dirs.list_steps(wd)] == [
+  assert [(h.step, h.state) for h in step_health.list_steps(wd)] == [
       (1, "complete"), (2, "complete"), (3, "set aside"), (4, "partial")]
-  assert_trees_equal(npz.load_params(wd), make_state(2)["params"])
+  assert_trees_equal(sources.load_params(wd), make_state(2)["params"])
   ckpts = manager.StateCheckpoints(wd, keep=10)  # Opening it removes the partial save.
   try:
     assert ckpts.steps() == sorted(ckpts._manager.all_steps()) == [1, 2]
@@ -243,19 +122,7 @@ def test_trainer_and_readers_agree_on_which_steps_exist(tmp_path):
     ckpts.close()
   for step in (3, 4):
     with pytest.raises(UserError, match=rf"no checkpoint at step {step}; it has steps \[1, 2\]"):
-      npz.load_params(wd, step=step)
-
-
-def test_read_params_names_damage_or_the_cause(tmp_path, monkeypatch):
-  save_steps(tmp_path, [2, 4]).close()
-  _truncate_data_files(tmp_path / step_dirs.CHECKPOINT_SUBDIR / "step_000000004")
-  with pytest.raises(UserError, match="step_000000004 is damaged .*truncated.*read another step"):
-    npz.load_params(str(tmp_path))
-  assert_trees_equal(npz.load_params(str(tmp_path), step=2), make_state(2)["params"])
-  monkeypatch.setattr(step_dirs, "_read_item", _deny("x"))
-  with pytest.raises(UserError, match="step_000000002 is complete on disk but could not be read "
-                     r"\(PermissionError.*check the permissions"):
-    npz.load_params(str(tmp_path), step=2)
+      sources.load_params(wd, step=step)
 
 
 def test_other_config_is_a_user_error_that_renames_nothing(tmp_path):
@@ -270,9 +137,9 @@ def test_other_config_is_a_user_error_that_renames_nothing(tmp_path):
 
 _SLOW_SAVE = textwrap.dedent("""
     import asyncio, sys
-    sys.path[:0] = [{tests!r}, {tests!r} + "/checkpoints"]
+    sys.path.insert(0, {tests!r})
     from orbax.checkpoint._src.path import atomicity
-    from test_manager import make_state, save_steps
+    from saved_states import make_state, save_steps
     from flexivit_jax.checkpoints import manager
     save_steps(sys.argv[1], [1]).close()
     finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -289,7 +156,7 @@ _SLOW_SAVE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_killed_async_save_leaves_the_previous_checkpoint_usable(tmp_path):
-  code = _SLOW_SAVE.format(tests=str(REPO / "tests"))
+  code = _SLOW_SAVE.format(tests=str(REPO / "tests" / "checkpoints"))
   proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "save returned", proc.communicate()[1][-3000:]
@@ -317,8 +184,8 @@ def test_export_cli_round_trip(tmp_path):
          "--step", "3"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert_trees_equal(npz.load_params(str(out)), make_state(3)["params"])
-  assert_trees_equal(npz.load_params(str(tmp_path / "wd")), make_state(6)["params"])
+  assert_trees_equal(sources.load_params(str(out)), make_state(3)["params"])
+  assert_trees_equal(sources.load_params(str(tmp_path / "wd")), make_state(6)["params"])
   bad = subprocess.run(cmd[:-1] + ["7"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "step 7" in bad.stderr

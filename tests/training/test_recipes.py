@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from flexivit_jax import compare
-from flexivit_jax.checkpoints import step_dirs
+from flexivit_jax.checkpoints import sources, step_dirs
 from flexivit_jax.checkpoints import manager
 from flexivit_jax.training import compiled_steps
 from flexivit_jax.training import loop
@@ -223,8 +223,8 @@ def test_curriculum_after_sigkill_and_resume_is_the_same_run(digits_data_dir, tm
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))
   for key in ("seqhw", "compute/gflops", "train/loss"):
     assert [r[key] for r in got] == [r[key] for r in ref], key
-  a = manager.leaf_names(step_dirs.read_state(str(full), STEPS))
-  b = manager.leaf_names(step_dirs.read_state(str(killed), STEPS))
+  a = manager.leaf_names(sources.read_state(str(full), STEPS))
+  b = manager.leaf_names(sources.read_state(str(killed), STEPS))
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 

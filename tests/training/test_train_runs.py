@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DEMO_CONFIG, REPO
 from flexivit_jax.checkpoints import __main__ as checkpoints_cli
-from flexivit_jax.checkpoints import step_dirs
+from flexivit_jax.checkpoints import sources, step_dirs, step_health
 from flexivit_jax.checkpoints import manager
 
 pytestmark = pytest.mark.slow  # Every test here trains in subprocesses.
@@ -48,7 +48,7 @@ def train_rows(workdir):
 
 def final_state(workdir, step=STEPS):
   """The saved train state of `step` as '/'-named numpy arrays."""
-  return manager.leaf_names(step_dirs.read_state(str(workdir), step))
+  return manager.leaf_names(sources.read_state(str(workdir), step))
 
 
 def assert_same_state(a, b):
@@ -242,13 +242,13 @@ _DENY_READS = textwrap.dedent("""
     # As `chmod 000 <step dir>` for a user that chmod binds (tests may run as root).
     import sys
     from flexivit_jax import train
-    from flexivit_jax.checkpoints import step_dirs
+    from flexivit_jax.checkpoints import step_health
     from flexivit_jax.checkpoints import manager
     denied = sys.argv.pop(1)
     def refuse(*args, **kwargs):
       raise PermissionError(13, "Permission denied", denied)
     manager.StateCheckpoints._read = refuse
-    step_dirs.Storage.read_bytes = refuse
+    step_health.Storage.read_bytes = refuse
     sys.argv[0] = "flexivit_jax.train"
     train.run()
 """)
@@ -321,10 +321,10 @@ def test_damaged_step_set_aside_partial_ignored_listed_and_put_back(uninterrupte
   assert states["15"].split()[1] == "partial" and partial.name in states["15"], listed.stdout
 
   run(workdir)  # Steps 13 and 14 again, from step 12.
-  aside = [n for n in entries(workdir) if n.startswith(damaged.name + step_dirs.CORRUPT_MARK)]
+  aside = [n for n in entries(workdir) if n.startswith(damaged.name + step_health.CORRUPT_MARK)]
   assert len(aside) == 1 and not [n for n in entries(workdir) if n.startswith(partial.name[:14])
-                                  and step_dirs.CORRUPT_MARK in n], entries(workdir)
-  assert "truncated" in (root / aside[0] / step_dirs.REASON_FILE).read_text()
+                                  and step_health.CORRUPT_MARK in n], entries(workdir)
+  assert "truncated" in (root / aside[0] / step_health.REASON_FILE).read_text()
   assert_same_state(final_state(workdir), final_state(uninterrupted))
 
   listed = cli(tmp_path, "export", "wd/demo", "--list")
@@ -342,7 +342,7 @@ def test_damaged_step_set_aside_partial_ignored_listed_and_put_back(uninterrupte
   assert put.returncode == 0 and put.stdout.strip() == f"put back {damaged.name}", put.stderr
   assert {str(p.relative_to(damaged)): p.stat().st_size
           for p in damaged.rglob("*") if p.is_file()} == sizes
-  assert step_dirs.inspect_step(str(workdir), STEPS).state == step_dirs.DAMAGED
+  assert step_health.inspect_step(str(workdir), STEPS).state == step_health.DAMAGED
 @pytest.mark.slow
 def test_second_run_in_a_live_workdir_refuses_and_the_first_is_undisturbed(uninterrupted,
                                                                            tmp_path):

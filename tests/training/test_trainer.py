@@ -10,7 +10,7 @@ import pytest
 
 import flexivit_jax
 from conftest import DATA, DEMO_CONFIG, REPO
-from flexivit_jax.checkpoints import npz
+from flexivit_jax.checkpoints import npz, sources
 from flexivit_jax.training import optim
 from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.checkpoints import manager
@@ -130,12 +130,12 @@ def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path
   config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
                           "mixup": dict(p=1.0), "lr": 1e-2})
   out = loop.train_and_evaluate(config, str(tmp_path / "wd"))
-  flat = manager.leaf_names(step_dirs.read_state(str(tmp_path / "wd"), 8))
+  flat = manager.leaf_names(sources.read_state(str(tmp_path / "wd"), 8))
   assert any(k.startswith("params/") for k in flat)
   assert any(k.startswith("opt_state/") for k in flat)
   assert not any("prof" in k for k in flat)
   assert np.isfinite(out["train/loss"])
-  loaded = npz.load_params(teacher["init"])
+  loaded = sources.load_params(teacher["init"])
   assert set(loaded) == {"embedding", "pos_embedding", "Transformer", "head"}
 
 
@@ -315,7 +315,7 @@ def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   tx, _ = optim.make_optimizer(config, 2)
   state, _ = initial_state.init_state(config, model, tx, sharding.make_mesh(config.mesh),
                                 (16, 16, 3), (("seqhw", 2),))
-  stored = npz.load_params(ref)
+  stored = sources.load_params(ref)
   np.testing.assert_array_equal(state["params"]["embedding"]["kernel"],
                                 stored["embedding"]["kernel"])
   np.testing.assert_allclose(state["params"]["pos_embedding"],
