@@ -32,7 +32,6 @@ import numpy as np
 from flexivit_jax import paths
 from flexivit_jax.errors import UserError
 
-CONFIG_JSON = "config.json"  # The run's completed config, written by the trainer.
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_PREFIX = "step"
 STEP_DIGITS = 9
