@@ -7,7 +7,7 @@
 `--x seqhw` (default) reads the last evaluation of each run; `--x flops` reads
 every evaluation with the cumulative `compute/gflops` logged beside it, at one
 seqhw (`--seqhw`, default the largest that every run evaluated). Reads the
-runs' metrics.jsonl only (no JAX needed).
+runs' metrics.jsonl, and their config.json for the image side (no JAX needed).
 
 When every argument holds an eval.json of `flexivit_jax.evaluate`, plots top-1
 against inference GFLOPs instead.
@@ -15,33 +15,18 @@ against inference GFLOPs instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 from typing import Optional, Sequence
 
 from flexivit_jax import cli, paths
-from flexivit_jax.outputs import eval_names
-from flexivit_jax.outputs import plots
-from flexivit_jax.outputs import runlog
-from flexivit_jax.outputs import tables
-from flexivit_jax.outputs import report
+from flexivit_jax.outputs import eval_files, eval_names, plots, run_config, runlog, tables
 from flexivit_jax.errors import UserError
 
 
-def image_size_of(workdir: str) -> Optional[int]:
-  """The training image side, read off the resize op of the saved config."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    pp = json.load(f).get("input", {}).get("pp", "")
-  size = None  # The last resize/crop decides.
-  for op in pp.split("|"):
-    match = re.match(r"\s*(resize|central_crop)\((\d+)", op)
-    if match:
-      size = int(match.group(2))
-  return size
+def image_size_of(workdir: str, evaluator: Optional[str] = None) -> Optional[int]:
+  """The side of the images `evaluator` saw in the run in `workdir` (None if not known)."""
+  config = run_config.read(workdir)
+  return config.eval_image_size(evaluator) if config else None
 
 
 def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optional[str] = None
@@ -59,7 +44,7 @@ def compare(workdirs: Sequence[str], out: Optional[str] = None, evaluator: Optio
     if name not in per_eval:
       raise UserError(f"{wd} has no evaluator {name!r}; it has {sorted(per_eval)}")
     curves[os.path.basename(os.path.normpath(wd))] = per_eval[name]
-    image_size = image_size or image_size_of(wd)
+    image_size = image_size or image_size_of(wd, name)
   table = tables.format_table(curves, image_size)
   if out:
     plots.plot_accuracy(curves, out, image_size=image_size, title="prec@1 per patch size")
@@ -113,8 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
   if args.x == "flops":
     print(compare_flops(args.workdirs, args.out, args.eval, args.seqhw))
-  elif all(report.has_eval(p) for p in args.workdirs):
-    print(report.compare_evals(args.workdirs, args.out))
+  elif all(eval_files.has_eval(p) for p in args.workdirs):
+    print(eval_files.compare_evals(args.workdirs, args.out))
   else:
     print(compare(args.workdirs, args.out, args.eval))
   if args.out:

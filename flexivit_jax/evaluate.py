@@ -22,7 +22,7 @@ import sys
 from typing import Optional, Sequence
 
 from flexivit_jax import cli, paths
-from flexivit_jax.outputs import report
+from flexivit_jax.outputs import eval_files, plots, run_config, tables
 from flexivit_jax.errors import UserError
 
 # The paper's range of patch sizes (8..48 px at 240 px), used for `--seqhw all`.
@@ -53,34 +53,35 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return build_parser().parse_args(argv)
 
 
-def data_cfg_of(args, config: Optional[dict]) -> dict:
+def data_cfg_of(args, config: Optional[run_config.RunConfig]) -> dict:
   """{name, split[, data_dir]} from --data or the workdir's first evaluator."""
-  evals = (config or {}).get("evals") or {}
+  evaluator = config and config.evaluator()
   if args.data:
     name, sep, split = args.data.partition(":")
     if not sep or not name or not split:
       raise UserError(f"--data must be NAME:SPLIT (e.g. sklearn_digits:test), got {args.data!r}")
     cfg = {"name": name, "split": split}
-  elif evals:
-    cfg = dict(evals[sorted(evals)[0]]["data"])
+  elif evaluator:
+    cfg = dict(evaluator["data"])
   else:
     raise UserError("pass --data NAME:SPLIT (the checkpoint is not a workdir with evals)")
-  data_dir = args.data_dir or ((config or {}).get("input") or {}).get("data_dir")
+  data_dir = args.data_dir or (config and config.data_dir)
   if data_dir:
     cfg.setdefault("data_dir", data_dir)
   return cfg
 
 
-def pp_of(args, config: Optional[dict]) -> str:
+def pp_of(args, config: Optional[run_config.RunConfig]) -> str:
   if args.pp:
     return args.pp
-  evals = (config or {}).get("evals") or {}
-  if evals:
-    return evals[sorted(evals)[0]]["pp"]
+  evaluator = config and config.evaluator()
+  if evaluator:
+    return evaluator["pp"]
   raise UserError("pass --pp (an eval preprocessing string producing 'image' and 'labels')")
 
 
-def seqhws_of(spec: str, config: Optional[dict], image_size: int) -> list[int]:
+def seqhws_of(spec: str, config: Optional[run_config.RunConfig], image_size: int
+              ) -> list[int]:
   """'all' -> the workdir's eval grids, else grids whose patch is 8..48 px and tiles the image."""
   if spec != "all":
     try:
@@ -90,10 +91,9 @@ def seqhws_of(spec: str, config: Optional[dict], image_size: int) -> list[int]:
     if not values or values[0] <= 0 or values[-1] > image_size:
       raise UserError(f"--seqhw values must be in 1..{image_size} (image side), got {spec!r}")
     return values
-  flexi = (config or {}).get("eval_flexi") or (config or {}).get("flexi") or {}
-  values = (flexi.get("seqhw") or {}).get("v")
-  if values and all(isinstance(v, int) for v in values):
-    return sorted(values)
+  values = config and config.eval_seqhws()
+  if values:
+    return values
   grids = [s for s in range(1, image_size + 1)
            if image_size % s == 0 and MIN_PATCH <= image_size // s <= MAX_PATCH]
   return grids or [1]
@@ -148,7 +148,7 @@ def run(args) -> list[dict]:
     finally:
       progress.close()
     for row in rows:
-      progress.line(report.format_eval_row(row))
+      progress.line(tables.format_eval_row(row))
   finally:
     batches.close()
   return rows
@@ -160,8 +160,9 @@ def _chain(first, rest):
 
 
 def write_outputs(rows, out: str, label: str) -> list[str]:
-  paths = report.write_eval(out, rows)
-  paths.append(report.plot_accuracy_vs_gflops({label: rows}, os.path.join(out, report.EVAL_PNG)))
+  paths = eval_files.write_eval(out, rows)
+  paths.append(plots.plot_accuracy_vs_gflops({label: rows},
+                                             os.path.join(out, eval_files.EVAL_PNG)))
   return paths
 
 
@@ -169,7 +170,7 @@ def write_outputs(rows, out: str, label: str) -> list[str]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
   rows = run(args)
-  print(report.format_eval_table(rows))
+  print(tables.format_eval_table(rows))
   if args.out:
     label = os.path.basename(os.path.normpath(args.checkpoint))
     for path in write_outputs(rows, args.out, label):

@@ -24,6 +24,7 @@ from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.errors import UserError
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.outputs import plots, tables
 
 IMAGE_SIZE, GRIDS, ALL_GRIDS = 48, (12, 6), (3, 4, 6, 8, 12)
 RUNLOCAL = dict(image_size=16, grids=(4, 2), all_grids=(2, 4))
@@ -96,11 +97,8 @@ def tsne(reps: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def plot_cka(results: Mapping, path: str) -> tuple[int, int]:
   """Heatmaps of both CKA matrices; returns the (rows, cols) drawn: (blocks, blocks)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   ga, gb = results["grids"]
-  fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+  fig, axes = plots.new_figure((9, 4), ncols=2)
   for ax, key in zip(axes, ("patch_tokens", "pooled_token")):
     mat = np.asarray(results[key])
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="magma", origin="upper")
@@ -113,16 +111,12 @@ def plot_cka(results: Mapping, path: str) -> tuple[int, int]:
       ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
               color="black" if v > 0.6 else "white")
   fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA")
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plots.save_figure(fig, path, tight=False)  # The colorbar spans both axes: no tight layout.
   return mat.shape
 
 
 def plot_tsne(emb: np.ndarray, labels: np.ndarray, grids: Sequence[int], path: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 4.5))
+  fig, ax = plots.new_figure((5, 4.5))
   markers = "os^Dv<>ph*"
   for k, g in enumerate(grids):
     ax.scatter(emb[k, :, 0], emb[k, :, 1], c=labels, cmap="tab10", s=10,
@@ -131,17 +125,14 @@ def plot_tsne(emb: np.ndarray, labels: np.ndarray, grids: Sequence[int], path: s
   ax.set_title("t-SNE of final representations (colour: class)")
   ax.set_xticks([])
   ax.set_yticks([])
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plots.save_figure(fig, path)
 
 
 def table(results: Mapping) -> str:
   rows = [[r["block"], r["patch_tokens"], r["pooled_token"]] for r in results["per_layer"]]
   ga, gb = results["grids"]
-  return common.format_table(["block", f"CKA patch {ga}vs{gb}", f"CKA pooled {ga}vs{gb}"],
-                             [[b, f"{p:.3f}", f"{q:.3f}"] for b, p, q in rows])
+  return tables.format_rows(["block", f"CKA patch {ga}vs{gb}", f"CKA pooled {ga}vs{gb}"],
+                            [[b, f"{p:.3f}", f"{q:.3f}"] for b, p, q in rows])
 
 
 def analyse(model, params, images, labels, grids, all_grids, out: str) -> dict:
@@ -194,8 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   results = analyse(model, params, images, labels, grids, all_grids, args.out)
   print(table(results))
   print("arc-cosine distance (rad) between grids " + str(all_grids) + ":")
-  print(common.format_table(["seqhw"] + all_grids, [[g] + [f"{v:.3f}" for v in row] for g, row
-                                                    in zip(all_grids, results["arccos"]["distance"])]))
+  print(tables.format_rows(["seqhw"] + all_grids, [[g] + [f"{v:.3f}" for v in row] for g, row
+                                                   in zip(all_grids, results["arccos"]["distance"])]))
   print(f"wrote {common.write_results(args.out, results)}")
   print(f"wrote {os.path.join(args.out, 'cka.png')} and {os.path.join(args.out, 'tsne.png')}")
 

@@ -1,10 +1,10 @@
-"""What the analysis CLIs share: subject flags, progress, results.json, printed tables."""
+"""What the analysis CLIs share: subject flags, progress, results.json."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 from flexivit_jax import paths
 from flexivit_jax.analysis.subjects import DIGITS_PP
@@ -49,34 +49,10 @@ def data_cfg(spec: str) -> dict:
   return {"name": name, "split": split}
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  cells = [[str(c) for c in header]] + [[f"{c:.2f}" if isinstance(c, float) else str(c)
-                                         for c in r] for r in rows]
-  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-  line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
-  return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
-
-
 def setting(args, runlocal: Mapping, full: Mapping) -> tuple[Mapping, int]:
   """The analysis defaults for --runlocal or a full run, and the image side."""
   d = runlocal if args.runlocal else full
   return d, args.image_size or d["image_size"]
-
-
-def line_plot(curves: Mapping[str, tuple], path: str, xlabel: str, title: str,
-              invert_x: bool = False) -> str:
-  """A PNG of top-1 curves {label: (xs, ys in %)}."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from flexivit_jax.outputs.report import finish_plot
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for label, (xs, ys) in curves.items():
-    ax.plot(xs, ys, marker="o", label=label)
-  if invert_x:
-    ax.invert_xaxis()
-  return finish_plot(fig, ax, path, xlabel, title)
 
 
 def write_results(out: str, results: Mapping) -> str:

@@ -25,6 +25,7 @@ from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.errors import UserError
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.outputs import plots, tables
 
 METHODS = ("vanilla", "area", "norm", "pi")
 FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
@@ -81,14 +82,15 @@ def table(results: Mapping[str, Mapping[str, float]], image_size: int, patch: in
   factors = list(next(iter(results.values())))
   rows = [[f, f"{round(float(f) * image_size)}px/p{round(float(f) * patch)}"]
           + [results[m][f] * 100 for m in results] for f in factors]
-  return common.format_table(["factor", "image/patch"] + list(results), rows)
+  return tables.format_rows(["factor", "image/patch"] + list(results), rows)
 
 
 def plot(results: Mapping[str, Mapping[str, float]], path: str) -> str:
   curves = {m: ([float(f) for f in c], [v * 100 for v in c.values()])
             for m, c in results.items()}
-  return common.line_plot(curves, path, "image and patch scale factor",
-                          "resizing the patch embedding")
+  return plots.plot_lines(curves, path, xlabel="image and patch scale factor",
+                          ylabel="top-1 (%)", title="resizing the patch embedding",
+                          figsize=(5, 3.5))
 
 
 def build_parser() -> argparse.ArgumentParser:

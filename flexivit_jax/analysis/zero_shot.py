@@ -19,7 +19,7 @@ from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
 from flexivit_jax.evaluators import evaluation
 from flexivit_jax.models.vit import FlexiViT
-from flexivit_jax.outputs import report
+from flexivit_jax.outputs import plots, tables
 
 # The demo's setting: 48 px digits, grids 3..12 (patches 16..4 px), the ViT at 6 (8 px).
 IMAGE_SIZE, SEQHWS, VIT_SEQHW = 48, (3, 4, 6, 8, 12), 6
@@ -43,7 +43,7 @@ def zero_shot(vit: tuple, flexivit: tuple, *, data_cfg: Mapping, pp: str,
     rows[name] = per_seqhw(*subject, data_cfg=data_cfg, pp=pp, seqhws=seqhws,
                            batch_size=batch_size)
     for row in rows[name] if progress is not None else ():
-      progress.line(f"{name}  {report.format_eval_row(row)}")
+      progress.line(f"{name}  {tables.format_eval_row(row)}")
   out = {name: {str(r["seqhw"]): r["top1"] for r in rs} for name, rs in rows.items()}
   out["gflops"] = {str(r["seqhw"]): r["gflops"] for r in rows["flexivit"]}
   return out
@@ -53,8 +53,8 @@ def table(results: Mapping, image_size: int) -> str:
   seqhws = list(results["vit"])
   rows = [[s, image_size // int(s), f"{results['gflops'][s]:.4g}", results["vit"][s] * 100,
            results["flexivit"][s] * 100] for s in seqhws]
-  return common.format_table(["seqhw", "patch", "GFLOPs/img", "ViT+PI top-1",
-                              "FlexiViT top-1"], rows)
+  return tables.format_rows(["seqhw", "patch", "GFLOPs/img", "ViT+PI top-1",
+                             "FlexiViT top-1"], rows)
 
 
 def plot(results: Mapping, path: str, image_size: int) -> str:
@@ -63,8 +63,9 @@ def plot(results: Mapping, path: str, image_size: int) -> str:
   curves = {label: ([image_size // int(s) for s in results[name]],
                     [v * 100 for v in results[name].values()])
             for name, label in labels.items()}
-  return common.line_plot(curves, path, "patch size (px)", "zero-shot PI-resize vs FlexiViT",
-                          invert_x=True)
+  return plots.plot_lines(curves, path, xlabel="patch size (px)", ylabel="top-1 (%)",
+                          title="zero-shot PI-resize vs FlexiViT", invert_x=True,
+                          figsize=(5, 3.5))
 
 
 def _subject(ckpt, args, name, image_size, train_seqhws, posemb):

@@ -22,7 +22,6 @@ from typing import Callable, List, Optional, Sequence, TypeVar
 from flexivit_jax import paths
 from flexivit_jax.errors import UserError
 
-CONFIG_JSON = "config.json"  # The run's completed config, written by the trainer.
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_PREFIX = "step"
 STEP_DIGITS = 9

@@ -23,6 +23,7 @@ from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import classification
 from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.outputs import run_config
 from flexivit_jax.training import initial_state
 
 _sums = jax.jit(classification.classification_sums)
@@ -88,15 +89,6 @@ def evaluate_model(model: FlexiViT, params: Mapping, data_cfg: Mapping, pp: str,
       close()
 
 
-def read_workdir_config(path: str) -> Optional[dict]:
-  """The config.json of a training workdir, or None when `path` is not one."""
-  cfg = os.path.join(path, "config.json")
-  if not os.path.isdir(path) or not os.path.exists(cfg):
-    return None
-  with open(cfg) as f:
-    return json.load(f)
-
-
 def model_from_spec(spec: str) -> dict:
   """FlexiViT fields from a variant ('S/16') or JSON (inline or a .json file)."""
   text = spec
@@ -125,18 +117,18 @@ def model_fields(fields: Mapping[str, Any], params: Mapping) -> dict:
 
 
 def load_model(checkpoint_path: str, model_spec: Optional[str] = None
-               ) -> Tuple[FlexiViT, Dict[str, Any], Optional[dict]]:
+               ) -> Tuple[FlexiViT, Dict[str, Any], Optional[run_config.RunConfig]]:
   """(model, params, workdir config or None) for a checkpoint path/workdir/shortcut.
 
   `checkpoint_path` is taken as typed (relative, `~`, a shortcut name): resolved once, here.
   """
   path, subkey = sources.split_subkey(checkpoint_path)
   checkpoint_path = sources.resolve_checkpoint(path) + (f":{subkey}" if subkey else "")
-  config = read_workdir_config(checkpoint_path)
+  config = run_config.read(checkpoint_path)
   if model_spec:
     fields = model_from_spec(model_spec)
   elif config is not None:
-    fields = config.get("model", {})
+    fields = config.model_fields
   else:
     raise UserError(f"{checkpoint_path!r} is not a workdir with a config.json; pass --model "
                      "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")

@@ -1,11 +1,30 @@
-"""Text tables of eval results: accuracy per patch size, and per unit of compute."""
+"""Text tables of results; every table is laid out by `format_rows` and nowhere else.
+
+The tables: accuracy per patch size (a training run's end, `compare`), accuracy
+per unit of training compute (`compare --x flops`), the evaluate CLI's table and
+its progress lines (eval.json rows), and the analyses' tables.
+"""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from flexivit_jax.outputs.eval_names import (FlexiKey, final_eval_curves,
                                              flexi_label, flexi_sort_key,
                                              seqhw_and_patch)
+
+
+def format_rows(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+  """An aligned text table: the header, a rule of dashes, one line per row.
+
+  Columns are right-aligned, two spaces apart. Floats show two decimals (the
+  percentages of most tables); pass a string for any other format.
+  """
+  cell = lambda c: f"{c:.2f}" if isinstance(c, float) else str(c)
+  cells = [[cell(c) for c in header]] + [[cell(c) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
+  return "\n".join([line(cells[0]), line(["-" * w for w in widths])]
+                   + [line(r) for r in cells[1:]])
 
 
 def format_eval_line(results: Mapping[str, float], image_size: Optional[int] = None) -> str:
@@ -24,22 +43,36 @@ def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
   names = list(results)
   values = sorted({v for r in results.values() for v in r},
                   key=lambda v: flexi_sort_key(v, image_size))
-  header = ["seqhw", "patch"] + [f"{n} prec@1" for n in names]
   rows = []
   for v in values:
     seqhw, patch = seqhw_and_patch(v, image_size)
-    rows.append([str(dict(v).get("seqhw", seqhw if seqhw is not None else "-")),
-                 str(patch if patch is not None else "-")]
+    rows.append([dict(v).get("seqhw", seqhw if seqhw is not None else "-"),
+                 patch if patch is not None else "-"]
                 + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names])
-  widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-  line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))
-  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+  return format_rows(["seqhw", "patch"] + [f"{n} prec@1" for n in names], rows)
 
 
 def format_compute_table(curves: Mapping[str, list], seqhw) -> str:
   """One line per eval point: run, GFLOPs, prec@1."""
-  lines = [f"{'run':>16}  {'train GFLOPs':>14}  prec@1 (seqhw={seqhw})"]
-  for name, points in curves.items():
-    for gflops, acc in points:
-      lines.append(f"{name:>16}  {gflops:14.1f}  {acc * 100:6.2f}%")
-  return "\n".join(lines)
+  rows = [[name, f"{gflops:.1f}", f"{acc * 100:.2f}%"]
+          for name, points in curves.items() for gflops, acc in points]
+  return format_rows(["run", "train GFLOPs", f"prec@1 (seqhw={seqhw})"], rows)
+
+
+def format_eval_row(row: Mapping) -> str:
+  """One grid of an eval.json row on one line (a progress line): seqhw, patch, top1,
+  loss, GFLOPs, img/s."""
+  patch = "x".join(map(str, row["patch"])) if isinstance(row["patch"], list) else row["patch"]
+  gflops = f"  {row['gflops']:.4g} GFLOPs/img" if row.get("gflops") is not None else ""
+  return (f"seqhw {row['seqhw']} (patch {patch})  top1 {row['top1'] * 100:.2f}%  "
+          f"loss {row['loss']:.4f}{gflops}  {row['img_per_s']:.0f} img/s")
+
+
+def format_eval_table(rows: Sequence[Mapping]) -> str:
+  """The evaluate CLI's table of eval.json rows: one line per grid size, coarse to fine."""
+  fmt = lambda v, spec: "-" if v is None else format(v, spec)
+  return format_rows(
+      ["seqhw", "patch", "tokens", "top-1", "top-5", "loss", "GFLOPs/img", "img/s"],
+      [[r["seqhw"], r["patch"], r["tokens"], f"{r['top1'] * 100:.2f}%",
+        f"{r['top5'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
+        fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])

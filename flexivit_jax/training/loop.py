@@ -22,7 +22,7 @@ from flexivit_jax import data, paths
 from flexivit_jax.checkpoints import manager, sources, step_dirs, workdir_lock
 from flexivit_jax.errors import Preempted, TrainingDivergedError, UserError
 from flexivit_jax.models.vit import FlexiViT, resolve_patch
-from flexivit_jax.outputs import console, eval_names, runlog, tables
+from flexivit_jax.outputs import console, eval_names, run_config, runlog, tables
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training.compiled_steps import (CompiledSteps, abstract_of,
@@ -203,25 +203,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, name:
   """
   workdir = paths.normalize(workdir)
   with workdir_lock.hold(workdir):
-    save_config(config, workdir)
+    if jax.process_index() == 0:
+      run_config.write(config, workdir)
     run = prepare_run(config, workdir)
     run.name = name
     try:
       return _train(run)
     finally:
       run.train_iter.close()
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """`<workdir>/config.json` (process 0), which evaluate and compare read; atomic."""
-  if jax.process_index() != 0:
-    return
-  import tensorflow as tf  # gfile writes local paths and URLs alike.
-  tf.io.gfile.makedirs(workdir)
-  path = workdir + "/" + step_dirs.CONFIG_JSON
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def _restart_data(run: Run, step: int) -> None:

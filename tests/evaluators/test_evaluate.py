@@ -12,7 +12,7 @@ import pytest
 from flexivit_jax import compare, evaluate
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.evaluators import classification
-from flexivit_jax.outputs import report
+from flexivit_jax.outputs import eval_files
 from flexivit_jax.training import loop
 from flexivit_jax.errors import UserError
 from conftest import DEMO_CONFIG, REPO
@@ -54,7 +54,7 @@ def test_evaluating_the_demo_workdir_prints_the_table_and_writes_the_report(
   printed = capsys.readouterr().out
   lines = [l for l in printed.splitlines() if l.strip()]
   assert lines[0].split()[:3] == ["seqhw", "patch", "tokens"]
-  rows = report.read_eval(out)
+  rows = eval_files.read_eval(out)
   assert [r["seqhw"] for r in rows] == [3, 4, 6, 8, 12]
   assert [r["patch"] for r in rows] == [16, 12, 8, 6, 4]
   assert all(f"{r['seqhw']:>5}" in printed for r in rows)
@@ -118,18 +118,6 @@ def test_a_checkpoint_without_config_needs_a_model(tmp_path):
     evaluation.load_model(str(tmp_path))
   assert evaluation.model_from_spec("S/16") == {"variant": "S/16"}
   assert evaluation.model_from_spec('{"width": 8}') == {"width": 8}
-
-
-def test_report_round_trip_and_format(tmp_path):
-  rows = [{"seqhw": 4, "patch": 12, "tokens": 16, "top1": 0.5, "top5": 0.9, "loss": 1.2,
-           "gflops": 0.01, "img_per_s": 100.0}]
-  report.write_eval(str(tmp_path), rows)
-  assert report.read_eval(str(tmp_path)) == rows
-  assert "50.00%" in report.format_eval_table(rows)
-  with open(tmp_path / "bad.json", "w") as f:
-    json.dump([{"seqhw": 1}], f)
-  with pytest.raises(UserError, match="not an eval.json"):
-    report.read_eval(str(tmp_path / "bad.json"))
 
 
 @pytest.mark.slow
