@@ -7,7 +7,7 @@ import pytest
 
 from flexivit_jax.checkpoints import adapt, npz, sources
 from flexivit_jax.models import resize
-from reference_model import CKPT, init_like, logits
+from .reference_model import CKPT, init_like, logits
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from flexivit_jax.checkpoints import manager, sources, step_dirs, step_health
 from flexivit_jax.errors import UserError
-from saved_states import (assert_trees_equal, deny, make_state, replicated, restore, save_steps,
+from .saved_states import (assert_trees_equal, deny, make_state, replicated, restore, save_steps,
                           truncate_data_files)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REF_SEQHWS
 from flexivit_jax.checkpoints import npz, sources
-from reference_model import CKPT, assert_trees_equal, logits
+from .reference_model import CKPT, assert_trees_equal, logits
 
 
 @pytest.fixture(scope="module")

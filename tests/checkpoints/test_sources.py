@@ -7,9 +7,9 @@ import pytest
 
 from flexivit_jax.checkpoints import npz, sources, step_dirs
 from flexivit_jax.errors import UserError
-from reference_model import CKPT, assert_trees_equal
-from saved_states import deny, make_state, save_steps, truncate_data_files
-from saved_states import assert_trees_equal as assert_states_equal
+from .reference_model import CKPT, assert_trees_equal
+from .saved_states import deny, make_state, save_steps, truncate_data_files
+from .saved_states import assert_trees_equal as assert_states_equal
 
 
 @pytest.fixture(scope="module")

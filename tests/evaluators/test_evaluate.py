@@ -16,7 +16,7 @@ from flexivit_jax.outputs import eval_files
 from flexivit_jax.training import loop
 from flexivit_jax.errors import UserError
 from conftest import DEMO_CONFIG, REPO
-from test_predict import analytic_vit_flops
+from .test_predict import analytic_vit_flops
 
 
 def test_classification_sums_match_numpy():
