@@ -12,31 +12,20 @@ import pytest
 
 from flexivit_jax.checkpoints import npz as ckpt_lib
 from flexivit_jax.models import resize
-from flexivit_jax.models.vit import FlexiViT
 
-from conftest import DATA
-CKPT = DATA / "bv_gap_ckpt.npz"
-REF = DATA / "bv_gap.npz"
-SEQHWS = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
-TINY = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96,
-            patch_size=(32, 32), posemb_size=(7, 7), pool_type="gap")
-
-
-@pytest.fixture(scope="module")
-def ref():
-  with np.load(REF) as f:
-    return {k: f[k] for k in f.files}
+from conftest import REF_CKPT, REF_SEQHWS, reference_model
 
 
 @pytest.fixture(scope="module")
 def params():
-  return ckpt_lib.load_params(CKPT)
+  """The reference checkpoint as load_params reads it (conftest's ref_params: plain numpy)."""
+  return ckpt_lib.load_params(REF_CKPT)
 
 
 @functools.lru_cache(maxsize=None)
 def _apply_fn(overrides: tuple):
   """Jitted apply per model config: far faster than eager on 2 cores."""
-  return jax.jit(FlexiViT(**{**TINY, **dict(overrides)}).apply, static_argnames="seqhw")
+  return jax.jit(reference_model(**dict(overrides)).apply, static_argnames="seqhw")
 
 
 def _logits(params, images, seqhw, **overrides):
@@ -47,7 +36,7 @@ def _logits(params, images, seqhw, **overrides):
 
 def _init(images, **overrides):
   """Stand-in for model.init: the model's param shapes (eval_shape, no compile), random values."""
-  model = FlexiViT(**{**TINY, **overrides})
+  model = reference_model(**overrides)
   shapes = jax.eval_shape(functools.partial(model.init, seqhw=2), jax.random.PRNGKey(0),
                           images[:1, :64, :64])
   rng = np.random.default_rng(0)
@@ -62,10 +51,10 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
 
 
-def test_reference_checkpoint_matches_reference_logits(params, ref):
-  for s in SEQHWS:
-    got = _logits(params, ref["images"], s)
-    np.testing.assert_allclose(got, ref[f"logits:seqhw={s}"], rtol=0, atol=1e-4,
+def test_reference_checkpoint_matches_reference_logits(params, ref_outputs):
+  for s in REF_SEQHWS:
+    got = _logits(params, ref_outputs["images"], s)
+    np.testing.assert_allclose(got, ref_outputs[f"logits:seqhw={s}"], rtol=0, atol=1e-4,
                                err_msg=f"seqhw={s}")
 
 
@@ -113,14 +102,14 @@ def _legacy(params):
   return old
 
 
-def test_legacy_layout_loads(tmp_path, params, ref):
+def test_legacy_layout_loads(tmp_path, params, ref_outputs):
   path = tmp_path / "old.npz"
   ckpt_lib.save_params(path, _legacy(params))
   assert "Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel" in np.load(path).files
   loaded = ckpt_lib.load_params(path)
   _assert_trees_equal(loaded, params)
-  np.testing.assert_allclose(_logits(loaded, ref["images"], 8), ref["logits:seqhw=8"],
-                             rtol=0, atol=1e-4)
+  np.testing.assert_allclose(_logits(loaded, ref_outputs["images"], 8),
+                             ref_outputs["logits:seqhw=8"], rtol=0, atol=1e-4)
   # The other old posemb location.
   alt = _legacy(params)
   alt["Transformer"]["pos_embedding"] = alt["Transformer"].pop("posembed_input")["pos_embedding"]
@@ -147,10 +136,10 @@ def test_training_layouts_and_subkey(tmp_path, params):
   ckpt_lib.save_flat(tmp_path / "old.npz", {"opt/target/" + k: v for k, v in flat.items()})
   _assert_trees_equal(ckpt_lib.load_params(tmp_path / "old.npz"), params)
 
-  sub = ckpt_lib.load_params(f"{CKPT}:Transformer")
+  sub = ckpt_lib.load_params(f"{REF_CKPT}:Transformer")
   _assert_trees_equal(sub, params["Transformer"])
   with pytest.raises(ValueError, match="no key 'Transformer/nope'"):
-    ckpt_lib.load_params(f"{CKPT}:Transformer/nope")
+    ckpt_lib.load_params(f"{REF_CKPT}:Transformer/nope")
 
 
 def test_atomic_write_keeps_previous_file(tmp_path, monkeypatch, params):
@@ -177,7 +166,7 @@ def test_atomic_write_keeps_previous_file(tmp_path, monkeypatch, params):
 
 
 def test_truncated_corrupt_missing_and_unknown(tmp_path):
-  data = CKPT.read_bytes()
+  data = REF_CKPT.read_bytes()
   half = tmp_path / "half.npz"
   half.write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match="truncated"):
@@ -228,22 +217,22 @@ def test_latest_checkpoint(tmp_path, params):
   _assert_trees_equal(ckpt_lib.load_params(tmp_path), params)  # A workdir loads too.
 
 
-def test_load_pretrained_resamples_posemb(params, ref):
-  init = _init(ref["images"], posemb_size=(10, 10))
+def test_load_pretrained_resamples_posemb(params, ref_outputs):
+  init = _init(ref_outputs["images"], posemb_size=(10, 10))
   lines = []
-  out, report = ckpt_lib.load_pretrained(init, CKPT, log=lines.append)
+  out, report = ckpt_lib.load_pretrained(init, REF_CKPT, log=lines.append)
   assert report == lines and any("7x7 to 10x10" in r for r in report)
   want = resize.resample_posemb(params["pos_embedding"], (10, 10), rule="load")
   np.testing.assert_allclose(out["pos_embedding"], want, rtol=0, atol=1e-6)
   assert out["pos_embedding"].shape == (1, 100, 48)
-  _logits(out, ref["images"][:1], 10, posemb_size=(10, 10))  # Runs.
+  _logits(out, ref_outputs["images"][:1], 10, posemb_size=(10, 10))  # Runs.
 
 
-def test_load_pretrained_tok_model_and_cls(params, ref):
-  init = _init(ref["images"], pool_type="tok")
+def test_load_pretrained_tok_model_and_cls(params, ref_outputs):
+  init = _init(ref_outputs["images"], pool_type="tok")
   with pytest.raises(ValueError, match="not the checkpoint 1: cls"):
-    ckpt_lib.load_pretrained(init, CKPT, log=None)
-  out, report = ckpt_lib.load_pretrained(init, CKPT, dont_load=("cls",), log=None)
+    ckpt_lib.load_pretrained(init, REF_CKPT, log=None)
+  out, report = ckpt_lib.load_pretrained(init, REF_CKPT, dont_load=("cls",), log=None)
   np.testing.assert_array_equal(out["cls"], init["cls"])
   assert "kept init for cls" in report
 
@@ -258,37 +247,37 @@ def test_load_pretrained_tok_model_and_cls(params, ref):
   assert any("added it to cls" in r for r in report)
   # Into a gap model (no cls): the row is dropped and the report says so.
   old.pop("cls")
-  out, report = ckpt_lib.load_pretrained(_init(ref["images"]), old, log=None)
+  out, report = ckpt_lib.load_pretrained(_init(ref_outputs["images"]), old, log=None)
   np.testing.assert_array_equal(out["pos_embedding"], params["pos_embedding"])
   assert any("dropped the cls row" in r for r in report)
 
 
-def test_load_pretrained_new_head_keeps_init(ref):
-  init = _init(ref["images"], num_classes=100)
+def test_load_pretrained_new_head_keeps_init(ref_outputs):
+  init = _init(ref_outputs["images"], num_classes=100)
   init["head"]["bias"] = np.full_like(init["head"]["bias"], -10.0)
-  out, report = ckpt_lib.load_pretrained(init, CKPT, dont_load=("head/kernel", "head/bias"),
+  out, report = ckpt_lib.load_pretrained(init, REF_CKPT, dont_load=("head/kernel", "head/bias"),
                                          log=None)
   np.testing.assert_array_equal(out["head"]["bias"], init["head"]["bias"])
   assert out["head"]["kernel"].shape == (48, 100)
   assert "kept init for head/kernel" in report
   with pytest.raises(ValueError, match=r"head/kernel: checkpoint \(48, 10\) vs model \(48, 100\)"):
-    ckpt_lib.load_pretrained(init, CKPT, log=None)
+    ckpt_lib.load_pretrained(init, REF_CKPT, log=None)
 
 
-def test_load_pretrained_keeps_stored_kernel_and_wraps_variables(ref):
-  init = _init(ref["images"], patch_size=(16, 16))
+def test_load_pretrained_keeps_stored_kernel_and_wraps_variables(ref_outputs):
+  init = _init(ref_outputs["images"], patch_size=(16, 16))
   assert init["embedding"]["kernel"].shape[:2] == (16, 16)
-  out, report = ckpt_lib.load_pretrained({"params": init}, CKPT, log=None)
+  out, report = ckpt_lib.load_pretrained({"params": init}, REF_CKPT, log=None)
   out = out["params"]
   assert out["embedding"]["kernel"].shape == (32, 32, 3, 48)
   assert any("kept the checkpoint's 32x32 embedding/kernel" in r for r in report)
   for s in (6, 15):
-    np.testing.assert_allclose(_logits(out, ref["images"], s, patch_size=(16, 16)),
-                               ref[f"logits:seqhw={s}"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(_logits(out, ref_outputs["images"], s, patch_size=(16, 16)),
+                               ref_outputs[f"logits:seqhw={s}"], rtol=0, atol=1e-4)
 
 
-def test_load_pretrained_errors(params, ref):
-  init = _init(ref["images"], width=24, num_heads=3, mlp_dim=96)
+def test_load_pretrained_errors(params, ref_outputs):
+  init = _init(ref_outputs["images"], width=24, num_heads=3, mlp_dim=96)
   with pytest.raises(ValueError, match=r"shapes do not match the model \(36: Transformer/"
                                        r"encoder_norm/bias: checkpoint \(48,\) vs model \(24,\)"):
     ckpt_lib.load_pretrained(init, params, log=None)
@@ -296,16 +285,16 @@ def test_load_pretrained_errors(params, ref):
   extra = {**params, "bogus": np.zeros(3, np.float32)}
   fewer = {k: v for k, v in params.items() if k != "head"}
   with pytest.raises(ValueError, match="not the model 1: bogus"):
-    ckpt_lib.load_pretrained(_init(ref["images"]), extra, log=None)
+    ckpt_lib.load_pretrained(_init(ref_outputs["images"]), extra, log=None)
   with pytest.raises(ValueError, match="not the checkpoint 2: head/bias, head/kernel"):
-    ckpt_lib.load_pretrained(_init(ref["images"]), fewer, log=None)
+    ckpt_lib.load_pretrained(_init(ref_outputs["images"]), fewer, log=None)
   with pytest.raises(ValueError, match="not a valid regex"):
-    ckpt_lib.load_pretrained(_init(ref["images"]), params, dont_load=("(",), log=None)
+    ckpt_lib.load_pretrained(_init(ref_outputs["images"]), params, dont_load=("(",), log=None)
 
 
-def test_load_pretrained_casts_dtype(params, ref):
+def test_load_pretrained_casts_dtype(params, ref_outputs):
   bf = jax.tree.map(lambda x: x.astype(ml_dtypes.bfloat16), params)
-  out, report = ckpt_lib.load_pretrained(_init(ref["images"]), bf, log=None)
+  out, report = ckpt_lib.load_pretrained(_init(ref_outputs["images"]), bf, log=None)
   assert all(v.dtype == np.float32 for v in ckpt_lib.flatten(out).values())
   assert any("from bfloat16 to float32" in r for r in report)
 
