@@ -57,7 +57,7 @@ def get_config(arg=None):
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(16, 16),
                  num_classes=classes)
   c.model_init = init
-  # PI-resize the stored kernel to patch_size at load, as the reference (issue 12's option).
+  # PI-resize the stored kernel to patch_size once at load, as big_vision's loader does.
   c.model_load = dict(kernel="pi_resize")
   c.distill.teachers = dict(prof=dict(
       model=dict(variant=arg.variant, pool_type="tok", patch_size=(16, 16),

@@ -64,7 +64,7 @@ def get_config(arg=None):
 
   c.model = dict(variant="B", pool_type="tok", patch_size=(8, 8), num_classes=classes)
   c.model_init = init
-  c.model_load = dict(kernel="pi_resize")  # As the reference (issue 12's option).
+  c.model_load = dict(kernel="pi_resize")  # Resized to patch_size at load, as big_vision.
   c.distill.teachers = dict(prof=dict(
       model=dict(variant="B/8", pool_type="tok", posemb_size=(28, 28), num_classes=classes),
       init=init, input_key="prof"))

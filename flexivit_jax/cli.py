@@ -10,17 +10,21 @@ or unreadable file), `error: <message>` and 3 for divergence, `preempted: ...` a
 `interrupted` and 130 on Ctrl-C. `--verbose` (taken out of argv before the
 CLI's own parser sees it) adds the traceback. Anything else is a bug and
 keeps its traceback (status 1). Every command also gets the CPU XLA settings of
-`xla_env` before it starts JAX.
+`xla_env` before it starts JAX, and those that show progress quiet the libraries'
+logs (`quiet_libraries`).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import logging
+import os
 import sys
 import traceback
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from flexivit_jax import errors, xla_env
 
@@ -97,6 +101,15 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                       help="a bar on a terminal, plain flushed lines (logs, pods, SLURM, nohup) "
                       "or nothing; 'auto' (default): a bar on a terminal, lines otherwise")
+
+
+def quiet_libraries() -> None:
+  """Keeps the terminal for the progress bar: libraries log warnings and up only."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  import tensorflow as tf
+  tf.get_logger().setLevel("ERROR")
+  logging.getLogger("flexivit_jax").setLevel(logging.INFO)
 
 
 def parse_absl_flags(argv: Sequence[str]) -> List[str]:

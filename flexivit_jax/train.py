@@ -71,15 +71,6 @@ def setup_jax(num_cpu_devices=None, distributed=False, coordinator_address=None,
     jax.distributed.initialize()
 
 
-def quiet_libraries() -> None:
-  """Keeps the terminal for the progress bar: libraries log warnings and up only."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  import tensorflow as tf
-  tf.get_logger().setLevel("ERROR")
-  logging.getLogger("flexivit_jax").setLevel(logging.INFO)
-
-
 def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
   """Takes `--config.KEY=VALUE` (or `--config.KEY VALUE`) out of argv: (rest, overrides)."""
   rest, overrides, i = [], [], 0
@@ -119,7 +110,7 @@ def main(parsed) -> None:
   setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
             FLAGS.num_processes, FLAGS.process_id)
   from flexivit_jax.training import loop
-  quiet_libraries()
+  cli.quiet_libraries()
   import jax
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
     logging.getLogger("flexivit_jax").setLevel(logging.ERROR)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference files from big_vision (copied from ../shared/reference)."""
+"""Shared fixtures and helpers: the big_vision reference model and its files, configs with
+overrides, the bundled digits data."""
 import os
 import pathlib
 import tempfile
@@ -17,27 +18,60 @@ import pytest
 from flax import traverse_util
 
 DATA = pathlib.Path(__file__).parent / "testdata"
-REF_SEQHWS = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
+# The reference: a small GAP ViT that big_vision ran (copied from ../shared/reference).
+REF_CKPT = DATA / "bv_gap_ckpt.npz"  # Its checkpoint, in big_vision's npz format.
+REF_IO = DATA / "bv_gap.npz"  # Its inputs and outputs: images, logits, pre_logits, pi_resize.
+REF_SEQHWS = (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)  # The grids REF_IO holds logits of.
 REF_MODEL = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96,
-                 patch_size=(32, 32), posemb_size=(7, 7))
+                 patch_size=(32, 32), posemb_size=(7, 7), pool_type="gap")
+
+
+def reference_model(**fields):
+  """The reference FlexiViT, with `fields` changed (variants of it load its params)."""
+  from flexivit_jax.models.vit import FlexiViT
+  return FlexiViT(**{**REF_MODEL, **fields})
 
 
 @pytest.fixture(scope="session")
 def ref_outputs():
   """Reference inputs/outputs of big_vision on the bundled checkpoint."""
-  with np.load(DATA / "bv_gap.npz") as f:
+  with np.load(REF_IO) as f:
     return {k: f[k] for k in f.files}
 
 
 @pytest.fixture(scope="session")
 def ref_params():
   """The reference checkpoint as a nested dict, read with plain numpy."""
-  with np.load(DATA / "bv_gap_ckpt.npz") as f:
+  with np.load(REF_CKPT) as f:
     return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
 
 
 REPO = pathlib.Path(__file__).parent.parent
 DEMO_CONFIG = str(REPO / "configs" / "demo_digits.py")
+
+
+def user_config(spec: str = "demo_digits.py:runlocal", **overrides) -> dict:
+  """A config file's dict before completion, with overrides by dotted key.
+
+  `spec`: `NAME.py[:arg]` under configs/, or a path. `user_config(**{"schedule.warmup_steps":
+  1})` sets one nested key (parents are made as needed); a plain key replaces the whole value.
+  """
+  from flexivit_jax.training import config as config_lib
+  path = spec if os.sep in spec else str(REPO / "configs" / spec)
+  c = config_lib.load_config_file(path).to_dict()
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return c
+
+
+def load_config(spec: str = "demo_digits.py:runlocal", **overrides):
+  """`user_config(spec, **overrides)` completed and locked (a ConfigDict): what a run uses."""
+  from flexivit_jax.training import config as config_lib
+  return config_lib.complete(user_config(spec, **overrides))
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +80,6 @@ def digits_data_dir(tmp_path_factory):
 
   Exported as FLEXIVIT_DATA_DIR so trainer runs (and their subprocesses) use it.
   """
-  import os
   from flexivit_jax import data
   path = str(tmp_path_factory.mktemp("tfds"))
   data.ensure_built("sklearn_digits", path)

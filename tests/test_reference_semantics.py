@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import DEMO_CONFIG, REF_MODEL
+from conftest import reference_model, user_config
 from flexivit_jax import data
 from flexivit_jax.checkpoints import adapt
 from flexivit_jax.evaluators import classification
@@ -138,7 +138,7 @@ def test_several_teachers_sum_by_default():
 
 @functools.lru_cache(maxsize=None)
 def _apply(patch):
-  model = FlexiViT(**{**REF_MODEL, "patch_size": patch}, pool_type="gap")
+  model = reference_model(patch_size=patch)
   return jax.jit(model.apply, static_argnames="seqhw")
 
 
@@ -173,7 +173,7 @@ def test_kernel_loading_modes(ref_params, ref_outputs):
 
 def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
   """evaluate() applies an evaluator's label_mapping (here: classes read in reverse)."""
-  user = config_lib.load_config_file(f"{DEMO_CONFIG}:runlocal").to_dict()
+  user = user_config()
   pp3 = user["input"]["pp"]
   user["evals"] = {
       "plain": dict(data=dict(name="sklearn_digits", split="test[:64]"), pp=pp3, batch_size=32),

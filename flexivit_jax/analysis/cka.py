@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
-  common.quiet()
+  cli.quiet_libraries()
   d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, grids=GRIDS,
                                                        all_grids=ALL_GRIDS))
   ints = lambda s, flag: [int(v) for v in common.float_list(s, flag)]

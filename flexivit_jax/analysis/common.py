@@ -28,11 +28,6 @@ def progress(args, total: int, unit: str):
   return console.Progress(total, mode=args.progress, unit=unit)
 
 
-def quiet() -> None:
-  from flexivit_jax.train import quiet_libraries
-  quiet_libraries()
-
-
 def float_list(spec: str, flag: str) -> list[float]:
   from flexivit_jax.errors import UserError
   try:

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
-  common.quiet()
+  cli.quiet_libraries()
   factors = common.float_list(args.factors, "--factors")
   if args.checkpoint:
     model, params = subjects.load_subject(args.checkpoint, args.model)

@@ -1,8 +1,9 @@
 """The models the analyses study: a given checkpoint, or a small one trained on digits.
 
 Subjects are trained by the trainer itself (`loop.train_and_evaluate`) with
-the demo config (`demos.digits_config`: configs/demo_digits.py, installed with
-the package) adjusted to the analysis: image size, grids and steps.
+the demo config adjusted to the analysis: image size, grids and steps. The
+config comes from `demos.digits_config` (what configs/demo_digits.py returns),
+so an installed package, which has no configs/ folder, can build it.
 `runlocal=True` trains the demo's tiny smoke-test model.
 """
 from __future__ import annotations

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
-  common.quiet()
+  cli.quiet_libraries()
   d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, seqhws=SEQHWS,
                                                        vit_seqhw=VIT_SEQHW))
   seqhws = [int(s) for s in common.float_list(args.seqhw, "--seqhw")] if args.seqhw \

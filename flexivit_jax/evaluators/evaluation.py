@@ -22,9 +22,8 @@ from flexivit_jax.checkpoints import sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import classification
 from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
-from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.models.vit import FlexiViT, from_config
 from flexivit_jax.outputs import run_config
-from flexivit_jax.training import initial_state
 
 _sums = jax.jit(classification.classification_sums)
 
@@ -134,7 +133,7 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
                      "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
   params = sources.load_params(checkpoint_path)
   try:
-    model = initial_state.build_model(model_fields(fields, params))
+    model = from_config(model_fields(fields, params))
   except TypeError as e:  # An unknown FlexiViT field.
     raise UserError(f"bad model fields {sorted(fields)}: {e}") from None
   return model, params, config

@@ -1,21 +1,17 @@
-"""The bundled big_vision reference checkpoint and its tiny model, for the npz/sources/adapt tests."""
+"""Jitted applies and tree checks of the reference model, for the npz/sources/adapt tests."""
 import functools
 
 import jax
 import numpy as np
+from conftest import reference_model
 
-from conftest import DATA, REF_MODEL
 from flexivit_jax.checkpoints import npz
-from flexivit_jax.models.vit import FlexiViT
-
-CKPT = DATA / "bv_gap_ckpt.npz"
-TINY = {**REF_MODEL, "pool_type": "gap"}
 
 
 @functools.lru_cache(maxsize=None)
 def _apply_fn(overrides: tuple):
   """Jitted apply per model config: far faster than eager on 2 cores."""
-  return jax.jit(FlexiViT(**{**TINY, **dict(overrides)}).apply, static_argnames="seqhw")
+  return jax.jit(reference_model(**dict(overrides)).apply, static_argnames="seqhw")
 
 
 def logits(params, images, seqhw, **overrides):
@@ -26,7 +22,7 @@ def logits(params, images, seqhw, **overrides):
 
 def init_like(images, **overrides):
   """Stand-in for model.init: the model's param shapes (eval_shape, no compile), random values."""
-  model = FlexiViT(**{**TINY, **overrides})
+  model = reference_model(**overrides)
   shapes = jax.eval_shape(functools.partial(model.init, seqhw=2), jax.random.PRNGKey(0),
                           images[:1, :64, :64])
   rng = np.random.default_rng(0)

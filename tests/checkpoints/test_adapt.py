@@ -4,10 +4,12 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import REF_CKPT as CKPT
 
 from flexivit_jax.checkpoints import adapt, npz, sources
 from flexivit_jax.models import resize
-from .reference_model import CKPT, init_like, logits
+
+from .reference_model import init_like, logits
 
 
 @pytest.fixture(scope="module")

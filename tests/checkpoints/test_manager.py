@@ -10,12 +10,13 @@ import textwrap
 
 import jax
 import pytest
-
 from conftest import REPO
+
 from flexivit_jax.checkpoints import manager, sources, step_dirs, step_health
 from flexivit_jax.errors import UserError
-from .saved_states import (assert_trees_equal, deny, make_state, replicated, restore, save_steps,
-                          truncate_data_files)
+
+from .saved_states import (assert_trees_equal, deny, make_state, replicated,
+                           restore, save_steps, truncate_data_files)
 
 
 def test_round_trip_is_bit_identical_and_layout_is_one_owner(tmp_path):

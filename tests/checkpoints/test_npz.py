@@ -6,10 +6,12 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-
+from conftest import REF_CKPT as CKPT
 from conftest import REF_SEQHWS
+
 from flexivit_jax.checkpoints import npz, sources
-from .reference_model import CKPT, assert_trees_equal, logits
+
+from .reference_model import assert_trees_equal, logits
 
 
 @pytest.fixture(scope="module")

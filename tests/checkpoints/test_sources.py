@@ -4,12 +4,14 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REF_CKPT as CKPT
 
 from flexivit_jax.checkpoints import npz, sources, step_dirs
 from flexivit_jax.errors import UserError
-from .reference_model import CKPT, assert_trees_equal
-from .saved_states import deny, make_state, save_steps, truncate_data_files
+
+from .reference_model import assert_trees_equal
 from .saved_states import assert_trees_equal as assert_states_equal
+from .saved_states import deny, make_state, save_steps, truncate_data_files
 
 
 @pytest.fixture(scope="module")

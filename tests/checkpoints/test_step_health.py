@@ -7,6 +7,7 @@ import pytest
 from flexivit_jax.checkpoints import __main__ as checkpoints_cli
 from flexivit_jax.checkpoints import step_dirs, step_health
 from flexivit_jax.errors import UserError
+
 from .saved_states import save_steps, truncate_data_files
 
 

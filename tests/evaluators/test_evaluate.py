@@ -1,6 +1,5 @@
 """The evaluation CLI, its report files, the eval metrics and `compare` over eval.json."""
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from flexivit_jax import compare, evaluate
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.evaluators import classification
 from flexivit_jax.outputs import eval_files
+from flexivit_jax.outputs import runlog
 from flexivit_jax.training import loop
 from flexivit_jax.errors import UserError
 from conftest import DEMO_CONFIG, REPO
@@ -62,7 +62,7 @@ def test_evaluating_the_demo_workdir_prints_the_table_and_writes_the_report(
     assert [int(r["seqhw"]) for r in csv.DictReader(f)] == [3, 4, 6, 8, 12]
   assert os.path.getsize(os.path.join(out, "eval.png")) > 0
   # Same numbers as the trainer's own final evaluation.
-  final = [json.loads(l) for l in open(os.path.join(demo_workdir, "metrics.jsonl"))][-1]
+  final = runlog.read_metrics(demo_workdir)[-1]
   for r in rows:
     assert r["top1"] == pytest.approx(final[f"eval/test/seqhw={r['seqhw']}/prec@1"], abs=1e-6)
     assert r["top1"] <= r["top5"] <= 1.0 and r["loss"] > 0 and r["img_per_s"] > 0

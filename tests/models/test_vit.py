@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf  # Plainly: a broken TF must fail the parity tests, not skip them.
 
-from conftest import REF_MODEL, REF_SEQHWS
+from conftest import REF_SEQHWS, reference_model
 from flexivit_jax import FlexiViT, VARIANTS
 from flexivit_jax.models.vit import count_params
 
 
 @pytest.mark.parametrize("seqhw", REF_SEQHWS)
 def test_gap_model_matches_reference(ref_params, ref_outputs, seqhw):
-  model = FlexiViT(**REF_MODEL, pool_type="gap")
+  model = reference_model()
   logits, out = model.apply({"params": ref_params}, ref_outputs["images"], seqhw=seqhw)
   np.testing.assert_allclose(logits, ref_outputs[f"logits:seqhw={seqhw}"], rtol=0, atol=1e-4)
   np.testing.assert_allclose(out["pre_logits"], ref_outputs[f"pre_logits:seqhw={seqhw}"],
@@ -96,7 +96,7 @@ def test_numpy_formulation_matches_reference(ref_params, ref_outputs, seqhw):
 
 @pytest.mark.parametrize("pool_type", ["tok", "map", "gap"])
 def test_pool_types_match_numpy_formulation(pool_type):
-  model = FlexiViT(**REF_MODEL, pool_type=pool_type, head_zeroinit=False)
+  model = reference_model(pool_type=pool_type, head_zeroinit=False)
   images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 96, 96, 3), minval=-1, maxval=1))
   params = model.init(jax.random.key(0), images, seqhw=3)["params"]
   if pool_type == "tok":
@@ -108,7 +108,7 @@ def test_pool_types_match_numpy_formulation(pool_type):
 
 
 def test_intermediates_and_patch_size_argument(ref_params, ref_outputs):
-  model = FlexiViT(**REF_MODEL)
+  model = reference_model()
   images = ref_outputs["images"]
   logits, out = model.apply({"params": ref_params}, images, seqhw=10)
   for key in ("stem", "with_posemb", "encoded", "pre_logits", "pre_logits_2d", "logits_2d"):
@@ -117,7 +117,7 @@ def test_intermediates_and_patch_size_argument(ref_params, ref_outputs):
   assert out["logits_2d"].shape == (2, 10, 10, 10)
   by_patch, _ = model.apply({"params": ref_params}, images, patch_size=(24, 24))
   np.testing.assert_array_equal(by_patch, logits)
-  default, _ = FlexiViT(**REF_MODEL, seqhw=10).apply({"params": ref_params}, images)
+  default, _ = reference_model(seqhw=10).apply({"params": ref_params}, images)
   np.testing.assert_array_equal(default, logits)
   _, out = model.apply({"params": ref_params}, images)  # Stored kernel size: 32 -> 7x7.
   assert out["stem"].shape == (2, 7, 7, 48)
@@ -185,14 +185,14 @@ BAD_CALLS = [
 
 @pytest.mark.parametrize("kwargs,message", BAD_CALLS)
 def test_bad_call_arguments(ref_params, kwargs, message):
-  model = FlexiViT(**REF_MODEL)
+  model = reference_model()
   with pytest.raises(ValueError, match=message):
     jax.jit(lambda p, x: model.apply({"params": p}, x, **kwargs))(
         ref_params, jnp.zeros((1, 240, 240, 3)))
 
 
 def test_bad_images(ref_params):
-  model = FlexiViT(**REF_MODEL)
+  model = reference_model()
   with pytest.raises(ValueError, match="4 channels but the patch-embedding kernel has shape"):
     model.apply({"params": ref_params}, jnp.zeros((1, 240, 240, 4)), seqhw=10)
   with pytest.raises(ValueError, match="must be NHWC"):
@@ -213,7 +213,7 @@ def test_bad_fields():
 
 
 def test_mismatched_posemb_in_params(ref_params):
-  model = FlexiViT(**{**REF_MODEL, "posemb_size": (10, 10)})
+  model = reference_model(posemb_size=(10, 10))
   with pytest.raises(ValueError, match=r"pos_embedding has shape \(1, 49, 48\).*load_pretrained"):
     model.apply({"params": ref_params}, jnp.zeros((1, 240, 240, 3)), seqhw=10)
 
@@ -231,7 +231,7 @@ def test_folded_coarse_patch_embedding_equals_the_resized_kernel(ref_params, ref
   """At 48 and 40 px the stem maps patches to the stored 32x32 (fewer FLOPs); the
   model with the kernel PI-resized up front (as Predictor caches it) agrees."""
   from flexivit_jax.evaluators.predict import params_at_size
-  model = FlexiViT(**REF_MODEL, pool_type="gap")
+  model = reference_model()
   patch = 240 // seqhw
   fixed_model, fixed_params = params_at_size(model, ref_params, (patch, patch), (7, 7))
   images = ref_outputs["images"]

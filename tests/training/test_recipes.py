@@ -11,46 +11,29 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_config
 from flexivit_jax import compare
 from flexivit_jax.checkpoints import sources, step_dirs
+from flexivit_jax.outputs import runlog
 from flexivit_jax.checkpoints import manager
 from flexivit_jax.training import compiled_steps
 from flexivit_jax.training import loop
 from flexivit_jax.training import sharding
-from flexivit_jax.training import config as config_lib
 from flexivit_jax.training.flexi import FlexiSampler
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py"))
 
 
-def load(spec: str, **overrides):
-  """A config file's config with dotted-key overrides, completed and locked."""
-  c = config_lib.load_config_file(str(REPO / "configs" / spec)).to_dict()
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config_lib.complete(c)
-
-
-def rows_of(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def quick(spec, **overrides):
   base = dict(total_steps=2, progress_bar=False, log_training_steps=1, ckpt_steps=1000)
-  return load(spec, **{**base, **overrides})
+  return load_config(spec, **{**base, **overrides})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_runs_two_steps_under_runlocal(digits_data_dir, tmp_path, name):
   out = loop.train_and_evaluate(quick(f"{name}:runlocal"), str(tmp_path))
-  rows = rows_of(tmp_path)
+  rows = runlog.read_metrics(str(tmp_path))
   train = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2]
   gflops = [r["compute/gflops"] for r in train]
@@ -64,26 +47,26 @@ def test_every_config_runs_two_steps_under_runlocal(digits_data_dir, tmp_path, n
 
 def test_full_recipes_complete_with_the_reference_settings():
   """The paper-scale forms: hyperparameters of SPEC 5/7 (nothing runs)."""
-  c = load("i1k_deit3_distill.py:variant=S,epochs=300")
+  c = load_config("i1k_deit3_distill.py:variant=S,epochs=300")
   assert (c.input.batch_size, c.lr, c.wd, c.total_epochs) == (1024, 1e-4, 1e-5, 300)
   assert c.mixup.p == 1.0 and c.schedule.warmup_steps == 5000
   assert c.model_init.endswith("bv_deit_3_small_384_1k.npz")
   assert c.distill.teachers.prof.init == c.model_init
   assert c.flexi.seqhw.v == (5, 6, 8, 10, 12, 15, 16, 20, 24, 30)
-  sup = load("i21k_sup.py")
+  sup = load_config("i21k_sup.py")
   assert (sup.loss, sup.init_head_bias, sup.input.batch_size) == ("sigmoid_xent", -10.0, 4096)
-  dist = load("i21k_distill.py")
+  dist = load_config("i21k_distill.py")
   assert dist.distill.teachers.prof.model.variant == "B/8" and dist.input.batch_size == 4096
-  tr = load("transfer.py:dataset=cifar10,seqhw=8")
+  tr = load_config("transfer.py:dataset=cifar10,seqhw=8")
   assert (tr.optax_name, tr.lr, tr.wd, tr.input.batch_size, tr.total_steps) == (
       "big_vision.momentum_hp", 0.01, 0.0, 512, 10_000)
   assert tr.flexi.seqhw.v == (8,) and len(tr.eval_flexi["seqhw"]["v"]) == 10
   with pytest.raises(ValueError, match="variant='XL'"):
-    load("i1k_deit3_distill.py:variant=XL")
+    load_config("i1k_deit3_distill.py:variant=XL")
 
 
 def test_curriculum_recipe_matches_the_baseline_compute():
-  curr, base = load("i21k_curriculum.py"), load("i21k_curriculum.py:baseline")
+  curr, base = load_config("i21k_curriculum.py"), load_config("i21k_curriculum.py:baseline")
   assert base.flexi.seqhw.v == (15,) and base.model.patch_size == (16, 16)
   assert curr.flexi.seqhw[-1]["v"] == (15,) and curr.flexi.seqhw[-1]["until"] == 1.0
   assert curr.total_epochs > base.total_epochs  # Cheaper steps early: more of them.
@@ -115,7 +98,7 @@ def test_curriculum_run_compiles_each_value_once_and_follows_the_stages(
   spy = CompileSpy(monkeypatch)
   config = quick("demo_curriculum.py:runlocal", total_steps=8, aot_compile=True)
   loop.train_and_evaluate(config, str(tmp_path))
-  train = [r for r in rows_of(tmp_path) if "train/loss" in r]
+  train = [r for r in runlog.read_metrics(str(tmp_path)) if "train/loss" in r]
   sampler = FlexiSampler(config.flexi, seed=config.seed, total_steps=8)
   assert [r["seqhw"] for r in train] == [sampler(s)["seqhw"] for s in range(8)]
   assert {r["seqhw"] for r in train[4:]} == {4}  # Stage 2 (until=1.0) draws only 4.
@@ -209,8 +192,7 @@ def test_curriculum_after_sigkill_and_resume_is_the_same_run(digits_data_dir, tm
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
-    path = killed / "metrics.jsonl"
-    if path.exists() and any(r.get("step", 0) >= kill_at for r in rows_of(killed)):
+    if any(r.get("step", 0) >= kill_at for r in runlog.read_metrics(str(killed))):
       proc.send_signal(signal.SIGKILL)
       break
     time.sleep(0.02)
@@ -218,8 +200,8 @@ def test_curriculum_after_sigkill_and_resume_is_the_same_run(digits_data_dir, tm
   assert proc.returncode == -signal.SIGKILL, kill_at
   assert STEPS not in step_dirs.complete_steps(str(killed))  # (An async save may be cut.)
   subprocess.run(_train_cmd(killed, cache), cwd=REPO, check=True, capture_output=True, timeout=900)
-  ref = [r for r in rows_of(full) if "train/loss" in r]
-  got = [r for r in rows_of(killed) if "train/loss" in r]
+  ref = [r for r in runlog.read_metrics(str(full)) if "train/loss" in r]
+  got = [r for r in runlog.read_metrics(str(killed)) if "train/loss" in r]
   assert [r["step"] for r in got] == list(range(1, STEPS + 1))
   for key in ("seqhw", "compute/gflops", "train/loss"):
     assert [r[key] for r in got] == [r[key] for r in ref], key

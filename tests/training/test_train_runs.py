@@ -20,6 +20,7 @@ from conftest import DEMO_CONFIG, REPO
 from flexivit_jax.checkpoints import __main__ as checkpoints_cli
 from flexivit_jax.checkpoints import sources, step_dirs, step_health
 from flexivit_jax.checkpoints import manager
+from flexivit_jax.outputs import runlog
 
 pytestmark = pytest.mark.slow  # Every test here trains in subprocesses.
 STEPS = 14
@@ -42,8 +43,7 @@ def run(workdir, *extra, check=True):
 
 
 def train_rows(workdir):
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [r for r in rows if "train/loss" in r]
+  return [r for r in runlog.read_metrics(str(workdir)) if "train/loss" in r]
 
 
 def final_state(workdir, step=STEPS):
@@ -61,10 +61,9 @@ def start_and_signal(workdir, sig, at_step, *extra):
   """Starts a run and sends `sig` once metrics show step >= at_step."""
   proc = subprocess.Popen(train_cmd(workdir, *extra), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 900  # Start-up and compiles take minutes on a loaded 2-core VM.
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and any(r["step"] >= at_step for r in train_rows(workdir)):
+    if any(r["step"] >= at_step for r in train_rows(workdir)):
       proc.send_signal(sig)
       break
     time.sleep(0.02)
@@ -216,10 +215,9 @@ def test_sigterm_to_local_sh_stops_both_processes_at_one_step(uninterrupted, tmp
   cmd = ["bash", str(REPO / "launch" / "local.sh"), "2", "--", *train_cmd(workdir)[3:]]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, "PYTHON": sys.executable})
-  path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 900
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and any(r["step"] >= 4 for r in train_rows(workdir)):
+    if any(r["step"] >= 4 for r in train_rows(workdir)):
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.05)

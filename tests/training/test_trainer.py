@@ -1,15 +1,13 @@
 """The trainer in-process: an end-to-end run, distillation, config and input errors."""
 import glob
-import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 import flexivit_jax
-from conftest import DATA, DEMO_CONFIG, REPO
+from conftest import REF_CKPT, REF_MODEL, REPO, load_config, user_config
 from flexivit_jax.checkpoints import npz, sources
 from flexivit_jax.training import optim
 from flexivit_jax.checkpoints import step_dirs
@@ -21,23 +19,7 @@ from flexivit_jax.training import loop
 from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.models.vit import FlexiViT
-
-
-def demo_user_config(arg="runlocal", **overrides) -> dict:
-  """The demo config file's dict with dotted-key overrides (before completion)."""
-  c = config_lib.load_config_file(f"{DEMO_CONFIG}:{arg}").to_dict()
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return c
-
-
-def demo_config(arg="runlocal", **overrides) -> ml_collections.ConfigDict:
-  """The demo config with dotted-key overrides, completed and locked."""
-  return config_lib.complete(demo_user_config(arg, **overrides))
+from flexivit_jax.outputs import runlog
 
 
 class CompileCounter:
@@ -58,9 +40,9 @@ COMPILES = CompileCounter()
 
 @pytest.mark.slow
 def test_end_to_end_run(digits_data_dir, tmp_path):
-  config = demo_config(**{"progress_bar": False, "keep_ckpt": 1})
+  config = load_config(**{"progress_bar": False, "keep_ckpt": 1})
   out = loop.train_and_evaluate(config, str(tmp_path))
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = runlog.read_metrics(str(tmp_path))
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
   for r in train_rows:
@@ -80,9 +62,9 @@ def test_end_to_end_run(digits_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_lr_logged_is_the_schedule(digits_data_dir, tmp_path):
-  config = demo_config(progress_bar=False, log_training_steps=1, evals={})
+  config = load_config(progress_bar=False, log_training_steps=1, evals={})
   loop.train_and_evaluate(config, str(tmp_path))
-  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  rows = runlog.read_metrics(str(tmp_path))
   lr_fn = optim.make_lr_fn(config.lr, optim.make_optimizer(config, config.total_steps)[1])
   np.testing.assert_allclose([r["lr"] for r in rows], [float(lr_fn(r["step"] - 1)) for r in rows],
                              rtol=1e-6)
@@ -103,7 +85,7 @@ def _tiny_teacher(path) -> dict:
 
 
 def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
-  config = demo_config(**{"distill.teachers": {"prof": _tiny_teacher(tmp_path / "t.npz")},
+  config = load_config(**{"distill.teachers": {"prof": _tiny_teacher(tmp_path / "t.npz")},
                           "lr": 1e-2, "schedule": dict(decay_type="constant")})
   model = initial_state.build_model(config.model)
   teachers, teacher_params = initial_state.build_teachers(config.distill)
@@ -127,7 +109,7 @@ def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
 @pytest.mark.slow
 def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path):
   teacher = _tiny_teacher(tmp_path / "teacher.npz")
-  config = demo_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
+  config = load_config(**{"distill.teachers": {"prof": teacher}, "progress_bar": False,
                           "mixup": dict(p=1.0), "lr": 1e-2})
   out = loop.train_and_evaluate(config, str(tmp_path / "wd"))
   flat = manager.leaf_names(sources.read_state(str(tmp_path / "wd"), 8))
@@ -151,7 +133,7 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
   if "distill.teachers" in overrides:
     teacher = _tiny_teacher(tmp_path / "t.npz")
     overrides["distill.teachers"]["prof"].update(model=teacher["model"], init=teacher["init"])
-  config = demo_config(**overrides)
+  config = load_config(**overrides)
   compiles = COMPILES.count
   with pytest.raises(ValueError, match=message):
     loop.train_and_evaluate(config, str(tmp_path / "wd"))
@@ -193,7 +175,7 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
     ({"mixup": dict(p=0.5, n=3)}, "mixup n=3, fold_in=None: this trainer mixes n=2"),
 ])
 def test_config_errors_name_the_key(overrides, message):
-  user = demo_user_config(**overrides)
+  user = user_config(**overrides)
   with pytest.raises(ValueError, match=message):
     config_lib.complete(user)
 
@@ -210,11 +192,11 @@ def test_config_errors_name_the_key(overrides, message):
 ])
 def test_command_line_override_errors_name_the_key(key, text, message):
   with pytest.raises(ValueError, match=message):
-    config_lib.complete(demo_user_config(), [(key, text)])
+    config_lib.complete(user_config(), [(key, text)])
 
 
 def test_any_model_field_can_be_set_from_the_command_line():
-  config = config_lib.complete(demo_user_config(), [
+  config = config_lib.complete(user_config(), [
       ("model.variant", "S"), ("model.posemb", "sincos2d"), ("model.patch_size", "(4, 4)"),
       ("lr", "1"), ("progress_bar", "False"), ("evals.test.log_steps", "2"),
       ("flexi.seqhw.v", "(2, 4)"), ("input.data.split", "train[:50%]")])
@@ -238,7 +220,7 @@ def test_config_argument_errors():
 
 
 def test_each_eval_runs_at_its_own_cadence():
-  config = demo_config(**{"log_eval_steps": 4, "evals.fast": dict(
+  config = load_config(**{"log_eval_steps": 4, "evals.fast": dict(
       data=dict(name="sklearn_digits", split="test"), pp="keep", log_steps=2)})
   due = {d: sorted(evals.evals_due(config, d, 8)) for d in range(1, 9)}
   assert due == {1: [], 2: ["fast"], 3: [], 4: ["fast", "test"], 5: [], 6: ["fast"], 7: [],
@@ -246,7 +228,7 @@ def test_each_eval_runs_at_its_own_cadence():
 
 
 def test_completed_config_is_locked():
-  config = demo_config()
+  config = load_config()
   with pytest.raises(AttributeError):
     config.totl_steps = 3
 
@@ -262,7 +244,7 @@ def _has_baseline(path) -> bool:
                                   for arg in ("", ":runlocal", ":baseline")
                                   if arg != ":baseline" or _has_baseline(f)])
 def test_every_config_file_completes_and_builds(spec):
-  config = config_lib.complete(config_lib.load_config_file(str(REPO / spec)))
+  config = load_config(str(REPO / spec))
   model = initial_state.build_model(config.model)
   flexis = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=0, total_steps=100).all_values()
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
@@ -290,7 +272,7 @@ def test_fsdp_rule_splits_the_largest_divisible_axis():
 
 
 def test_total_epochs_and_init_head_bias(digits_data_dir):
-  config = demo_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
+  config = load_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
   assert loop.total_steps(config) == round(2 * 1497 / 16)
   model = initial_state.build_model(config.model)
   tx, _ = optim.make_optimizer(config, 10)
@@ -305,10 +287,9 @@ def test_total_epochs_and_init_head_bias(digits_data_dir):
 @pytest.mark.slow
 def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   """Fine-tuning start: posemb resampled 7x7 -> 2x2, 32x32 kernel kept, new head."""
-  ref = str(DATA / "bv_gap_ckpt.npz")
-  model_cfg = dict(num_classes=10, width=48, depth=2, num_heads=3, mlp_dim=96,
-                   patch_size=(8, 8), posemb_size=(2, 2), pool_type="gap")
-  config = demo_config(**{"model": model_cfg, "model_init": ref,
+  ref = str(REF_CKPT)
+  model_cfg = dict(REF_MODEL, patch_size=(8, 8), posemb_size=(2, 2))
+  config = load_config(**{"model": model_cfg, "model_init": ref,
                           "model_load": dict(dont_load=("head/.*",)), "progress_bar": False,
                           "total_steps": 2, "evals": {}})
   model = initial_state.build_model(config.model)
