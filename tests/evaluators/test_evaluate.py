@@ -113,11 +113,11 @@ def test_user_errors_are_one_line_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_a_checkpoint_without_config_needs_a_model(tmp_path):
-  from flexivit_jax.evaluators import evaluation
+  from flexivit_jax.evaluators import loading
   with pytest.raises(UserError, match="--model"):
-    evaluation.load_model(str(tmp_path))
-  assert evaluation.model_from_spec("S/16") == {"variant": "S/16"}
-  assert evaluation.model_from_spec('{"width": 8}') == {"width": 8}
+    loading.load_model(str(tmp_path))
+  assert loading.model_from_spec("S/16") == {"variant": "S/16"}
+  assert loading.model_from_spec('{"width": 8}') == {"width": 8}
 
 
 def test_report_round_trip_and_format(tmp_path):
