@@ -5,8 +5,8 @@
       --data imagenet2012:validation --pp "decode|resize(240)|value_range(-1,1)|onehot(1000, key='label', key_result='labels')" \
       --seqhw 5,8,10,15,30 --out eval_s
   python -m flexivit_jax.evaluate --checkpoint workdirs/demo --max_gflops 0.01
-  python -m flexivit_jax.evaluate --checkpoint i21k.npz --model B/16 --data imagenet2012:validation \
-      --pp "..." --label_mapping i21k_to_i1k.txt
+  python -m flexivit_jax.evaluate --checkpoint i21k.npz --model B/16 \
+      --data imagenet2012:validation --pp "..." --label_mapping i21k_to_i1k.txt
 
 Prints one row per seqhw and writes eval.json, eval.csv and eval.png (top-1 vs
 GFLOPs) into --out. With a workdir, the model, data, pp and grids default to its

@@ -42,7 +42,7 @@ def _check_keys(name: str, cfg: Mapping[str, Any], allowed) -> None:
 def _check_cadence(name: str, cfg: Mapping[str, Any]) -> None:
   steps, percent = cfg.get("log_steps"), cfg.get("log_percent")
   if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
-    raise UserError(f"config key 'log_steps' of {name} must be a positive int, got {steps!r}")
+    raise UserError(f"{name}: config key 'log_steps' must be a positive int, got {steps!r}")
   if "log_steps" in cfg and "log_percent" in cfg:
     raise UserError(f"{name}: give log_steps or log_percent, not both")
   if percent is not None and not (isinstance(percent, (int, float)) and 0 < percent <= 1):

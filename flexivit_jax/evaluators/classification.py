@@ -129,7 +129,8 @@ class ClassificationEvaluator:
                place_batch: Optional[Callable[[Mapping[str, np.ndarray]], Mapping]] = None,
                gflops_fn: Optional[Callable[[FlexiKey, Tuple[int, ...]], float]] = None,
                name: str = "classification"):
-    self.predict_fn, self.data_cfg, self.pp, self.batch_size = predict_fn, dict(data), pp, batch_size
+    self.predict_fn, self.data_cfg = predict_fn, dict(data)
+    self.pp, self.batch_size = pp, batch_size
     self.name, self.num_classes = name, num_classes
     self.label_mapping = load_label_mapping(label_mapping, num_classes)
     self._place = place_batch or _on_default_device

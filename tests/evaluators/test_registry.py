@@ -24,7 +24,7 @@ def test_build_dispatches_on_type_and_passes_only_the_class_keys():
     ({**OK, "bs": 3}, r"unknown config key 'evals.val.bs'.*allowed there: batch_size, data"),
     ({"pp": "decode"}, r"evals.val needs 'data' and 'pp'"),
     ({**OK, "batch_size": 0}, r"evals.val.batch_size must be a positive int"),
-    ({**OK, "log_steps": 0}, r"'log_steps' of evals.val must be a positive int"),
+    ({**OK, "log_steps": 0}, r"evals.val: config key 'log_steps' must be a positive int"),
     ({**OK, "log_steps": 2, "log_percent": 0.5}, "give log_steps or log_percent, not both"),
     ({**OK, "log_percent": 2.0}, r"evals.val.log_percent=2.0 must be a fraction"),
     ({**OK, "label_mapping": [10]}, "outside"),
