@@ -59,12 +59,5 @@ def peak_gflops() -> float:
   return max(matmul_gflops(), numpy_matmul_gflops())
 
 
-def compiled_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", 0.0))
-
-
 def median_ratio(num: list, den: list) -> float:
   return float(np.median(num) / np.median(den))

@@ -16,6 +16,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from flexivit_jax.evaluators import flops
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training import compiled_steps
@@ -56,9 +57,7 @@ def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
                                  seed=0, mixup_p=float(config.mixup.p or 0.0))
   compiled = jax.jit(step, static_argnames="flexi").lower(state, tparams, batch,
                                                           flexi=flexi).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+  return flops.gflops(compiled) * 1e9
 
 
 def recipe_flops(spec: str, res: int = 240):

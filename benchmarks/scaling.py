@@ -105,10 +105,10 @@ def with_sharding(abstract, shardings):
                       abstract, shardings)
 
 
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+def flops_of(lowered_or_compiled) -> float:
+  """FLOPs (not GFLOPs: the projections are in FLOPs) from XLA's cost analysis."""
+  from flexivit_jax.evaluators.flops import gflops
+  return gflops(lowered_or_compiled) * 1e9
 
 
 def teacher_flops(spec: str, batch: int, depth=None) -> float:

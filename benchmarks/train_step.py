@@ -35,6 +35,7 @@ import common
 from flexivit_jax import cli
 from flexivit_jax.outputs import console
 from flexivit_jax.models.vit import FlexiViT
+from flexivit_jax.evaluators import flops
 from flexivit_jax.evaluators.predict import params_at_size
 
 IMAGE = 240
@@ -138,9 +139,9 @@ def main() -> None:
   for variant, seqhw in rows:
     flexi, fixed = (min(times[variant, seqhw, name]) for name in ("flexi", "fixed"))
     compiled = steps[variant, seqhw, "flexi"][0]
-    gflop = common.compiled_flops(compiled) / 1e9
+    gflop = flops.gflops(compiled)
     # The cost of flexibility in FLOPs, exact (XLA's count), free of this VM's noise.
-    extra = gflop / (common.compiled_flops(steps[variant, seqhw, "fixed"][0]) / 1e9) - 1
+    extra = gflop / flops.gflops(steps[variant, seqhw, "fixed"][0]) - 1
     mfu = gflop / flexi / peak
     print(f"{variant:>5} {seqhw:>5} {flexi * 1e3:>9.0f} {fixed * 1e3:>9.0f} "
           f"{fixed / flexi:>10.2f}x {gflop:>7.1f} {extra:>+11.2%} {mfu:>6.1%} "

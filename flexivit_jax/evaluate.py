@@ -5,10 +5,15 @@
       --data imagenet2012:validation --pp "decode|resize(240)|value_range(-1,1)|onehot(1000, key='label', key_result='labels')" \
       --seqhw 5,8,10,15,30 --out eval_s
   python -m flexivit_jax.evaluate --checkpoint workdirs/demo --max_gflops 0.01
+  python -m flexivit_jax.evaluate --checkpoint i21k.npz --model B/16 \
+      --data imagenet2012:validation --pp "..." --label_mapping i21k_to_i1k.txt
 
 Prints one row per seqhw and writes eval.json, eval.csv and eval.png (top-1 vs
 GFLOPs) into --out. With a workdir, the model, data, pp and grids default to its
 config.json. `--max_gflops`/`--max_ms` evaluate only the finest grid within budget.
+`--label_mapping` scores a model on a dataset with other classes (as a config's
+`evals.<name>.label_mapping`: a list of model class ids, one per dataset class,
+-1 for none, or a file of them).
 Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out plot.png`.
 `--progress=lines` (the default when stdout is not a terminal) prints a start line,
 a batch count every 30 s and one line per grid; `--progress=none` (or `--no_progress`)
@@ -17,6 +22,7 @@ only the table.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from typing import Optional, Sequence
@@ -41,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--max_gflops", type=float, default=None)
   p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
+  p.add_argument("--label_mapping", default=None,
+                 help="model class per dataset class (-1: none): a list such as '[3, 7, -1]' "
+                      "or a file (JSON list, or one int per line); default: the workdir "
+                      "eval's when --data is not given")
   p.add_argument("--out", default=None, type=paths.normalize,
                  help="directory for eval.json/eval.csv/eval.png")
   cli.add_progress_argument(p)
@@ -78,6 +88,22 @@ def pp_of(args, config: Optional[run_config.RunConfig]) -> str:
   if evaluator:
     return evaluator["pp"]
   raise UserError("pass --pp (an eval preprocessing string producing 'image' and 'labels')")
+
+
+def label_mapping_of(args, config: Optional[run_config.RunConfig]):
+  """--label_mapping (a list literal or a file path), else the workdir's first eval's
+  when the data is that eval's too; None for none. The form is checked when it is read."""
+  spec = args.label_mapping
+  if spec is None:
+    first = config.evaluator() if config is not None and not args.data else None
+    return first.get("label_mapping") if first else None
+  if spec.lstrip().startswith("["):
+    try:
+      return ast.literal_eval(spec)
+    except (ValueError, SyntaxError):
+      raise UserError(f"--label_mapping must be a list of ints such as '[3, 7, -1]' or a "
+                      f"file, got {spec!r}") from None
+  return paths.normalize(spec)
 
 
 def seqhws_of(spec: str, config: Optional[run_config.RunConfig], image_size: int
@@ -119,44 +145,38 @@ def run(args) -> list[dict]:
     data_cfg_of(args, None)  # Flag syntax is checked before anything loads.
   if args.seqhw != "all":
     seqhws_of(args.seqhw, None, sys.maxsize)
+  if args.label_mapping is not None:
+    label_mapping_of(args, None)
   from flexivit_jax import data
-  from flexivit_jax.evaluators import evaluation
+  from flexivit_jax.evaluators import loading, sweep
   from flexivit_jax.outputs import console
-  model, params, config = evaluation.load_model(args.checkpoint, args.model)
+  model, params, config = loading.load_model(args.checkpoint, args.model)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
-  batches = data.eval_iterator(data_cfg, pp, args.batch_size)
+  evaluator, predictor = sweep.size_evaluator(
+      model, params, data=data_cfg, pp=pp, batch_size=args.batch_size,
+      label_mapping=label_mapping_of(args, config), name="evaluate")
+  shapes = evaluator.batch_shapes()
+  evaluator.check_batch_shapes(shapes)
+  _, h, w, c = shapes["image"]
+  if h != w:
+    raise UserError(f"evaluation needs square images; --pp makes {h}x{w}")
+  seqhws = seqhws_of(args.seqhw, config, h)
+  if args.max_gflops is not None or args.max_ms is not None:
+    seqhws = choose(args, model, params, h, c, seqhws)
+  num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
+  progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
+                              unit="batch", every_s=PROGRESS_EVERY_S)
+  progress.line(f"evaluating {args.checkpoint} on {data_cfg['name']}:{data_cfg['split']} "
+                f"at seqhw {','.join(map(str, seqhws))}: {num // len(seqhws)} batches "
+                f"of {args.batch_size} per grid")
   try:
-    first = next(batches)
-    if "labels" not in first:
-      raise UserError(f"--pp {pp!r} produces {sorted(first)}, no 'labels' to score against")
-    n, h, w, c = first["image"].shape
-    if h != w:
-      raise UserError(f"evaluation needs square images; --pp makes {h}x{w}")
-    seqhws = seqhws_of(args.seqhw, config, h)
-    if args.max_gflops is not None or args.max_ms is not None:
-      seqhws = choose(args, model, params, h, c, seqhws)
-    num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
-    progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
-                                unit="batch", every_s=PROGRESS_EVERY_S)
-    progress.line(f"evaluating {args.checkpoint} on {data_cfg['name']}:{data_cfg['split']} "
-                  f"at seqhw {','.join(map(str, seqhws))}: {num // len(seqhws)} batches "
-                  f"of {args.batch_size} per grid")
-    try:
-      rows = evaluation.evaluate_sizes(
-          evaluation.Predictor(model, params, pp), _chain(first, batches), seqhws,
-          on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
-    finally:
-      progress.close()
-    for row in rows:
-      progress.line(tables.format_eval_row(row))
+    rows = sweep.evaluate_sizes(evaluator, predictor.params, seqhws,
+                                on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
   finally:
-    batches.close()
+    progress.close()
+  for row in rows:
+    progress.line(tables.format_eval_row(row))
   return rows
-
-
-def _chain(first, rest):
-  yield first
-  yield from rest
 
 
 def write_outputs(rows, out: str, label: str) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import reference_model, user_config
-from flexivit_jax import data
+from flexivit_jax import data, evaluators
 from flexivit_jax.checkpoints import adapt
 from flexivit_jax.evaluators import classification
 from flexivit_jax.training import losses
@@ -36,12 +36,13 @@ def test_empty_label_rows_are_excluded():
   labels = np.eye(4, dtype=np.float32)[[0, 2, 2, 3]]
   labels[3] = 0  # ImageNet-ReaL: an image with no valid label.
   mask = np.array([1, 1, 1, 1], bool)
-  correct, count = classification.classification_counts(logits, labels, mask)
+  sums = classification.classification_sums(logits, labels, mask)
+  correct, count = sums["top1"], sums["count"]
   assert float(count) == 3 and float(correct) == 2  # 2/3, not 2/4.
   assert float(correct) / float(count) == pytest.approx(_np_prec1(logits, labels, mask))
   # Padding examples (mask False) drop out as well.
-  correct, count = classification.classification_counts(logits, labels, np.array([1, 1, 0, 0], bool))
-  assert (float(correct), float(count)) == (1, 2)
+  sums = classification.classification_sums(logits, labels, np.array([1, 1, 0, 0], bool))
+  assert (float(sums["top1"]), float(sums["count"])) == (1, 2)
 
 
 def test_smoothed_labels_are_not_all_hits():
@@ -51,8 +52,8 @@ def test_smoothed_labels_are_not_all_hits():
   on, off = 0.9, 0.1 / 9
   labels = np.full((64, 10), off, np.float32)
   labels[np.arange(64), ids] = on
-  correct, count = classification.classification_counts(logits, labels, np.ones(64, bool))
-  got = float(correct) / float(count)
+  sums = classification.classification_sums(logits, labels, np.ones(64, bool))
+  got = float(sums["top1"]) / float(sums["count"])
   true_acc = (logits.argmax(1) == ids).mean()
   assert got == pytest.approx(_np_prec1(logits, labels, np.ones(64)), rel=1e-6)
   assert got == pytest.approx(true_acc * on + (1 - true_acc) * off, rel=1e-5)
@@ -84,7 +85,7 @@ def _tiny_model():
                   patch_size=(4, 4), posemb_size=(2, 2), head_zeroinit=False)
 
 
-def test_eval_step_with_label_mapping():
+def test_evaluator_sums_with_label_mapping():
   model = _tiny_model()
   images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
@@ -93,13 +94,15 @@ def test_eval_step_with_label_mapping():
   want_top = np.asarray(logits)[:, mapping[:3]].argmax(1)
   labels = np.eye(4, dtype=np.float32)[want_top]
   labels[:2] = np.eye(4, dtype=np.float32)[3]  # labelled with the class the model lacks: misses
-  batch = {"image": images, "labels": labels, "_mask": np.ones(8, bool)}
-  step = jax.jit(compiled_steps.make_eval_step(model, mapping), static_argnames="flexi")
-  correct, count = step(params, batch, flexi=(("seqhw", 2),))
-  assert (float(correct), float(count)) == (6, 8)
-  steps = compiled_steps.make_eval_steps(model, {"a": {"label_mapping": mapping.tolist()}, "b": {}},
-                                  (None, None))
-  assert steps["a"].label_mapping.tolist() == mapping.tolist() and steps["b"].label_mapping is None
+  predict = jax.jit(compiled_steps.make_predict_step(model), static_argnames="flexi")
+  data_cfg = dict(data={}, pp="x", batch_size=8)
+  built = {name: evaluators.build(name, {**data_cfg, **cfg}, predict, num_classes=6)
+           for name, cfg in {"a": {"label_mapping": mapping.tolist()}, "b": {}}.items()}
+  sums = built["a"].batch_sums(predict(params, images, flexi=(("seqhw", 2),)), labels,
+                               np.ones(8, bool))
+  assert (float(sums["top1"]), float(sums["count"])) == (6, 8)
+  assert built["a"].label_mapping.tolist() == mapping.tolist()
+  assert built["b"].label_mapping is None
 
 
 def test_config_checks_label_mapping_and_new_keys():
@@ -186,10 +189,8 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
   images = jnp.zeros((1, 16, 16, 3))
   params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]
   params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
-  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  steps = compiled_steps.make_eval_steps(model, config.evals, (repl, repl))
   flexis = [(("seqhw", 2),)]
-  got = evals.evaluate(config, config.evals, steps, params, flexis, mesh)
+  got = evals.evaluate(evals.build_evaluators(config, model, mesh), params, flexis)
   # Reference numbers from the logits, computed directly.
   batch = next(iter(data.eval_iterator(
       dict(name="sklearn_digits", split="test[:64]", data_dir=digits_data_dir), pp3, 64)))
@@ -200,13 +201,17 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
   assert got["eval/plain/seqhw=2/prec@1"] == pytest.approx(plain)
   assert got["eval/mapped/seqhw=2/prec@1"] == pytest.approx(mapped)
   assert plain != mapped
-  with pytest.raises(ValueError, match="make_eval_steps"):
-    evals.evaluate(config, config.evals, steps["plain"], params, flexis, mesh)
+  # A map that does not fit the labels the pp makes is refused before any step runs.
+  user["evals"]["mapped"]["label_mapping"] = [2, 1, 0]
+  short = evals.build_evaluators(config_lib.complete(user), model, mesh)
+  with pytest.raises(ValueError, match="label_mapping has 3 entries but its pp makes labels "
+                                       "with 10 classes"):
+    evals.evaluate(short, params, flexis)
 
 
-def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_path):
-  """The map is baked into the traced step: editing the mapping file between two
-  cached runs must give a new entry and the new map's counts, never the old step."""
+def test_label_maps_stay_out_of_the_cached_prediction_step(tmp_path):
+  """The map is applied by the evaluator, not baked into the traced step: editing the
+  mapping file between two cached runs gives the new map's counts from the same step."""
   from flexivit_jax.training import step_cache
   model = _tiny_model()
   images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
@@ -219,18 +224,19 @@ def test_label_mapped_eval_steps_in_the_step_cache_follow_the_mapping_file(tmp_p
   def run(mapping):
     mapping_file.write_text("\n".join(map(str, mapping)))
     cache = step_cache.StepCache(str(tmp_path / "steps"), "fingerprint")
-    steps = compiled_steps.make_eval_steps(model, {"a": {"label_mapping": str(mapping_file)}},
-                                    (repl, repl), cache=cache)
+    predict = compiled_steps.CompiledSteps(compiled_steps.make_predict_step(model), repl,
+                                           donate=False, cache=cache, name="eval")
+    cfg = dict(data={}, pp="x", batch_size=8, label_mapping=str(mapping_file))
+    evaluator = evaluators.build("evals.a", cfg, lambda p, x, f: predict(f, p, x), num_classes=6)
     # Labels are the first map's top class: every example right under it.
     top = np.asarray(logits)[:, [4, 1, 5]].argmax(1)
-    batch = jax.device_put({"image": images, "labels": np.eye(3, dtype=np.float32)[top],
-                            "_mask": np.ones(8, bool)}, repl)
-    correct, count = steps["a"]((("seqhw", 2),), params, batch)
-    return float(correct), float(count), (cache.hits, cache.misses)
+    sums = evaluator.batch_sums(evaluator.predict_fn(params, images, (("seqhw", 2),)),
+                                np.eye(3, dtype=np.float32)[top], np.ones(8, bool))
+    return float(sums["top1"]), float(sums["count"]), (cache.hits, cache.misses)
 
   assert run([4, 1, 5]) == (8, 8, (0, 1))
   assert run([4, 1, 5]) == (8, 8, (1, 0))  # Same file: the traced step is read back.
   reversed_correct = int((np.asarray(logits)[:, [5, 1, 4]].argmax(1)
                           == np.asarray(logits)[:, [4, 1, 5]].argmax(1)).sum())
-  assert run([5, 1, 4]) == (reversed_correct, 8, (0, 1))  # Edited: traced anew.
+  assert run([5, 1, 4]) == (reversed_correct, 8, (1, 0))  # Edited: the new map's counts.
   assert reversed_correct < 8

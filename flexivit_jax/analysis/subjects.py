@@ -16,7 +16,7 @@ import numpy as np
 
 from flexivit_jax import data
 from flexivit_jax.errors import UserError
-from flexivit_jax.evaluators import evaluation
+from flexivit_jax.evaluators import loading, sweep
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import demos, initial_state, loop
@@ -65,15 +65,15 @@ def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
 
 def load_subject(checkpoint: str, model_spec: Optional[str] = None
                  ) -> Tuple[FlexiViT, Dict[str, Any]]:
-  model, params, _ = evaluation.load_model(checkpoint, model_spec)
+  model, params, _ = loading.load_model(checkpoint, model_spec)
   return model, params
 
 
 def top1(model: FlexiViT, params: Mapping, data_cfg: Mapping, pp: str, seqhw: int,
          batch_size: int = 100) -> float:
-  """Top-1 of `model` on a split at one grid (resized kernels cached by a Predictor)."""
-  rows = evaluation.evaluate_model(model, params, data_cfg, pp, batch_size, [seqhw],
-                                   count_flops=False)
+  """Top-1 of `model` on a split at one grid (the sizes sweep of the evaluate CLI)."""
+  rows = sweep.evaluate_model(model, params, [seqhw], data=data_cfg, pp=pp,
+                              batch_size=batch_size, count_flops=False)
   return rows[0]["top1"]
 
 

@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 from flexivit_jax import cli
 from flexivit_jax.analysis import common, subjects
-from flexivit_jax.evaluators import evaluation
+from flexivit_jax.evaluators import sweep
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import plots, tables
 
@@ -29,7 +29,7 @@ RUNLOCAL = dict(image_size=16, seqhws=(2, 4), vit_seqhw=2)
 def per_seqhw(model: FlexiViT, params: Mapping, *, data_cfg: Mapping, pp: str,
               seqhws: Sequence[int], batch_size: int = 100) -> list[dict]:
   """Eval rows of one model at every grid (kernel PI-resized once per grid)."""
-  return evaluation.evaluate_model(model, params, data_cfg, pp, batch_size, seqhws)
+  return sweep.evaluate_model(model, params, seqhws, data=data_cfg, pp=pp, batch_size=batch_size)
 
 
 def zero_shot(vit: tuple, flexivit: tuple, *, data_cfg: Mapping, pp: str,

@@ -1,4 +1,4 @@
-"""Classification metrics with big_vision's evaluator semantics, and label maps.
+"""The classification evaluator: big_vision's semantics, label maps, any predict function.
 
 big_vision's `classification` evaluator weighs every example by the max of its
 label row (so rows with no label, e.g. ImageNet-ReaL images nobody could
@@ -7,12 +7,17 @@ value at the argmax logit. A label map lets a model with more classes (an
 i21k model) be scored on a dataset with other classes (ImageNet-1k): entry
 `j` of the map is the model class read for dataset class `j`, or -1 where the
 model has none (that class is never predicted).
+
+`ClassificationEvaluator(predict_fn, data=..., pp=..., batch_size=...)` runs one
+pass over an eval split per `run(params, flexis)`: the trainer (sharded over its
+mesh), the evaluate CLI and the analyses (through `sweep`) all run it.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence, Union
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +26,10 @@ import numpy as np
 from flexivit_jax.errors import UserError
 
 LabelMapping = Union[str, Sequence[int]]
+FlexiKey = Tuple[Tuple[str, Any], ...]  # (("seqhw", 8),): the model's call arguments.
+# predict_fn(params, images, flexi) -> logits (N, num_model_classes).
+PredictFn = Callable[[Any, Any, FlexiKey], jax.Array]
+METRICS = ("top1", "top5", "loss")
 
 
 def classification_sums(logits, labels, mask):
@@ -39,12 +48,6 @@ def classification_sums(logits, labels, mask):
   xent = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
   return {"top1": jnp.sum(at_topk[:, 0] * weight), "top5": jnp.sum(jnp.max(at_topk, -1) * weight),
           "loss": jnp.sum(xent * weight), "count": jnp.sum(weight)}
-
-
-def classification_counts(logits, labels, mask):
-  """(sum of label values at the argmax, sum of weights): big_vision's prec@1 parts."""
-  sums = classification_sums(logits, labels, mask)
-  return sums["top1"], sums["count"]
 
 
 def map_logits(logits, mapping):
@@ -90,3 +93,116 @@ def load_label_mapping(spec: Optional[LabelMapping], num_model_classes: Optional
     raise UserError(f"label_mapping holds {int(bad[0])}, outside -1..{top - 1} "
                     f"(the model has {num_model_classes} classes)")
   return out
+
+
+def _on_default_device(local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+  return {k: jnp.asarray(v) for k, v in local.items()}
+
+
+class ClassificationEvaluator:
+  """top-1, top-5 and loss of a predict function over one pass of an eval split.
+
+  `predict_fn(params, images, flexi) -> logits` is the model as the caller runs
+  it: the trainer's sharded step, or a `Predictor` (kernels resized once per size).
+  `place_batch(local) -> batch` puts each process's batch where `predict_fn`
+  wants it (the trainer pads it to its local devices and builds global arrays on
+  its mesh; default: this process's default device); every process must run.
+  `gflops_fn(flexi, image_shape) -> GFLOPs per image` adds a `gflops` result.
+  `name` prefixes its errors (the config key, or the CLI flag the data came from).
+  """
+  KEYS = ("data", "pp", "batch_size", "label_mapping")  # Its config keys (see __init__).
+
+  @staticmethod
+  def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
+    """The keys of `evals.<name>` this evaluator reads; no data, no devices."""
+    if "data" not in cfg or "pp" not in cfg:
+      raise UserError(f"{name} needs 'data' and 'pp'")
+    batch_size = cfg.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int)
+                                   or isinstance(batch_size, bool) or batch_size <= 0):
+      raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+    load_label_mapping(cfg.get("label_mapping"), num_classes)
+
+  def __init__(self, predict_fn: PredictFn, *, data: Mapping[str, Any], pp: str,
+               batch_size: int, label_mapping: Optional[LabelMapping] = None,
+               num_classes: Optional[int] = None,
+               place_batch: Optional[Callable[[Mapping[str, np.ndarray]], Mapping]] = None,
+               gflops_fn: Optional[Callable[[FlexiKey, Tuple[int, ...]], float]] = None,
+               name: str = "classification"):
+    self.predict_fn, self.data_cfg = predict_fn, dict(data)
+    self.pp, self.batch_size = pp, batch_size
+    self.name, self.num_classes = name, num_classes
+    self.label_mapping = load_label_mapping(label_mapping, num_classes)
+    self._place = place_batch or _on_default_device
+    self._gflops_fn = gflops_fn
+    mapping = self.label_mapping  # A constant of the jitted sums.
+    # The sums of one batch (classification_sums, after the label map), jitted.
+    self.batch_sums = jax.jit(lambda logits, labels, mask: classification_sums(
+        logits if mapping is None else map_logits(logits, mapping), labels, mask))
+
+  def eval_data(self):
+    """The split's `data.EvalData` (built once per process, then replayed)."""
+    from flexivit_jax.data import eval_data
+    return eval_data(self.data_cfg, self.pp, self.batch_size)
+
+  def batch_shapes(self) -> Dict[str, Tuple[int, ...]]:
+    """{key: shape} of this process's eval batches, read without running the pipeline."""
+    spec = self.eval_data().dataset.element_spec
+    return {k: tuple(s.shape) for k, s in spec.items()}
+
+  def check_batch_shapes(self, shapes: Mapping[str, Tuple[int, ...]]) -> None:
+    """The pp must make labels, with one class per entry of the label map (if any)."""
+    if "labels" not in shapes:
+      raise UserError(f"{self.name}: pp {self.pp!r} produces {sorted(shapes)}, no 'labels' "
+                      "to score against")
+    classes = shapes["labels"][-1]
+    if self.label_mapping is not None and classes != len(self.label_mapping):
+      raise UserError(f"{self.name}: label_mapping has {len(self.label_mapping)} entries "
+                      f"but its pp makes labels with {classes} classes")
+    if self.label_mapping is None and self.num_classes and classes != self.num_classes:
+      raise UserError(f"{self.name}: the model has {self.num_classes} classes but its pp "
+                      f"makes labels with {classes}; make them equal or give a label_mapping")
+
+  def run(self, params, flexis: Sequence[FlexiKey], *, timing: bool = False,
+          on_batch: Optional[Callable[[FlexiKey, int], None]] = None
+          ) -> Dict[FlexiKey, Dict[str, float]]:
+    """{flexi: {top1, top5, loss[, img_per_s][, gflops]}} over one pass of the split.
+
+    With `timing`, img_per_s counts only `predict_fn` (each flexi is compiled and
+    run once on the first batch, outside the timing). `on_batch(flexi, n)` is
+    called after each batch at each flexi (progress).
+    """
+    from flexivit_jax.data import MASK_KEY  # Here: checking a config needs no TensorFlow.
+    shapes = self.batch_shapes()
+    self.check_batch_shapes(shapes)
+    totals = {f: dict.fromkeys(("top1", "top5", "loss", "count"), 0.0) for f in flexis}
+    seconds = dict.fromkeys(flexis, 0.0)
+    images_seen = 0
+    with self.eval_data().iterate() as batches:
+      for local in batches:
+        batch = self._place({k: local[k] for k in ("image", "labels", MASK_KEY)})
+        if timing and not images_seen:
+          for f in flexis:  # Compile + one warm-up call, outside the timing.
+            jax.block_until_ready(self.predict_fn(params, batch["image"], f))
+        for f in flexis:
+          start = time.perf_counter()
+          logits = self.predict_fn(params, batch["image"], f)
+          if timing:
+            jax.block_until_ready(logits)
+            seconds[f] += time.perf_counter() - start
+          for key, value in self.batch_sums(logits, batch["labels"], batch[MASK_KEY]).items():
+            totals[f][key] += float(value)
+          if on_batch:
+            on_batch(f, len(local[MASK_KEY]))
+        images_seen += len(local[MASK_KEY])
+    if not images_seen:
+      raise UserError(f"{self.name}: the eval split yielded no batches")
+    results = {}
+    for f in flexis:
+      count = max(totals[f]["count"], 1.0)
+      results[f] = {m: totals[f][m] / count for m in METRICS}
+      if timing:
+        results[f]["img_per_s"] = images_seen / max(seconds[f], 1e-9)
+      if self._gflops_fn:
+        results[f]["gflops"] = self._gflops_fn(f, shapes["image"])
+    return results

@@ -4,6 +4,7 @@ A FlexiViT stores its patch-embedding kernel and position embedding at fixed
 sizes and resizes them on every call. For serving, `Predictor` resizes them once
 per patch size, keeps the result, and calls the model with parameters that are
 already at the target size (the model then skips its own resize, exactly).
+A `Predictor` is also an evaluator's predict function, `predictor(params, images, flexi)`.
 `gflops_per_image` counts the compiled computation's FLOPs (XLA cost analysis);
 `choose_seqhw` picks the finest grid within a FLOP or latency budget.
 """
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators.flops import gflops
 from flexivit_jax.models import resize
 from flexivit_jax.models.vit import HW, FlexiViT, resolve_patch
 
@@ -57,14 +59,6 @@ def _logits_fn(model: FlexiViT, patch: Patch) -> Callable:
                                                     patch_size=patch)[0])
 
 
-def compiled_flops(fn: Callable, *args) -> float:
-  """FLOPs XLA counts for `jax.jit(fn)(*args)` (args may be ShapeDtypeStructs)."""
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
-    cost = cost[0]
-  return float(cost["flops"])
-
-
 def gflops_per_image(model: FlexiViT, params_or_shapes: Mapping, image_size: HW, *,
                      seqhw: Optional[HW] = None, patch_size: Optional[HW] = None,
                      channels: int = 3, batch_size: int = 1) -> float:
@@ -76,7 +70,7 @@ def gflops_per_image(model: FlexiViT, params_or_shapes: Mapping, image_size: HW,
   sized_model, sized = params_at_size(model, shapes, patch, _grid(image_hw, patch))
   images = jax.ShapeDtypeStruct((batch_size, *image_hw, channels), jnp.float32)
   apply = lambda p, x: sized_model.apply({"params": p}, x, patch_size=patch)[0]
-  return compiled_flops(apply, sized, images) / batch_size / 1e9
+  return gflops(jax.jit(apply).lower(sized, images).compile()) / batch_size
 
 
 class Predictor:
@@ -85,6 +79,7 @@ class Predictor:
     predictor = Predictor(model, params)
     logits = predictor.predict(images, seqhw=8)     # NHWC float images
     logits = predictor.predict_files(paths, seqhw=8)  # preprocessed with `pp`
+    logits = predictor(params, images, (("seqhw", 8),))  # an evaluator's predict_fn
   """
 
   def __init__(self, model: FlexiViT, params: Mapping, pp: str = DEFAULT_PP):
@@ -113,6 +108,15 @@ class Predictor:
                        f"{tuple(images.shape)}")
     params, fn = self.sized(images.shape[1:3], seqhw, patch_size)
     return fn(params, images)
+
+  def __call__(self, params: Mapping, images, flexi: Tuple[Tuple[str, Any], ...]) -> jax.Array:
+    """Logits at `flexi` ((("seqhw", s),) or patch_size): the evaluators' predict_fn.
+
+    Other params than the served ones replace them (their resized copies are made anew).
+    """
+    if params is not self.params:
+      self.params, self._cache = params, {}
+    return self.predict(images, **dict(flexi))
 
   def predict_files(self, paths: Sequence[str], seqhw: Optional[HW] = None,
                     patch_size: Optional[HW] = None) -> jax.Array:

@@ -99,8 +99,8 @@ def pp_image_side(pp: str) -> Optional[int]:
   """
   import tensorflow as tf
 
-  from flexivit_jax.data import ops
-  spec_ops = ops.parse(pp)
+  from flexivit_jax.data import preprocess
+  spec_ops = preprocess.parse(pp)
 
   @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
   def image_of(encoded):

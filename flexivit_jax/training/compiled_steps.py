@@ -1,11 +1,11 @@
 """The jitted steps: the loss (the only difference between supervised and distillation),
-the train and eval steps, and one compiled executable per flexi value.
+the train step, the prediction the evaluators run, and one compiled executable per flexi value.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flexivit_jax import data
-from flexivit_jax.evaluators import classification as eval_lib
+from flexivit_jax.evaluators import flops
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names
 from flexivit_jax.training import losses, step_cache
@@ -85,39 +84,13 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
   return train_step
 
 
-def make_eval_step(model: FlexiViT, label_mapping=None) -> Callable:
-  """eval_step(params, batch, flexi) -> (correct, count), as big_vision's evaluator.
+def make_predict_step(model: FlexiViT) -> Callable:
+  """predict(params, images, flexi) -> logits: the model as the evaluators run it."""
 
-  Examples weigh their label row's max (empty rows drop out); a hit counts the
-  label value at the argmax. `label_mapping` maps the logits to the dataset's
-  classes first (see flexivit_jax.evaluators.classification.map_logits).
-  """
+  def predict(params, images, flexi: FlexiKey):
+    return model.apply({"params": params}, images, **dict(flexi))[0]
 
-  def eval_step(params, batch, flexi: FlexiKey):
-    logits, _ = model.apply({"params": params}, batch["image"], **dict(flexi))
-    if label_mapping is not None:
-      logits = eval_lib.map_logits(logits, label_mapping)
-    return eval_lib.classification_counts(logits, batch["labels"], batch[data.MASK_KEY])
-
-  return eval_step
-
-
-def make_eval_steps(model: FlexiViT, evals: Mapping[str, Any], shardings,
-                    cache: Optional[step_cache.StepCache] = None) -> Dict[str, "CompiledSteps"]:
-  """One CompiledSteps per evaluator; those without a label map share one."""
-  shared = CompiledSteps(make_eval_step(model), shardings, donate=False, cache=cache,
-                         name="eval")
-  out = {}
-  for name, ev in evals.items():
-    mapping = eval_lib.load_label_mapping(ev.get("label_mapping"), model.num_classes)
-    if mapping is None:
-      out[name] = shared
-    else:  # The map is a constant of the traced step: its bytes name the cache entry.
-      digest = hashlib.sha256(np.asarray(mapping).tobytes()).hexdigest()[:16]
-      out[name] = CompiledSteps(make_eval_step(model, mapping), shardings, donate=False,
-                                cache=cache, name=f"eval-{digest}")
-    out[name].label_mapping = mapping
-  return out
+  return predict
 
 
 def make_step_cache(config) -> Optional[step_cache.StepCache]:
@@ -144,7 +117,6 @@ class CompiledSteps:
     self._jit = jax.jit(fn, static_argnames=("flexi",), out_shardings=shardings,
                         donate_argnums=self._donate)
     self._compiled: Dict[FlexiKey, Any] = {}
-    self.label_mapping = None  # Set by make_eval_steps for label-mapped evals.
     self._num_devices = num_devices
     self._cache, self._name = cache, name
 
@@ -168,10 +140,7 @@ class CompiledSteps:
 
     The SPMD executable's analysis counts one device's share; times the devices.
     """
-    cost = self.compile(flexi, *args).cost_analysis()
-    if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
-      cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan"))) * self._num_devices / 1e9
+    return flops.gflops(self.compile(flexi, *args), self._num_devices)
 
   def __call__(self, flexi: FlexiKey, *args):
     return self.compile(flexi, *args)(*args)

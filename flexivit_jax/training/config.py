@@ -23,7 +23,7 @@ import ml_collections
 from flexivit_jax import paths
 from flexivit_jax.checkpoints import adapt, sources
 from flexivit_jax.errors import UserError
-from flexivit_jax.evaluators import classification
+from flexivit_jax import evaluators
 from flexivit_jax.models.vit import MODEL_FIELDS
 from flexivit_jax.models.vit import from_config as model_from_config
 from flexivit_jax.outputs import console
@@ -32,8 +32,6 @@ from flexivit_jax.training.flexi import SPEC_KEYS, FlexiSampler
 
 FLEXI_ARGS = ("seqhw", "patch_size")
 PARAM_SHARDINGS = ("replicated", "fsdp")
-EVAL_TYPES = ("classification",)
-EVAL_KEYS = ("type", "data", "pp", "batch_size", "log_steps", "log_percent", "label_mapping")
 TEACHER_COMBINE = ("sum", "mean")
 TEACHER_KEYS = ("model", "init", "input_key", "call")
 DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")  # What data.pipeline reads.
@@ -49,7 +47,7 @@ FREE_KEYS = {
     "eval_flexi": FLEXI_ARGS,
     "eval_flexi.*": SPEC_KEYS,
     "evals": _ANY,
-    "evals.*": EVAL_KEYS,
+    "evals.*": _ANY,  # Each evaluator type checks its own keys (evaluators.check_config).
     "evals.*.data": DATA_KEYS,
     "distill.teachers": _ANY,
     "distill.teachers.*": TEACHER_KEYS,
@@ -350,19 +348,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.param_sharding not in PARAM_SHARDINGS:
     raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
   for name, ev in c.evals.items():
-    kind = ev.get("type", "classification")
-    if kind not in EVAL_TYPES:
-      raise UserError(f"evals.{name}.type={kind!r} is unknown; allowed: {EVAL_TYPES}")
-    if "data" not in ev or "pp" not in ev:
-      raise UserError(f"evals.{name} needs 'data' and 'pp'")
-    if ev.get("log_steps") is not None:
-      _positive_int(ev, "log_steps")
-    if "log_steps" in ev and "log_percent" in ev:
-      raise UserError(f"evals.{name}: give log_steps or log_percent, not both")
-    percent = ev.get("log_percent")
-    if percent is not None and not 0 < percent <= 1:
-      raise UserError(f"evals.{name}.log_percent={percent!r} must be a fraction in (0, 1]")
-    classification.load_label_mapping(ev.get("label_mapping"), c.model.get("num_classes"))
+    evaluators.check_config(f"evals.{name}", ev, c.model.get("num_classes"))
   if c.model_load.get("kernel", "keep") not in adapt.KERNEL_LOAD_MODES:
     raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
                     f"{adapt.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")

@@ -1,49 +1,58 @@
-"""The evaluations a run makes while it trains, when they are due, and the final table."""
+"""The evaluations a run makes while it trains, when they are due, and the final table.
+
+The evaluators are the package's (`flexivit_jax.evaluators`, built by type) around
+one compiled prediction step sharded over the run's mesh.
+"""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
+from jax.sharding import Mesh
 
-from flexivit_jax import data
-from flexivit_jax.errors import UserError
+from flexivit_jax import evaluators as evaluators_lib
+from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names, plots, tables
 from flexivit_jax.training import config as config_lib
+from flexivit_jax.training import step_cache
+from flexivit_jax.training.compiled_steps import CompiledSteps, FlexiKey, make_predict_step
 from flexivit_jax.training.sharding import batch_sharding, pad_batch, to_global
 
 
-def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, float]:
-  """prec@1 of every evaluator at every flexi value; one data pass per evaluator.
+def build_evaluators(config, model: FlexiViT, mesh: Mesh,
+                     cache: Optional[step_cache.StepCache] = None) -> Dict[str, Any]:
+  """{name: evaluator} of `config.evals`, all predicting through one compiled step.
 
-  `eval_steps`: one CompiledSteps for all, or make_eval_steps' dict (needed for
-  evaluators with a label_mapping).
   An eval batch need not divide the device count: each process pads its slice
-  with masked examples up to a multiple of its devices.
+  with masked examples up to a multiple of its devices, then the batch is split
+  over the whole mesh. `batch_size` defaults to the training batch size and
+  `data` to `input.data_dir`.
   """
-  results = {}
+  bsh = batch_sharding(mesh)
+  predict = CompiledSteps(make_predict_step(model), bsh, donate=False, cache=cache, name="eval")
   local_devices = mesh.size // jax.process_count()
-  for name, ev in evaluators.items():
-    steps = eval_steps[name] if isinstance(eval_steps, Mapping) else eval_steps
-    if ev.get("label_mapping") is not None and steps.label_mapping is None:
-      raise UserError(f"evals.{name} has a label_mapping: build its steps with make_eval_steps")
-    hits = {f: 0.0 for f in flexis}
-    count = 0.0
-    bs = ev.get("batch_size", config.input.batch_size)
-    for local in data.eval_data(config_lib.data_config(config, ev["data"]), ev["pp"], bs).iterate():
-      if steps.label_mapping is not None and local["labels"].shape[-1] != len(steps.label_mapping):
-        raise UserError(f"evals.{name}: label_mapping has {len(steps.label_mapping)} entries "
-                        f"but its pp makes labels with {local['labels'].shape[-1]} classes")
-      local = pad_batch({k: local[k] for k in ("image", "labels", data.MASK_KEY)},
-                        local_devices)
-      batch = to_global(local, batch_sharding(mesh))
-      for f in flexis:
-        h, c = steps(f, params, batch)
-        hits[f] += float(h)
-      count += float(c)
-    for f in flexis:
-      results[eval_names.eval_metric_name(name, f)] = hits[f] / max(count, 1.0)
-  return results
+
+  def place(local):
+    return to_global(pad_batch(local, local_devices), bsh)
+
+  def predict_fn(params, images, flexi: FlexiKey):
+    return predict(flexi, params, images)
+
+  return {name: evaluators_lib.build(
+              f"evals.{name}",
+              {**ev, "data": config_lib.data_config(config, ev["data"]),
+               "batch_size": ev.get("batch_size", config.input.batch_size)},
+              predict_fn, num_classes=model.num_classes, place_batch=place)
+          for name, ev in config.evals.items()}
+
+
+def evaluate(evaluators: Mapping[str, Any], params, flexis: Sequence[FlexiKey]
+             ) -> Dict[str, float]:
+  """prec@1 (top-1) of every evaluator at every flexi value; one data pass per evaluator."""
+  return {eval_names.eval_metric_name(name, flexi): metrics["top1"]
+          for name, evaluator in evaluators.items()
+          for flexi, metrics in evaluator.run(params, flexis).items()}
 
 
 def evals_due(config, done: int, steps: int) -> Dict[str, Any]:

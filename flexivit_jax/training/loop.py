@@ -26,11 +26,11 @@ from flexivit_jax.outputs import console, eval_names, run_config, runlog, tables
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training.compiled_steps import (CompiledSteps, abstract_of,
-                                                  make_eval_steps,
                                                   make_loss_fn,
                                                   make_step_cache,
                                                   make_train_step)
-from flexivit_jax.training.evals import evals_due, evaluate, print_final_table
+from flexivit_jax.training.evals import (build_evaluators, evals_due, evaluate,
+                                         print_final_table)
 from flexivit_jax.training.flexi import FlexiSampler
 from flexivit_jax.training.initial_state import (Teacher, build_model,
                                                  build_teachers, flexi_key,
@@ -276,7 +276,7 @@ def _train_from(run: Run, ckpts: manager.StateCheckpoints, state, shardings
         make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
                         mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
         (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
-    eval_steps = make_eval_steps(run.model, config.evals, (repl, repl), cache)
+    evaluators = build_evaluators(config, run.model, mesh, cache)
     bsh = batch_sharding(mesh)
     # Shapes and shardings only: compiling later must not touch donated buffers.
     abstract = jax.tree.map(abstract_of,
@@ -287,7 +287,7 @@ def _train_from(run: Run, ckpts: manager.StateCheckpoints, state, shardings
     compute = ComputeMeter(lambda f: train_steps.gflops(f, *abstract), run.sampler,
                            run.start_step)
     writer = runlog.MetricWriter(workdir, enabled=is_main, resume_step=run.start_step)
-    last, final = _loop(run, ckpts, state, teacher_params, train_steps, eval_steps, compute,
+    last, final = _loop(run, ckpts, state, teacher_params, train_steps, evaluators, compute,
                         writer, progress)
   finally:
     progress.close()
@@ -341,7 +341,7 @@ def _say_written(ckpts: manager.StateCheckpoints, progress, step: Optional[int])
 
 
 def _loop(run: Run, ckpts: manager.StateCheckpoints, state, teacher_params,
-          train_steps: CompiledSteps, eval_steps, compute: "ComputeMeter", writer, progress
+          train_steps: CompiledSteps, evaluators, compute: "ComputeMeter", writer, progress
           ) -> Tuple[Dict[str, Any], Dict[str, float]]:
   """Steps from the resume point to the end: (last metrics and state, final eval results)."""
   config, steps, mesh = run.config, run.total_steps, run.mesh
@@ -371,7 +371,7 @@ def _loop(run: Run, ckpts: manager.StateCheckpoints, state, teacher_params,
         progress.update(1)
       due = evals_due(config, done, steps)
       if due:
-        results = evaluate(config, due, eval_steps, state["params"], run.eval_flexis, mesh)
+        results = evaluate({n: evaluators[n] for n in due}, state["params"], run.eval_flexis)
         writer.write(done, {**results, "compute/gflops": compute.total_gflops()})
         last.update(results)
         progress.line(f"eval step {done}/{steps}  "

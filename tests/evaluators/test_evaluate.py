@@ -1,5 +1,6 @@
 """The evaluation CLI, its report files, the eval metrics and `compare` over eval.json."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -113,11 +114,11 @@ def test_user_errors_are_one_line_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_a_checkpoint_without_config_needs_a_model(tmp_path):
-  from flexivit_jax.evaluators import evaluation
+  from flexivit_jax.evaluators import loading
   with pytest.raises(UserError, match="--model"):
-    evaluation.load_model(str(tmp_path))
-  assert evaluation.model_from_spec("S/16") == {"variant": "S/16"}
-  assert evaluation.model_from_spec('{"width": 8}') == {"width": 8}
+    loading.load_model(str(tmp_path))
+  assert loading.model_from_spec("S/16") == {"variant": "S/16"}
+  assert loading.model_from_spec('{"width": 8}') == {"width": 8}
 
 
 @pytest.mark.slow
@@ -128,3 +129,46 @@ def test_cli_subprocess_error_exit_code(tmp_path):
                         capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+PP16 = "decode|resize(16)|value_range(-1, 1)|onehot(10, key='label', key_result='labels')"
+TINY = dict(num_classes=10, width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=(4, 4),
+            posemb_size=(2, 2), head_zeroinit=False)
+
+
+def test_label_mapping_scores_the_mapped_classes(digits_data_dir, tmp_path, capsys):
+  """--label_mapping (a list or a file) reads model class map[j] for dataset class j."""
+  import jax
+  from flexivit_jax import data
+  from flexivit_jax.checkpoints import npz
+  from flexivit_jax.models.vit import FlexiViT
+  model = FlexiViT(**TINY)
+  params = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32), seqhw=4)["params"]
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(1), params["head"]["kernel"].shape)
+  npz.save_params(str(tmp_path / "tiny.npz"), params)
+  batch = next(iter(data.eval_iterator(
+      dict(name="sklearn_digits", split="test[:64]", data_dir=digits_data_dir), PP16, 64)))
+  logits = np.asarray(model.apply({"params": params}, batch["image"], seqhw=4)[0])
+  ids = batch["labels"].argmax(1)
+  reverse = list(range(9, -1, -1))
+  (tmp_path / "map.txt").write_text("\n".join(map(str, reverse)))
+  model_json = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})
+  base = ["--checkpoint", str(tmp_path / "tiny.npz"), "--model", model_json, "--data",
+          "sklearn_digits:test[:64]", "--pp", PP16, "--seqhw", "4", "--batch_size", "32",
+          "--no_progress"]
+  top1 = {}
+  for name, extra in [("plain", []), ("list", ["--label_mapping", json.dumps(reverse)]),
+                      ("file", ["--label_mapping", str(tmp_path / "map.txt")])]:
+    top1[name] = evaluate.run(evaluate.parse_args(base + extra))[0]["top1"]
+  assert top1["plain"] == pytest.approx((logits.argmax(1) == ids).mean())
+  assert top1["list"] == top1["file"] == pytest.approx((logits[:, ::-1].argmax(1) == ids).mean())
+  assert top1["plain"] != top1["list"]
+  for bad, message in [("[3, 2", "--label_mapping must be a list of ints"),
+                       ("[3, 2, 1]", "label_mapping has 3 entries but its pp makes labels "
+                                     "with 10 classes"),
+                       (str(tmp_path / "nope.txt"), "does not exist")]:
+    with pytest.raises(SystemExit) as e:
+      evaluate.main(base + ["--label_mapping", bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err

@@ -132,7 +132,6 @@ EVAL_ON_8 = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     from flexivit_jax.training import config as config_lib
-    from flexivit_jax.training import compiled_steps
     from flexivit_jax.training import evals
     from flexivit_jax.training import initial_state
     from flexivit_jax.training import loop
@@ -142,13 +141,11 @@ EVAL_ON_8 = textwrap.dedent("""
     config = config_lib.complete(c)
     model = initial_state.build_model(config.model)
     params = model.init(jax.random.key(1), np.zeros((1, 16, 16, 3)), seqhw=2)["params"]
-    steps = compiled_steps.CompiledSteps(compiled_steps.make_eval_step(model), None, donate=False)
     flexis = [(("seqhw", 2),), (("seqhw", 4),)]
     out = {}
     for n in (1, 8):
       mesh = sharding.make_mesh(dict(data=-1), devices=jax.devices()[:n])
-      steps = compiled_steps.CompiledSteps(compiled_steps.make_eval_step(model), None, donate=False)
-      out[n] = evals.evaluate(config, config.evals, steps, params, flexis, mesh)
+      out[n] = evals.evaluate(evals.build_evaluators(config, model, mesh), params, flexis)
     print(json.dumps({"devices": jax.device_count(), **{str(k): v for k, v in out.items()}}))
 """)
 

@@ -1,0 +1,59 @@
+"""One model at many sizes: the classification evaluator over a grid sweep.
+
+The evaluate CLI, the analyses and the notebook evaluate a checkpoint at every
+seqhw: a `Predictor` serves the model (kernel and posemb resized once per size),
+a `ClassificationEvaluator` runs it over the split, timing the forward pass and
+counting its GFLOPs, and each size becomes one row of the eval report.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+from flexivit_jax.evaluators.classification import ClassificationEvaluator
+from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
+from flexivit_jax.models.vit import FlexiViT
+
+
+def _size_label(patch: Tuple[int, int]) -> Any:
+  return patch[0] if patch[0] == patch[1] else list(patch)
+
+
+def size_evaluator(model: FlexiViT, params: Mapping, *, data: Mapping, pp: str,
+                   batch_size: int, label_mapping=None, count_flops: bool = True,
+                   name: str = "evaluate") -> Tuple[ClassificationEvaluator, Predictor]:
+  """(evaluator, predictor): the evaluator predicts through the predictor; run it with
+  the predictor's params."""
+  predictor = Predictor(model, params, pp)
+
+  def gflops(flexi, image_shape):
+    return gflops_per_image(model, params, tuple(image_shape[1:3]), channels=image_shape[3],
+                            **dict(flexi))
+  evaluator = ClassificationEvaluator(
+      predictor, data=data, pp=pp, batch_size=batch_size, label_mapping=label_mapping,
+      num_classes=model.num_classes, gflops_fn=gflops if count_flops else None, name=name)
+  return evaluator, predictor
+
+
+def evaluate_sizes(evaluator: ClassificationEvaluator, params: Mapping, seqhws: Sequence[int],
+                   *, on_batch: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+  """One pass over the split at every seqhw -> eval rows (outputs.eval_files' columns).
+
+  Rows hold seqhw, patch, tokens, top1, top5, loss, gflops (None when not counted)
+  and img_per_s (the forward pass only). `on_batch(seqhw, images)` after each
+  batch at each size (progress).
+  """
+  flexis = [(("seqhw", s),) for s in seqhws]
+  progress = (lambda flexi, n: on_batch(flexi[0][1], n)) if on_batch else None
+  results = evaluator.run(params, flexis, timing=True, on_batch=progress)
+  image_hw = evaluator.batch_shapes()["image"][1:3]
+  return [{"seqhw": s, "patch": _size_label((image_hw[0] // s, image_hw[1] // s)),
+           "tokens": s * s, **{k: r[k] for k in ("top1", "top5", "loss")},
+           "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
+          for s, r in zip(seqhws, (results[f] for f in flexis))]
+
+
+def evaluate_model(model: FlexiViT, params: Mapping, seqhws: Sequence[int], **eval_cfg
+                   ) -> list[dict]:
+  """`evaluate_sizes` of `model` over `eval_cfg` (size_evaluator's keyword arguments)."""
+  evaluator, predictor = size_evaluator(model, params, **eval_cfg)
+  return evaluate_sizes(evaluator, predictor.params, seqhws)
