@@ -22,8 +22,8 @@ from flexivit_jax.checkpoints import npz
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import classification
 from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
+from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
-from flexivit_jax.training import initial_state
 
 _sums = jax.jit(classification.classification_sums)
 
@@ -142,7 +142,7 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
                      "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
   params = npz.load_params(checkpoint_path)
   try:
-    model = initial_state.build_model(model_fields(fields, params))
+    model = vit.from_config(model_fields(fields, params))
   except TypeError as e:  # An unknown FlexiViT field.
     raise UserError(f"bad model fields {sorted(fields)}: {e}") from None
   return model, params, config

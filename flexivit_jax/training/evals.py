@@ -1,8 +1,8 @@
-"""The evaluations a run makes while it trains, when they are due, and the final table."""
+"""The evaluations a run makes while it trains, and the final table."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping
+from typing import Dict, Mapping
 
 import jax
 
@@ -44,17 +44,6 @@ def evaluate(config, evaluators, eval_steps, params, flexis, mesh) -> Dict[str, 
     for f in flexis:
       results[eval_names.eval_metric_name(name, f)] = hits[f] / max(count, 1.0)
   return results
-
-
-def evals_due(config, done: int, steps: int) -> Dict[str, Any]:
-  """The evaluators to run after step `done`: each every `log_steps` (or
-  `log_percent` of the run; default `config.log_eval_steps`), all at the end."""
-  def every(ev):
-    if ev.get("log_percent"):
-      return max(1, int(round(ev["log_percent"] * steps)))
-    return ev.get("log_steps") or config.log_eval_steps
-  return {name: ev for name, ev in config.evals.items()
-          if done == steps or done % every(ev) == 0}
 
 
 def print_final_table(workdir: str, results: Mapping[str, float], image_size: int,
