@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training import compiled_steps
+from flexivit_jax.models import vit
 from flexivit_jax.training import initial_state
 from flexivit_jax.training import sharding
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -52,7 +53,7 @@ c.total_steps = 1000
 jax.config.update("jax_compilation_cache_dir", cache_dir)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-model = initial_state.build_model(c.model)
+model = vit.from_config(c.model)
 tx, _ = optim.make_optimizer(c, c.total_steps)
 mesh = sharding.make_mesh(c.mesh)
 repl = NamedSharding(mesh, P())

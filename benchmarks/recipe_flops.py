@@ -20,6 +20,7 @@ from flexivit_jax.evaluators import flops
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training import compiled_steps
+from flexivit_jax.models import vit
 from flexivit_jax.training import initial_state
 from flexivit_jax.training.flexi import FlexiSampler
 
@@ -37,7 +38,7 @@ def _with_depth(model_cfg, depth):
 
 def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
   """FLOPs of one compiled train step at batch 1 with every model at `depth`."""
-  model = initial_state.build_model(_with_depth(config.model, depth))
+  model = vit.from_config(_with_depth(config.model, depth))
   tx, _ = optim.make_optimizer(config, 100_000)
   image = jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(image.shape),
@@ -45,7 +46,7 @@ def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
   state = jax.eval_shape(lambda p: initial_state.state_from_params(tx, p), params)
   teachers, tparams = [], {}
   for name, t in sorted(config.distill.teachers.items()):
-    tm = initial_state.build_model(_with_depth(t["model"], depth))
+    tm = vit.from_config(_with_depth(t["model"], depth))
     timg = jnp.zeros((1, teacher_res, teacher_res, 3))
     teachers.append(initial_state.Teacher(name, tm, t.get("input_key", "image"), ()))
     tparams[name] = jax.eval_shape(lambda: tm.init(jax.random.key(0), timg)["params"])
@@ -62,7 +63,7 @@ def step_flops(config, depth: int, flexi, res: int, teacher_res) -> float:
 
 def recipe_flops(spec: str, res: int = 240):
   config = config_lib.complete(config_lib.load_config_file(os.path.join(REPO, "configs", spec)))
-  hp = initial_state.build_model(config.model).hparams()
+  hp = vit.from_config(config.model).hparams()
   teacher_res = {"i1k": 384, "i21k_distill": 224}.get(
       "i1k" if spec.startswith("i1k") else spec.split(".")[0], res)
   sampler = FlexiSampler(config.flexi, seed=0, total_steps=100_000)

@@ -14,9 +14,9 @@ from flexivit_jax.evaluators import classification
 from flexivit_jax.training import losses
 from flexivit_jax.training import compiled_steps
 from flexivit_jax.training import evals
-from flexivit_jax.training import initial_state
 from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
+from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -184,7 +184,7 @@ def test_evaluate_with_label_mapping_on_digits(digits_data_dir):
                      batch_size=32, label_mapping=list(range(9, -1, -1))),
   }
   config = config_lib.complete(user)
-  model = initial_state.build_model(config.model)
+  model = vit.from_config(config.model)
   mesh = sharding.make_mesh(config.mesh)
   images = jnp.zeros((1, 16, 16, 3))
   params = jax.jit(functools.partial(model.init, seqhw=2))(jax.random.key(0), images)["params"]

@@ -17,9 +17,10 @@ import numpy as np
 from flexivit_jax import data
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import loading, sweep
+from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.training import config as config_lib
-from flexivit_jax.training import demos, initial_state, loop
+from flexivit_jax.training import demos, loop
 
 DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
              "onehot(10, key='label', key_result='labels')")
@@ -60,7 +61,7 @@ def train_subject(workdir: str, **kwargs) -> Tuple[FlexiViT, Dict[str, Any]]:
   config = subject_config(**kwargs)
   state = loop.train_and_evaluate(config, workdir)["state"]
   params = jax.tree.map(np.asarray, state["params"])
-  return initial_state.build_model(config.model), params
+  return vit.from_config(config.model), params
 
 
 def load_subject(checkpoint: str, model_spec: Optional[str] = None

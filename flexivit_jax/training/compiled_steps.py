@@ -132,9 +132,6 @@ class CompiledSteps:
             donate_argnums=self._donate)
     return self._compiled[flexi]
 
-  def num_compiled(self) -> int:
-    return len(self._compiled)
-
   def gflops(self, flexi: FlexiKey, *args) -> float:
     """GFLOPs of one call on all devices, from XLA's cost analysis of the executable.
 

@@ -1,4 +1,4 @@
-"""The evaluations a run makes while it trains, when they are due, and the final table.
+"""The evaluations a run makes while it trains, and the final table.
 
 The evaluators are the package's (`flexivit_jax.evaluators`, built by type) around
 one compiled prediction step sharded over the run's mesh.
@@ -53,17 +53,6 @@ def evaluate(evaluators: Mapping[str, Any], params, flexis: Sequence[FlexiKey]
   return {eval_names.eval_metric_name(name, flexi): metrics["top1"]
           for name, evaluator in evaluators.items()
           for flexi, metrics in evaluator.run(params, flexis).items()}
-
-
-def evals_due(config, done: int, steps: int) -> Dict[str, Any]:
-  """The evaluators to run after step `done`: each every `log_steps` (or
-  `log_percent` of the run; default `config.log_eval_steps`), all at the end."""
-  def every(ev):
-    if ev.get("log_percent"):
-      return max(1, int(round(ev["log_percent"] * steps)))
-    return ev.get("log_steps") or config.log_eval_steps
-  return {name: ev for name, ev in config.evals.items()
-          if done == steps or done % every(ev) == 0}
 
 
 def print_final_table(workdir: str, results: Mapping[str, float], image_size: int,

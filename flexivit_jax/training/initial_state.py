@@ -24,10 +24,6 @@ FlexiKey = eval_names.FlexiKey
 # Model, teachers and state.
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> FlexiViT:
-  return vit.from_config(model_cfg)
-
-
 @dataclasses.dataclass(frozen=True)
 class Teacher:
   """A frozen model run at its fixed size on its own input key."""
@@ -53,7 +49,8 @@ def build_teachers(distill_cfg) -> Tuple[Tuple[Teacher, ...], Dict[str, Any]]:
   for name, t in sorted(distill_cfg.teachers.items()):
     call = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                         for k, v in dict(t.get("call", {})).items()))
-    teachers.append(Teacher(name, build_model(t["model"]), t.get("input_key", "image"), call))
+    teachers.append(Teacher(name, vit.from_config(t["model"]), t.get("input_key", "image"),
+                            call))
     params[name] = load_teacher_params(teachers[-1].model, t["init"])
   return tuple(teachers), params
 

@@ -54,5 +54,11 @@ class Preemption:
 
 
 def _preemption_service_running() -> bool:
-  from jax._src import distributed  # The sync manager has no public accessor.
-  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+  """Whether JAX's preemption sync manager runs in this process.
+
+  JAX has no public accessor for the manager. It creates one in
+  `jax.distributed.initialize` when `jax_enable_preemption_service` is on (the
+  default), so this reads those two public settings rather than the private
+  `jax._src.distributed` state; the flag must not change after `initialize`.
+  """
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)

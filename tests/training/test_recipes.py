@@ -133,13 +133,13 @@ EVAL_ON_8 = textwrap.dedent("""
     import numpy as np
     from flexivit_jax.training import config as config_lib
     from flexivit_jax.training import evals
-    from flexivit_jax.training import initial_state
+    from flexivit_jax.models import vit
     from flexivit_jax.training import loop
     from flexivit_jax.training import sharding
     c = config_lib.load_config_file(sys.argv[1]).to_dict()
     c["evals"]["test"]["batch_size"] = 100
     config = config_lib.complete(c)
-    model = initial_state.build_model(config.model)
+    model = vit.from_config(config.model)
     params = model.init(jax.random.key(1), np.zeros((1, 16, 16, 3)), seqhw=2)["params"]
     flexis = [(("seqhw", 2),), (("seqhw", 4),)]
     out = {}

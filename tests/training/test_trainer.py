@@ -13,11 +13,12 @@ from flexivit_jax.training import optim
 from flexivit_jax.checkpoints import step_dirs
 from flexivit_jax.checkpoints import manager
 from flexivit_jax.training import compiled_steps
-from flexivit_jax.training import evals
 from flexivit_jax.training import initial_state
 from flexivit_jax.training import loop
+from flexivit_jax.training import run
 from flexivit_jax.training import sharding
 from flexivit_jax.training import config as config_lib
+from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import runlog
 
@@ -87,7 +88,7 @@ def _tiny_teacher(path) -> dict:
 def test_distillation_step_keeps_teacher_frozen_and_kl_goes_down(tmp_path):
   config = load_config(**{"distill.teachers": {"prof": _tiny_teacher(tmp_path / "t.npz")},
                           "lr": 1e-2, "schedule": dict(decay_type="constant")})
-  model = initial_state.build_model(config.model)
+  model = vit.from_config(config.model)
   teachers, teacher_params = initial_state.build_teachers(config.distill)
   tx, _ = optim.make_optimizer(config, 100)
   mesh = sharding.make_mesh(config.mesh)
@@ -204,7 +205,7 @@ def test_any_model_field_can_be_set_from_the_command_line():
   assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
   assert config.progress == "none"  # The older key still works: False is no progress shown.
   assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
-  assert initial_state.build_model(config.model).hparams()["width"] == 16  # Explicit beats variant.
+  assert vit.from_config(config.model).hparams()["width"] == 16  # Explicit beats variant.
   with pytest.raises(AttributeError):  # Still locked afterwards.
     config.model.widht = 3
 
@@ -217,14 +218,6 @@ def test_config_argument_errors():
     config_lib.parse_arg("steps=ten", steps=3)
   assert config_lib.parse_arg("steps=10,runlocal", steps=3, runlocal=False).to_dict() == dict(
       steps=10, runlocal=True)
-
-
-def test_each_eval_runs_at_its_own_cadence():
-  config = load_config(**{"log_eval_steps": 4, "evals.fast": dict(
-      data=dict(name="sklearn_digits", split="test"), pp="keep", log_steps=2)})
-  due = {d: sorted(evals.evals_due(config, d, 8)) for d in range(1, 9)}
-  assert due == {1: [], 2: ["fast"], 3: [], 4: ["fast", "test"], 5: [], 6: ["fast"], 7: [],
-                 8: ["fast", "test"]}
 
 
 def test_completed_config_is_locked():
@@ -245,7 +238,7 @@ def _has_baseline(path) -> bool:
                                   if arg != ":baseline" or _has_baseline(f)])
 def test_every_config_file_completes_and_builds(spec):
   config = load_config(str(REPO / spec))
-  model = initial_state.build_model(config.model)
+  model = vit.from_config(config.model)
   flexis = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=0, total_steps=100).all_values()
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
                                              **flexis[0]))
@@ -273,8 +266,8 @@ def test_fsdp_rule_splits_the_largest_divisible_axis():
 
 def test_total_epochs_and_init_head_bias(digits_data_dir):
   config = load_config(total_steps=None, total_epochs=2.0, init_head_bias=-10.0)
-  assert loop.total_steps(config) == round(2 * 1497 / 16)
-  model = initial_state.build_model(config.model)
+  assert run.total_steps(config) == round(2 * 1497 / 16)
+  model = vit.from_config(config.model)
   tx, _ = optim.make_optimizer(config, 10)
   state, _ = initial_state.init_state(config, model, tx, sharding.make_mesh(config.mesh),
                                 (16, 16, 3), (("seqhw", 2),))
@@ -292,7 +285,7 @@ def test_model_init_from_the_reference_checkpoint(digits_data_dir, tmp_path):
   config = load_config(**{"model": model_cfg, "model_init": ref,
                           "model_load": dict(dont_load=("head/.*",)), "progress_bar": False,
                           "total_steps": 2, "evals": {}})
-  model = initial_state.build_model(config.model)
+  model = vit.from_config(config.model)
   tx, _ = optim.make_optimizer(config, 2)
   state, _ = initial_state.init_state(config, model, tx, sharding.make_mesh(config.mesh),
                                 (16, 16, 3), (("seqhw", 2),))
