@@ -499,6 +499,31 @@ def _adapt_posemb(ckpt: dict, init: dict, report: list, posemb_hw, dont_load) ->
 
 
 KERNEL_LOAD_MODES = ("keep", "pi_resize")
+MODEL_LOAD_KEYS = ("dont_load", "kernel")  # config.model_load: the options of load_pretrained.
+
+
+def _dont_load_patterns(dont_load: Iterable[str]) -> list:
+  if isinstance(dont_load, (str, bytes)):
+    raise UserError(f"dont_load={dont_load!r} must be a list of regexes, not one string")
+  patterns = []
+  for pat in dont_load:
+    try:
+      patterns.append(re.compile(pat))
+    except (re.error, TypeError) as e:
+      raise UserError(f"dont_load pattern {pat!r} is not a valid regex ({e})") from None
+  return patterns
+
+
+def check_model_load(model_load: Mapping[str, Any]) -> None:
+  """Checks `config.model_load` before anything is loaded: a kernel mode and regexes."""
+  kernel = model_load.get("kernel", "keep")
+  if kernel not in KERNEL_LOAD_MODES:
+    raise UserError(f"model_load.kernel={kernel!r} is unknown; allowed: {KERNEL_LOAD_MODES} "
+                    "(default 'keep'; 'pi_resize' as big_vision)")
+  dont_load = model_load.get("dont_load", ())
+  if not isinstance(dont_load, (list, tuple)):
+    raise UserError(f"model_load.dont_load={dont_load!r} must be a list of regexes")
+  _dont_load_patterns(dont_load)
 
 
 def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mapping],
@@ -531,12 +556,7 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[PathLike, Mappin
   else:
     ckpt = flatten(load_params(path_or_params))
 
-  patterns = []
-  for pat in dont_load:
-    try:
-      patterns.append(re.compile(pat))
-    except re.error as e:
-      raise UserError(f"dont_load pattern {pat!r} is not a valid regex ({e})") from None
+  patterns = _dont_load_patterns(dont_load)
   skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731
 
   report: list = []
