@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 import ml_collections
 
 from flexivit_jax import paths
+from flexivit_jax.cli import one_line
 from flexivit_jax.checkpoints import npz
 from flexivit_jax.errors import UserError, did_you_mean
 from flexivit_jax.evaluators import classification
@@ -180,10 +181,10 @@ def _set(node: Any, key: str, value: Any, name: str) -> None:
     value = float(value)
   try:
     node[key] = value
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError):
     kind = node.get_type(key).__name__ if key in node else "?"
     raise UserError(f"bad value for config key {name!r}: {value!r} is not "
-                    f"{_article(kind)} ({e})") from None
+                    f"{_article(kind)}") from None
 
 
 def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> None:
@@ -192,9 +193,9 @@ def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> 
     if key not in defaults:
       raise _unknown_key(name, defaults.keys())
     current = defaults[key]
+    if isinstance(current, ml_collections.ConfigDict) and not _is_dict(value):
+      raise UserError(f"config key {name!r} must be a dict, got {value!r}")
     if isinstance(current, ml_collections.ConfigDict) and not _free_keys(name)[0]:
-      if not _is_dict(value):
-        raise UserError(f"config key {name!r} must be a dict, got {value!r}")
       _merge(current, value, name + ".")
     else:
       _set(defaults, key, value, name)
@@ -261,13 +262,16 @@ def apply_override(config: ml_collections.ConfigDict, name: str, text: str) -> N
 def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_collections.ConfigDict:
   """Overlays a user config and `(key, text)` overrides on the defaults; validates and locks."""
   full = default_config()
-  _merge(full, config)
-  for name, text in overrides:
-    apply_override(full, name, text)
-  check_free_keys(full)
-  _fold_progress_bar(full)
-  normalize_paths(full)
-  validate(full)
+  try:
+    _merge(full, config)
+    for name, text in overrides:
+      apply_override(full, name, text)
+    check_free_keys(full)
+    _fold_progress_bar(full)
+    normalize_paths(full)
+    validate(full)
+  except UserError as e:  # A ConfigDict in a message spans lines: keep the error one line.
+    raise UserError(one_line(e)) from None
   full.lock()
   return full
 

@@ -172,6 +172,11 @@ def schedule_from_config(
   unknown = sorted(set(kwargs) - set(SCHEDULE_KEYS))
   if unknown:
     raise UserError(f"Unknown schedule keys {unknown}; allowed: {list(SCHEDULE_KEYS)}.")
+  for key in ("min_lr", "linear_end", "timescale", "warmup_percent", "cooldown_percent"):
+    value = kwargs.get(key, 0)
+    optional = key.endswith("_percent") and value is None
+    if not optional and (isinstance(value, bool) or not isinstance(value, (int, float))):
+      raise UserError(f"schedule {key}={value!r} must be a number")
   return make_schedule(total_steps, **kwargs)
 
 
