@@ -32,25 +32,20 @@ VERBOSE = "--verbose"
 EXIT_INTERRUPTED = 130
 
 
-def one_line(text: str) -> str:
-  """A message on one line: its non-empty lines joined with '; '."""
-  return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
 def exit_status(exc: BaseException) -> Optional[Tuple[int, str]]:
   """(status, line to print) for an expected failure; None for a bug."""
   if isinstance(exc, errors.TrainingDivergedError):
-    return errors.EXIT_DIVERGED, f"error: {one_line(exc)}"
+    return errors.EXIT_DIVERGED, f"error: {errors.one_line(exc)}"
   if isinstance(exc, errors.Preempted):
-    return errors.EXIT_PREEMPTED, one_line(exc)
+    return errors.EXIT_PREEMPTED, errors.one_line(exc)
   if isinstance(exc, KeyboardInterrupt):
     return EXIT_INTERRUPTED, "interrupted"
   if isinstance(exc, (errors.UserError, flags.Error)):
-    return errors.EXIT_USER_ERROR, f"error: {one_line(exc)}"
+    return errors.EXIT_USER_ERROR, f"error: {errors.one_line(exc)}"
   if isinstance(exc, FileNotFoundError):
-    return errors.EXIT_USER_ERROR, f"error: no such file: {exc.filename or one_line(exc)}"
+    return errors.EXIT_USER_ERROR, f"error: no such file: {exc.filename or errors.one_line(exc)}"
   if isinstance(exc, PermissionError):
-    return errors.EXIT_USER_ERROR, (f"error: permission denied: {exc.filename or one_line(exc)}"
+    return errors.EXIT_USER_ERROR, (f"error: permission denied: {exc.filename or errors.one_line(exc)}"
                                     "; check the permissions of that path")
   return None
 
@@ -117,7 +112,7 @@ def parse_absl_flags(argv: Sequence[str]) -> List[str]:
   try:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
-    raise errors.UserError(one_line(e)) from e
+    raise errors.UserError(errors.one_line(e)) from e
 
 
 def run_absl(main: Callable[[Any], Any], argv: Optional[Sequence[str]] = None,

@@ -10,6 +10,9 @@
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 143
@@ -33,3 +36,14 @@ class Preempted(Exception):
   def __init__(self, step: int):
     super().__init__(f"preempted: saved checkpoint at step {step}")
     self.step = step
+
+
+def did_you_mean(word: object, allowed: Iterable[object]) -> str:
+  """' (did you mean 'x'?)' for a near miss of an allowed name, else '': for UserErrors."""
+  near = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=3, cutoff=0.6)
+  return f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+
+
+def one_line(text: str) -> str:
+  """A message on one line: its non-empty lines joined with '; '."""
+  return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())

@@ -6,7 +6,8 @@ may be checkpointed. Most cases run in this process through the command's own
 entry point (`cli.run_absl` with train's flag parser: the same parsing, checks
 and exit statuses); those caught by the flags or the config schema must fail
 before JAX starts. Cases that need devices of their own, and one divergence,
-run as `python -m flexivit_jax.train` processes, beside the others.
+run as `python -m flexivit_jax.train` processes, started with the first case and
+run beside the others. Each case is its own test.
 """
 import hashlib
 import json
@@ -52,6 +53,10 @@ CONFIG_CASES = [
     ("bad schedule", ["--config.schedule.decay_type=cosin"], "decay_type='cosin'", 2),
     ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
     ("progress flag value", ["--progress=loud"], "--progress=loud", 2),
+    ("eval not a literal", ["--config.evals.fewshot={'type': 'fewshot', 'data': dict(name='x')}"],
+     "'evals.fewshot': \"{'type'", 2),
+    ("eval not a dict", ["--config.evals.fewshot=fewshot"], "'evals.fewshot' must be a dict", 2),
+    ("unknown eval type", ["--config.evals.fewshot={'type': 'fewshot'}"], "'fewshot'", 2),
     ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
 ]
 # Caught by the trainer (data, pp, devices, checkpoints, the loss).
@@ -106,7 +111,7 @@ def _run_case_in_process(case, trained, tmp_path, capsys):
   workdir = tmp_path / name.replace(" ", "_")
   shutil.copytree(trained, workdir)
   flags_ = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
-  args = [a.format(truncated=trained.parent / "truncated.npz") for a in args
+  args = [a.replace("{truncated}", str(trained.parent / "truncated.npz")) for a in args
           if a != "--no_workdir"]
   capsys.readouterr()
   flags.FLAGS.unparse_flags()  # No value of an earlier case may leak into this one.
@@ -124,7 +129,7 @@ def _run_case(case, trained, tmp_path):
   name, args, _, _ = case
   workdir = tmp_path / name.replace(" ", "_")
   shutil.copytree(trained, workdir)
-  args = [a.format(truncated=trained.parent / "truncated.npz") for a in args]
+  args = [a.replace("{truncated}", str(trained.parent / "truncated.npz")) for a in args]
   flags = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
   args = [a for a in args if a != "--no_workdir"]
   # The case's --config replaces the base one (absl keeps the last value).
@@ -151,23 +156,45 @@ def _problems(case, workdir, code, stderr, before):
   return [f"{name} {args}: {'; '.join(problems)}\n  last line: {lines[-1]}"] if problems else []
 
 
-@pytest.mark.slow
-def test_bad_inputs_fail_in_one_line_and_leave_the_workdir_alone(trained_workdir, tmp_path,
-                                                                 capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def checkpoint_hashes(trained_workdir):
+  """The trained workdir's checkpoint files, which no case may change."""
   before = _hashes(trained_workdir)
   assert step_dirs.complete_steps(str(trained_workdir)) == [1, 2] and before
-  failures = []
-  with ThreadPoolExecutor(len(PROCESS_CASES)) as pool:  # The processes run meanwhile.
-    processes = [pool.submit(_run_case, c, trained_workdir, tmp_path) for c in PROCESS_CASES]
-    with monkeypatch.context() as m:  # A config case must fail before JAX starts.
-      m.setattr(train, "setup_jax", lambda *a, **k: pytest.fail("reached setup_jax"))
-      for case in CONFIG_CASES:
-        workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
-        failures += _problems(case, workdir, code, err, before)
-    for case in TRAINER_CASES:
-      workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
-      failures += _problems(case, workdir, code, err, before)
-    for case, future in zip(PROCESS_CASES, processes):
-      workdir, proc = future.result()
-      failures += _problems(case, workdir, proc.returncode, proc.stderr, before)
-  assert not failures, "\n".join(failures)
+  return before
+
+
+@pytest.fixture(scope="module")
+def process_runs(trained_workdir, tmp_path_factory):
+  """The process cases, started once and run while the in-process cases run: name -> future."""
+  tmp_path = tmp_path_factory.mktemp("processes")
+  with ThreadPoolExecutor(len(PROCESS_CASES)) as pool:
+    yield {c[0]: pool.submit(_run_case, c, trained_workdir, tmp_path) for c in PROCESS_CASES}
+
+
+def _ids(cases):
+  return [c[0] for c in cases]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=_ids(CONFIG_CASES))
+def test_config_errors_fail_before_jax_in_one_line(case, trained_workdir, checkpoint_hashes,
+                                                   process_runs, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(train, "setup_jax", lambda *a, **k: pytest.fail("reached setup_jax"))
+  workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
+  assert _problems(case, workdir, code, err, checkpoint_hashes) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", TRAINER_CASES, ids=_ids(TRAINER_CASES))
+def test_trainer_errors_fail_in_one_line(case, trained_workdir, checkpoint_hashes, process_runs,
+                                         tmp_path, capsys):
+  workdir, code, err = _run_case_in_process(case, trained_workdir, tmp_path, capsys)
+  assert _problems(case, workdir, code, err, checkpoint_hashes) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PROCESS_CASES, ids=_ids(PROCESS_CASES))
+def test_process_errors_fail_in_one_line(case, checkpoint_hashes, process_runs):
+  workdir, proc = process_runs[case[0]].result()
+  assert _problems(case, workdir, proc.returncode, proc.stderr, checkpoint_hashes) == []

@@ -26,6 +26,19 @@ Matcher = Callable[[str], bool]
 
 # What happens to a stored `embedding/kernel` of another patch size (`kernel=`).
 KERNEL_LOAD_MODES = ("keep", "pi_resize")
+MODEL_LOAD_KEYS = ("dont_load", "kernel")  # config.model_load: the options of load_pretrained.
+
+
+def check_model_load(model_load: Mapping[str, Any]) -> None:
+  """Checks `config.model_load` before anything is loaded: a kernel mode and regexes."""
+  kernel = model_load.get("kernel", "keep")
+  if kernel not in KERNEL_LOAD_MODES:
+    raise UserError(f"model_load.kernel={kernel!r} is unknown; allowed: {KERNEL_LOAD_MODES} "
+                    "(default 'keep'; 'pi_resize' as big_vision)")
+  dont_load = model_load.get("dont_load", ())
+  if not isinstance(dont_load, (list, tuple)):
+    raise UserError(f"model_load.dont_load={dont_load!r} must be a list of regexes")
+  _compile_patterns(dont_load)
 
 
 def load_pretrained(init_params: Mapping, path_or_params: Union[npz.PathLike, Mapping],
@@ -83,11 +96,13 @@ def _checkpoint_flat(path_or_params: Union[npz.PathLike, Mapping]) -> Dict[str, 
 
 
 def _compile_patterns(dont_load: Iterable[str]) -> List[re.Pattern]:
+  if isinstance(dont_load, (str, bytes)):
+    raise UserError(f"dont_load={dont_load!r} must be a list of regexes, not one string")
   patterns = []
   for pat in dont_load:
     try:
       patterns.append(re.compile(pat))
-    except re.error as e:
+    except (re.error, TypeError) as e:
       raise UserError(f"dont_load pattern {pat!r} is not a valid regex ({e})") from None
   return patterns
 

@@ -165,6 +165,10 @@ class FlexiViT(nn.Module):
                        f"({', '.join(VARIANTS)})")
     hp["patch_size"] = resize.to_hw(hp["patch_size"], "patch_size")
     hp.setdefault("mlp_dim", None)
+    bad = {k: hp[k] for k in ("width", "depth", "num_heads", "mlp_dim")
+           if hp[k] is not None and hp[k] <= 0}
+    if bad:
+      raise UserError(f"FlexiViT sizes must be positive, got {bad}")
     if hp["width"] % hp["num_heads"]:
       raise UserError(f"width={hp['width']} is not divisible by num_heads={hp['num_heads']}")
     if self.pool_type not in POOL_TYPES:
@@ -291,6 +295,8 @@ def _hint_text(hint: Any) -> str:
 
 def from_config(model_cfg: Any, where: str = "model") -> FlexiViT:
   """A FlexiViT from a config dict; bad field names, types or values raise UserError."""
+  if not hasattr(model_cfg, "keys"):
+    raise UserError(f"config key {where!r} must be a dict of FlexiViT fields, got {model_cfg!r}")
   hints = typing.get_type_hints(FlexiViT)
   kwargs = {}
   for key, value in dict(model_cfg).items():

@@ -4,17 +4,30 @@ A config file is big_vision-style: `get_config(arg)` returning a ConfigDict.
 `complete(config, overrides)` overlays it on `default_config()`, applies
 command-line overrides (`model.variant=B`), and checks every key: typed keys
 against their default's type, the keys of free-form dicts (`model`, `input.data`,
-`evals.<name>`, ...) against `FREE_KEYS`. A bad key or value raises a UserError
-naming it (with close matches) before anything is compiled. The result is
-locked so later typos fail too.
+`evals.<name>`, ...) against `FREE_KEYS`, then the values with the checks of the
+modules that read them (`validate`). A bad key or value raises a UserError naming
+it (with close matches) before anything is compiled. The result is locked so
+later typos fail too.
+
+Overrides are parsed here rather than by `ml_collections.config_flags` (even with
+`lock_config=True`), which cannot give three things this CLI promises (tried with
+ml_collections 1.1.0, `DEFINE_config_dict` over the completed demo config):
+- setting a key a free-form dict does not hold yet: `--config.model.variant=S`
+  (FlexiViT fields default to None, so configs leave them out) or a new eval
+  `--config.evals.fewshot={...}` fail with `AttributeError: "'variant'"`, locked or not;
+- one-line unknown-key errors listing what is allowed: `--config.no_such_key=1` raises
+  `AttributeError` out of flag parsing (a traceback, not a flags error), and a typo
+  gives two lines (`'log_trainig_steps'` / `Did you mean "log_training_steps" ...?`)
+  without the allowed keys;
+- keys of free-form dicts checked against what their owner reads (`model.widht`).
+Wrong types it does report in one line naming the key (`flag --config.total_steps=abc:
+invalid literal for int() with base 10: 'abc'`).
 """
 from __future__ import annotations
 
 import ast
-import difflib
 import fnmatch
 import importlib.util
-import math
 import os
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -22,25 +35,24 @@ import ml_collections
 
 from flexivit_jax import paths
 from flexivit_jax.checkpoints import adapt, sources
-from flexivit_jax.errors import UserError
+from flexivit_jax.errors import UserError, did_you_mean, one_line
 from flexivit_jax import evaluators
-from flexivit_jax.models.vit import MODEL_FIELDS
-from flexivit_jax.models.vit import from_config as model_from_config
+from flexivit_jax.models import vit
 from flexivit_jax.outputs import console
 from flexivit_jax.training import losses, optim
-from flexivit_jax.training.flexi import SPEC_KEYS, FlexiSampler
+from flexivit_jax.training.flexi import FLEXI_ARGS, SPEC_KEYS, FlexiSampler
 
-FLEXI_ARGS = ("seqhw", "patch_size")
+# What data.pipeline reads (importing data/ here would start TensorFlow before the CLI quiets it).
+DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")
+# What training.sharding reads (it imports data/ too).
+MESH_AXES = ("data", "fsdp")
 PARAM_SHARDINGS = ("replicated", "fsdp")
-TEACHER_COMBINE = ("sum", "mean")
-TEACHER_KEYS = ("model", "init", "input_key", "call")
-DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")  # What data.pipeline reads.
 PROGRESS_BAR = ("auto", True, False)  # The older key: 'auto', a bar or none.
 _ANY = None  # Keys of this dict are free (names of evals/teachers, optax kwargs).
-# Dicts whose keys are not typed by `default_config`: the keys each may hold.
+# Dicts whose keys are not typed by `default_config`: the keys each may hold, from its owner.
 FREE_KEYS = {
-    "model": MODEL_FIELDS,
-    "model_load": ("dont_load", "kernel"),
+    "model": vit.MODEL_FIELDS,
+    "model_load": adapt.MODEL_LOAD_KEYS,
     "input.data": DATA_KEYS,
     "flexi": FLEXI_ARGS,
     "flexi.*": SPEC_KEYS,
@@ -50,14 +62,15 @@ FREE_KEYS = {
     "evals.*": _ANY,  # Each evaluator type checks its own keys (evaluators.check_config).
     "evals.*.data": DATA_KEYS,
     "distill.teachers": _ANY,
-    "distill.teachers.*": TEACHER_KEYS,
-    "distill.teachers.*.model": MODEL_FIELDS,
+    "distill.teachers.*": losses.TEACHER_KEYS,
+    "distill.teachers.*.model": vit.MODEL_FIELDS,
     "distill.teachers.*.call": FLEXI_ARGS,
     "schedule": optim.SCHEDULE_KEYS,
     "optax": _ANY,
-    "mixup": ("p", "n", "fold_in"),
-    "mesh": ("data", "fsdp"),
+    "mixup": losses.MIXUP_KEYS,
+    "mesh": MESH_AXES,
 }
+CURRICULA = ("flexi.*", "eval_flexi.*")  # Free dicts that may be lists of stages instead.
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -115,25 +128,19 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _close(key: str, allowed: Iterable[str]) -> str:
-  """' (did you mean 'x'?)' for a near miss of an allowed key, else ''."""
-  near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=3, cutoff=0.6)
-  return f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-
-
 def _unknown_key(name: str, allowed: Iterable[str]) -> UserError:
   key = name.rsplit(".", 1)[-1]
   allowed = sorted(map(str, allowed))
-  return UserError(f"unknown config key {name!r}{_close(key, allowed)}; allowed there: "
+  return UserError(f"unknown config key {name!r}{did_you_mean(key, allowed)}; allowed there: "
                    f"{', '.join(allowed)}")
 
 
-def _free_keys(name: str) -> Tuple[bool, Optional[Sequence[str]]]:
-  """(is `name` a free-form dict, the keys it may hold or None for any)."""
+def _free_keys(name: str) -> Tuple[Optional[str], Optional[Sequence[str]]]:
+  """(the FREE_KEYS pattern `name` matches or None, the keys it may hold or None for any)."""
   for pattern, keys in FREE_KEYS.items():
     if fnmatch.fnmatchcase(name, pattern) and name.count(".") == pattern.count("."):
-      return True, keys
-  return False, None
+      return pattern, keys
+  return None, None
 
 
 def _is_dict(value: Any) -> bool:
@@ -141,28 +148,40 @@ def _is_dict(value: Any) -> bool:
 
 
 def check_free_keys(node: Any, prefix: str = "") -> None:
-  """Every key of every free-form dict must be one it may hold (`FREE_KEYS`)."""
+  """Every free-form dict is a dict (None where its default is) holding only keys it may."""
   for key, value in node.items():
     name = f"{prefix}{key}"
-    free, keys = _free_keys(prefix[:-1]) if prefix else (False, None)
-    if free and keys is not None and key not in keys:
-      raise _unknown_key(name, keys)
+    pattern, keys = _free_keys(name)
+    if pattern and pattern not in CURRICULA and not _is_dict(value) \
+        and not (value is None and default_config().get(name, 0) is None):
+      raise UserError(f"config key {name!r} must be a dict, got {value!r}")
+    if prefix:
+      pattern, keys = _free_keys(prefix[:-1])
+      if pattern and keys is not None and key not in keys:
+        raise _unknown_key(name, keys)
     if _is_dict(value):
       check_free_keys(value, name + ".")
 
 
-def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> None:
+def _kind(node: Any, key: str) -> Optional[type]:
+  """The type a typed key holds, None for a free one (a key of a plain dict, any type)."""
+  if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+    return None
+  kind = node.get_type(key)
+  return None if kind in (ml_collections.ConfigDict, object, type(None)) else kind
+
+
+def _set(node: Any, key: str, value: Any, name: str) -> None:
   if isinstance(value, ml_collections.ConfigDict):
     value = value.to_dict()
-  if key in node and isinstance(node[key], float) and isinstance(value, int) \
-      and not isinstance(value, bool):
+  if _kind(node, key) is float and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   try:
     node[key] = value
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError):
     kind = node.get_type(key).__name__ if key in node else "?"
     raise UserError(f"bad value for config key {name!r}: {value!r} is not "
-                    f"{_article(kind)} ({e})") from None
+                    f"{_article(kind)}") from None
 
 
 def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> None:
@@ -171,9 +190,9 @@ def _merge(defaults: ml_collections.ConfigDict, user: Any, prefix: str = "") -> 
     if key not in defaults:
       raise _unknown_key(name, defaults.keys())
     current = defaults[key]
+    if isinstance(current, ml_collections.ConfigDict) and not _is_dict(value):
+      raise UserError(f"config key {name!r} must be a dict, got {value!r}")
     if isinstance(current, ml_collections.ConfigDict) and not _free_keys(name)[0]:
-      if not _is_dict(value):
-        raise UserError(f"config key {name!r} must be a dict, got {value!r}")
       _merge(current, value, name + ".")
     else:
       _set(defaults, key, value, name)
@@ -186,7 +205,8 @@ def _article(noun: str) -> str:
 def parse_value(text: str, kind: Optional[type], what: str) -> Any:
   """A command-line value for a key of type `kind` (None: a Python literal or a string).
 
-  `what` names the value in the error, e.g. 'config key total_steps'.
+  `what` names the value in the error, e.g. 'config key total_steps'. A bare word is a
+  string; text that opens a literal dict, list or tuple but is not one is an error.
   """
   if text == "None":
     return None
@@ -203,7 +223,10 @@ def parse_value(text: str, kind: Optional[type], what: str) -> Any:
     raise UserError(f"bad value for {what}: {text!r} is not {_article(kind.__name__)}") from None
   try:
     value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+  except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+    if text.strip()[:1] in "{[(" and kind is not str:
+      raise UserError(f"bad value for {what}: {text!r} is not a Python literal (only "
+                      f"literals such as {{'key': 1}} are parsed: {type(e).__name__})") from None
     return text  # A bare word: a string.
   return text if kind is str and not isinstance(value, str) else value
 
@@ -215,33 +238,37 @@ def apply_override(config: ml_collections.ConfigDict, name: str, text: str) -> N
   for part in parents:
     path = f"{path}{part}"
     if part not in node:
-      free, keys = _free_keys(path.rpartition(".")[0]) if "." in path else (False, None)
-      if not free or (keys is not None and part not in keys):
-        raise _unknown_key(path, keys if free else node.keys())
+      pattern, keys = _free_keys(path.rpartition(".")[0]) if "." in path else (None, None)
+      if not pattern or (keys is not None and part not in keys):
+        raise _unknown_key(path, keys if pattern else node.keys())
       node[part] = {}  # A new eval / teacher / data dict.
     node = node[part]
     if not _is_dict(node):
       raise UserError(f"config key {path!r} is {node!r}, not a dict: cannot set {name!r}")
     path += "."
-  free, keys = _free_keys(path[:-1]) if path else (False, None)
-  if key not in node and not (free and (keys is None or key in keys)):
-    raise _unknown_key(name, keys if free else node.keys())
-  kind = node.get_type(key) if key in node else None
-  if kind in (ml_collections.ConfigDict, object, type(None)):
-    kind = None
-  _set(node, key, parse_value(text, kind, f"config key {name!r}"), name)
+  pattern, keys = _free_keys(path[:-1]) if path else (None, None)
+  if key not in node and not (pattern and (keys is None or key in keys)):
+    raise _unknown_key(name, keys if pattern else node.keys())
+  value = parse_value(text, _kind(node, key), f"config key {name!r}")
+  if key in node and isinstance(node, ml_collections.ConfigDict):
+    _merge(node, {key: value}, path)  # A typed sub-dict (`input`, `distill`) is merged into.
+  else:
+    _set(node, key, value, name)
 
 
 def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_collections.ConfigDict:
   """Overlays a user config and `(key, text)` overrides on the defaults; validates and locks."""
   full = default_config()
-  _merge(full, config)
-  for name, text in overrides:
-    apply_override(full, name, text)
-  check_free_keys(full)
-  _fold_progress_bar(full)
-  normalize_paths(full)
-  validate(full)
+  try:
+    _merge(full, config)
+    for name, text in overrides:
+      apply_override(full, name, text)
+    check_free_keys(full)
+    _fold_progress_bar(full)
+    normalize_paths(full)
+    validate(full)
+  except UserError as e:  # A ConfigDict in a message spans lines: keep the error one line.
+    raise UserError(one_line(e)) from None
   full.lock()
   return full
 
@@ -309,14 +336,9 @@ def _positive_int(config, key: str, allow_none: bool = False) -> None:
     raise UserError(f"config key {key!r} must be a positive int, got {value!r}")
 
 
-def _non_negative(c, key: str) -> None:
-  value = c[key]
-  if value is not None and not (math.isfinite(value) and value >= 0):
-    raise UserError(f"config key {key!r} must be a finite number >= 0, got {value!r}")
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks values that can be checked without data or devices."""
+  """Checks values that can be checked without data or devices: the trainer's own keys
+  here, the others by the modules that read them."""
   if (c.total_steps is None) == (c.total_epochs is None):
     raise UserError("set exactly one of config keys 'total_steps' and 'total_epochs' "
                      f"(got total_steps={c.total_steps}, total_epochs={c.total_epochs})")
@@ -326,43 +348,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive_int(c, "keep_ckpt_every", allow_none=True)
   _positive_int(c, "total_steps", allow_none=True)
   _positive_int(c.input, "batch_size")
-  for key in ("lr", "wd"):
-    _non_negative(c, key)
-  if "p" in c.mixup:
-    _non_negative(c.mixup, "p")
   if not c.input.pp:
     raise UserError("config key 'input.pp' (the preprocessing string) is empty")
   if c.progress not in console.PROGRESS_MODES:
     raise UserError(f"config key 'progress' is {c.progress!r}; allowed: "
                     f"{', '.join(console.PROGRESS_MODES)}")
-  model_from_config(c.model, "model")
+  for axis, size in c.mesh.items():
+    if isinstance(size, bool) or not isinstance(size, int) or not (size > 0 or size == -1):
+      raise UserError(f"config key 'mesh.{axis}' must be a positive int or -1, got {size!r}")
+  if c.param_sharding not in PARAM_SHARDINGS:
+    raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
+  vit.from_config(c.model, "model")
+  adapt.check_model_load(c.model_load)
   for key in ("flexi", "eval_flexi"):
     # Checks the spec's form (the values are checked against the images later). With
     # total_epochs the step count is known only once the data is: any count checks the form.
     FlexiSampler(c[key], total_steps=c.total_steps or 1_000_000)
-  if c.total_steps is not None:
-    optim.schedule_from_config(c.schedule, c.total_steps)
-  if c.loss not in losses.LOSSES:
-    raise UserError(f"unknown config value loss={c.loss!r}{_close(c.loss, losses.LOSSES)}; "
-                    f"allowed: {', '.join(losses.LOSSES)}")
-  if c.param_sharding not in PARAM_SHARDINGS:
-    raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
+  optim.check_config(c, c.total_steps)
+  losses.check_config(c)
   for name, ev in c.evals.items():
     evaluators.check_config(f"evals.{name}", ev, c.model.get("num_classes"))
-  if c.model_load.get("kernel", "keep") not in adapt.KERNEL_LOAD_MODES:
-    raise UserError(f"model_load.kernel={c.model_load.kernel!r} is unknown; allowed: "
-                    f"{adapt.KERNEL_LOAD_MODES} (default 'keep'; 'pi_resize' as big_vision)")
-  if c.distill.combine_teachers not in TEACHER_COMBINE:
-    raise UserError(f"distill.combine_teachers={c.distill.combine_teachers!r} is unknown; "
-                    f"allowed: {TEACHER_COMBINE}")
-  if c.mixup.get("n", 2) != 2 or c.mixup.get("fold_in") is not None:
-    raise UserError(f"mixup n={c.mixup.get('n')}, fold_in={c.mixup.get('fold_in')!r}: this "
-                    "trainer mixes "
-                     "n=2 images (a batch with its roll) with a per-step key (fold_in=None)")
-  for name, teacher in c.distill.teachers.items():
-    if "model" not in teacher or "init" not in teacher:
-      raise UserError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
-    model_from_config(teacher["model"], f"distill.teachers.{name}.model")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -385,7 +390,7 @@ def parse_arg(arg: Optional[str], **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in out:
-      raise UserError(f"unknown config argument {key!r}{_close(key, out)}; allowed: "
+      raise UserError(f"unknown config argument {key!r}{did_you_mean(key, out)}; allowed: "
                       f"{', '.join(out)}")
     out[key] = parse_value(value, type(out[key]), f"config argument {key!r}") if eq else True
   return out

@@ -48,6 +48,7 @@ import numpy as np
 
 from flexivit_jax.errors import UserError
 
+FLEXI_ARGS = ("seqhw", "patch_size")  # The FlexiViT call arguments a spec may draw.
 SPEC_KEYS = ("v", "p")
 STAGE_KEYS = ("until", "v", "p")
 # Fixed salt so the flexi draws are decorrelated from any other numpy stream

@@ -10,12 +10,13 @@ mixes every given array with its batch-roll using one shared Dirichlet weight.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from flexivit_jax.errors import UserError
+from flexivit_jax.errors import UserError, did_you_mean
+from flexivit_jax.models import vit
 
 LossFn = Callable[..., jax.Array]
 
@@ -123,6 +124,44 @@ LOSSES: Dict[str, LossFn] = {
 
 def get_loss(name: str) -> LossFn:
   """Looks up a classification loss by its config name (`config.loss`)."""
-  if name not in LOSSES:
-    raise UserError(f"Unknown loss {name!r}; valid names: {sorted(LOSSES)}.")
+  if not isinstance(name, str) or name not in LOSSES:
+    raise UserError(f"unknown config value loss={name!r}{did_you_mean(name, LOSSES)}; "
+                    f"allowed: {', '.join(sorted(LOSSES))}")
   return LOSSES[name]
+
+
+MIXUP_KEYS = ("p", "n", "fold_in")  # big_vision's keys; this trainer takes n=2, fold_in=None.
+TEACHER_COMBINE = ("sum", "mean")  # How the KL terms of several teachers add up.
+TEACHER_KEYS = ("model", "init", "input_key", "call")  # A distill.teachers.NAME dict.
+
+
+def check_teachers(teachers: Mapping[str, Any]) -> None:
+  """Checks `config.distill.teachers` (what `initial_state.build_teachers` reads)."""
+  for name, t in teachers.items():
+    if "model" not in t or "init" not in t:
+      raise UserError(f"distill.teachers.{name} needs 'model' and 'init' (a checkpoint)")
+    vit.from_config(t["model"], f"distill.teachers.{name}.model")
+    for key in ("init", "input_key"):
+      if key in t and not (isinstance(t[key], str) and t[key]):
+        raise UserError(f"config key 'distill.teachers.{name}.{key}' must be a non-empty "
+                        f"string, got {t[key]!r}")
+
+
+def check_config(config: Any) -> None:
+  """Checks the loss keys of a training config: `loss`, `mixup` and `distill` (the teachers'
+  models and checkpoints, their temperature and how their terms combine)."""
+  get_loss(config.loss)
+  p = config.mixup.get("p") or 0.0
+  if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < float("inf"):
+    raise UserError(f"config key 'mixup.p' must be a finite number >= 0, got {p!r}")
+  if config.mixup.get("n", 2) != 2 or config.mixup.get("fold_in") is not None:
+    raise UserError(f"mixup n={config.mixup.get('n')}, fold_in={config.mixup.get('fold_in')!r}: "
+                    "this trainer mixes n=2 images (a batch with its roll) with a per-step key "
+                    "(fold_in=None)")
+  t = config.distill.temperature
+  if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+    raise UserError(f"config key 'distill.temperature' must be a finite number > 0, got {t!r}")
+  if config.distill.combine_teachers not in TEACHER_COMBINE:
+    raise UserError(f"distill.combine_teachers={config.distill.combine_teachers!r} is unknown; "
+                    f"allowed: {TEACHER_COMBINE}")
+  check_teachers(config.distill.teachers)

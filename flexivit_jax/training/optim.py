@@ -17,6 +17,7 @@ is a warmup), exactly as in big_vision.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -69,7 +70,12 @@ def _resolve_steps(
 
 def _stairs(steps, mults):
   """'stair' boundaries and multipliers ([1.0] + mults), checked."""
-  steps, mults = list(steps or ()), list(mults or ())
+  steps, mults = (() if steps is None else steps), (() if mults is None else mults)
+  for name, seq in (("steps", steps), ("mults", mults)):
+    if not isinstance(seq, (list, tuple)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in seq):
+      raise UserError(f"schedule {name}={seq!r} must be a list of numbers")
+  steps, mults = list(steps), list(mults)
   if len(steps) != len(mults):
     raise UserError(f"schedule steps={steps!r} and mults={mults!r} must have equal lengths")
   if steps != sorted(steps):
@@ -166,6 +172,11 @@ def schedule_from_config(
   unknown = sorted(set(kwargs) - set(SCHEDULE_KEYS))
   if unknown:
     raise UserError(f"Unknown schedule keys {unknown}; allowed: {list(SCHEDULE_KEYS)}.")
+  for key in ("min_lr", "linear_end", "timescale", "warmup_percent", "cooldown_percent"):
+    value = kwargs.get(key, 0)
+    optional = key.endswith("_percent") and value is None
+    if not optional and (isinstance(value, bool) or not isinstance(value, (int, float))):
+      raise UserError(f"schedule {key}={value!r} must be a number")
   return make_schedule(total_steps, **kwargs)
 
 
@@ -194,6 +205,48 @@ def momentum_hp(momentum: float = 0.9, dtype: Any = jnp.bfloat16,
 OWN_OPTIMIZERS = {"big_vision.momentum_hp": momentum_hp}
 
 
+def _optax_fn(name: Any) -> Optional[Callable[..., optax.GradientTransformation]]:
+  """The optimizer `config.optax_name` names, or None if it names none this port allows."""
+  if not isinstance(name, str):
+    return None
+  fn = OWN_OPTIMIZERS.get(name) or getattr(optax, name, None)
+  return fn if callable(fn) and (name.startswith("scale_by_") or name in OWN_OPTIMIZERS) else None
+
+
+def _non_negative(config: Any, key: str) -> None:
+  value = _cfg_get(config, key)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if not (ok and math.isfinite(value) and value >= 0):
+    raise UserError(f"config key {key!r} must be a finite number >= 0, got {value!r}")
+
+
+def check_config(config: Any, total_steps: Optional[int] = None) -> None:
+  """Checks the optimizer keys `make_optimizer` reads (lr, wd, grad_clip_norm, optax_name,
+  optax; the schedule too when `total_steps` is known) without building anything."""
+  for key in UNSUPPORTED_OPTIM_KEYS:
+    if _cfg_get(config, key) is not None:
+      raise UserError(f"config.{key} is not supported by this port; remove it.")
+  _non_negative(config, "lr")
+  if _cfg_get(config, "wd") is not None:
+    _non_negative(config, "wd")
+  clip = _cfg_get(config, "grad_clip_norm")
+  bad_clip = isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0
+  if clip is not None and bad_clip:
+    raise UserError(f"config.grad_clip_norm={clip!r} must be a positive number or None.")
+  optax_name = _cfg_get(config, "optax_name", "scale_by_adam")
+  if _optax_fn(optax_name) is None:
+    raise UserError(
+      f"config.optax_name={optax_name!r} must name an optax 'scale_by_*' "
+      f"transformation, e.g. 'scale_by_adam', or one of {sorted(OWN_OPTIMIZERS)}."
+    )
+  kwargs = _cfg_get(config, "optax")
+  if kwargs is not None and not hasattr(kwargs, "keys"):
+    raise UserError(f"config.optax={kwargs!r} must be a dict of keyword arguments of "
+                    f"optax.{optax_name}")
+  if total_steps is not None:
+    schedule_from_config(_cfg_get(config, "schedule"), total_steps)
+
+
 def make_optimizer(
   config: Any, total_steps: int
 ) -> Tuple[optax.GradientTransformation, ScheduleFn]:
@@ -206,29 +259,11 @@ def make_optimizer(
   where `sched_fn` is the lr multiplier, so the trainer can log
   `config.lr * sched_fn(step)` (`make_lr_fn(config.lr, sched_fn)`).
   """
-  for key in UNSUPPORTED_OPTIM_KEYS:
-    if _cfg_get(config, key) is not None:
-      raise UserError(f"config.{key} is not supported by this port; remove it.")
-  lr = _cfg_get(config, "lr")
-  if lr is None or isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
-    raise UserError(f"config.lr={lr!r} must be a non-negative number.")
-  wd = _cfg_get(config, "wd", 0.0)
-  wd = 0.0 if wd is None else wd
-  if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
-    raise UserError(f"config.wd={wd!r} must be a non-negative number (or None).")
+  check_config(config)
+  lr, wd = _cfg_get(config, "lr"), _cfg_get(config, "wd") or 0.0
   clip = _cfg_get(config, "grad_clip_norm")
-  bad_clip = isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0
-  if clip is not None and bad_clip:
-    raise UserError(f"config.grad_clip_norm={clip!r} must be a positive number or None.")
   optax_name = _cfg_get(config, "optax_name", "scale_by_adam")
-  optax_fn = OWN_OPTIMIZERS.get(optax_name) or (
-      getattr(optax, optax_name, None) if isinstance(optax_name, str) else None)
-  if not callable(optax_fn) or not (optax_name.startswith("scale_by_")
-                                    or optax_name in OWN_OPTIMIZERS):
-    raise UserError(
-      f"config.optax_name={optax_name!r} must name an optax 'scale_by_*' "
-      f"transformation, e.g. 'scale_by_adam', or one of {sorted(OWN_OPTIMIZERS)}."
-    )
+  optax_fn = _optax_fn(optax_name)
   optax_kwargs = dict(_cfg_get(config, "optax", None) or {})
   for key in ("mu_dtype", "dtype"):
     if isinstance(optax_kwargs.get(key), str):

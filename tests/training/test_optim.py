@@ -217,7 +217,7 @@ def test_kernel_mask_and_lr_fn():
 
 
 def test_optimizer_config_errors():
-  with pytest.raises(ValueError, match="lr=None"):
+  with pytest.raises(ValueError, match="'lr' must be a finite number >= 0, got None"):
     optim.make_optimizer(_config(lr=None), 10)
   with pytest.raises(ValueError, match="grad_clip_norm=-1"):
     optim.make_optimizer(_config(grad_clip_norm=-1.0), 10)
