@@ -100,7 +100,12 @@ def check_inputs(run: Run, first: Mapping[str, np.ndarray]) -> None:
   check_flexi_fits(run.sampler.all_values(), image_hw)
   check_flexi_fits([dict(f) for f in run.eval_flexis], image_hw)
   num_classes = run.model.num_classes
-  if "labels" in first and num_classes and first["labels"].shape[-1] != num_classes:
+  if not num_classes:  # Without a head the model gives pre-logits, which no loss takes.
+    labels = first.get("labels")
+    raise UserError("model.num_classes is not set, so the model has no head to train; set it"
+                    + (f" (input.pp makes labels with {labels.shape[-1]} classes)"
+                       if labels is not None else ""))
+  if "labels" in first and first["labels"].shape[-1] != num_classes:
     raise UserError(f"model.num_classes={num_classes} but input.pp makes labels with "
                      f"{first['labels'].shape[-1]} classes; make them equal")
   for t in run.teachers:

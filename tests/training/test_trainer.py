@@ -126,6 +126,8 @@ def test_distillation_run_checkpoints_only_the_student(digits_data_dir, tmp_path
     ({"flexi": dict(seqhw=dict(v=(2, 40)))}, r"seqhw=40 is larger than the image \(16x16\)"),
     ({"eval_flexi": dict(seqhw=dict(v=(0,)))}, "seqhw must be a positive"),
     ({"model.num_classes": 5}, "model.num_classes=5 but input.pp makes labels with 10 classes"),
+    ({"model": {"variant": "Ti/16"}},  # A whole-dict override drops num_classes.
+     r"model.num_classes is not set.*labels with 10 classes"),
     ({"distill.teachers": {"prof": dict(model="TEACHER", init="TEACHER",
                                         input_key="prof_image")}},
      "teacher 'prof' reads batch key 'prof_image'"),
