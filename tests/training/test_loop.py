@@ -1,4 +1,4 @@
-"""The trainer in-process: an end-to-end run, distillation, config and input errors."""
+"""The training loop in-process: an end-to-end run, distillation, input errors, model_init."""
 import glob
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import flexivit_jax
-from conftest import REF_CKPT, REF_MODEL, REPO, load_config, user_config
+from conftest import REF_CKPT, REF_MODEL, load_config
 from flexivit_jax.checkpoints import npz, sources
 from flexivit_jax.training import optim
 from flexivit_jax.checkpoints import step_dirs
@@ -17,7 +17,6 @@ from flexivit_jax.training import initial_state
 from flexivit_jax.training import loop
 from flexivit_jax.training import run
 from flexivit_jax.training import sharding
-from flexivit_jax.training import config as config_lib
 from flexivit_jax.models import vit
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import runlog
@@ -145,125 +144,6 @@ def test_bad_runs_fail_before_compiling(digits_data_dir, tmp_path, overrides, me
   # Positive control: the counter does see a compile (a fresh function, never cached).
   jax.jit(lambda x: x * 3 + compiles).lower(jnp.float32(1)).compile()
   assert COMPILES.count > compiles
-
-
-@pytest.mark.parametrize("overrides,message", [
-    ({"bogus": 1}, "unknown config key 'bogus'"),
-    ({"input.batch_sise": 3}, "unknown config key 'input.batch_sise'"),
-    ({"model.widht": 3}, r"unknown config key 'model.widht' \(did you mean 'width'\?\)"),
-    ({"model.width": "wide"}, "bad value for config key 'model.width': 'wide' is not an int"),
-    ({"model.variant": "Q"}, "unknown ViT variant 'Q'"),
-    ({"model_load": dict(dontload=1)}, "unknown config key 'model_load.dontload'.*dont_load"),
-    ({"input.data": dict(name="x", splt="test")}, "unknown config key 'input.data.splt'"),
-    ({"mesh": dict(tensor=2)}, "unknown config key 'mesh.tensor'"),
-    ({"distill.teachers": {"t": dict(model={}, init="x", modle=1)}},
-     "unknown config key 'distill.teachers.t.modle'"),
-    ({"lr": float("nan")}, "'lr' must be a finite number >= 0, got nan"),
-    ({"lr": -1.0}, "'lr' must be a finite number >= 0"),
-    ({"wd": float("inf")}, "'wd' must be a finite number >= 0, got inf"),
-    ({"progress_bar": "maybe"}, "'progress_bar' is 'maybe'"),
-    ({"progress": "quiet"}, "'progress' is 'quiet'; allowed: auto, bar, lines, none"),
-    ({"progress": "lines", "progress_bar": False}, "'progress'='lines' and 'progress_bar'=False"),
-    ({"evals.test.log_steps": 0}, "'log_steps' must be a positive int"),
-    ({"loss": "hinge"}, "unknown config value loss='hinge'"),
-    ({"flexi.seqhws": dict(v=(1,))}, r"unknown config key 'flexi.seqhws' \(did you mean 'seqhw'"),
-    ({"total_epochs": 2.0}, "set exactly one of config keys 'total_steps' and 'total_epochs'"),
-    ({"ckpt_steps": 0}, "'ckpt_steps' must be a positive int"),
-    ({"lr": "fast"}, "bad value for config key 'lr'"),
-    ({"param_sharding": "zero3"}, "unknown param_sharding 'zero3'"),
-    ({"evals.val": dict(data=dict(name="x"), pp="keep", bs=3)},
-     "unknown config key 'evals.val.bs'"),
-    ({"evals.val": dict(data=dict(name="x"), pp="keep", log_percent=2.0)},
-     r"evals.val.log_percent=2.0 must be a fraction"),
-    ({"mixup": dict(p=0.5, n=3)}, "mixup n=3, fold_in=None: this trainer mixes n=2"),
-])
-def test_config_errors_name_the_key(overrides, message):
-  user = user_config(**overrides)
-  with pytest.raises(ValueError, match=message):
-    config_lib.complete(user)
-
-
-@pytest.mark.parametrize("key,text,message", [
-    ("total_steps", "abc", "config key 'total_steps': 'abc' is not an int"),
-    ("lr", "fast", "config key 'lr': 'fast' is not a float"),
-    ("aot_compile", "maybe", "config key 'aot_compile': 'maybe' is not a bool"),
-    ("totl_steps", "3", r"unknown config key 'totl_steps' \(did you mean 'total_steps'"),
-    ("model.widht", "3", r"unknown config key 'model.widht' \(did you mean 'width'"),
-    ("input.data.nmae", "x", r"unknown config key 'input.data.nmae' \(did you mean 'name'"),
-    ("evals.test.bs", "3", "unknown config key 'evals.test.bs'"),
-    ("seed.x", "3", "config key 'seed' is 0, not a dict"),
-])
-def test_command_line_override_errors_name_the_key(key, text, message):
-  with pytest.raises(ValueError, match=message):
-    config_lib.complete(user_config(), [(key, text)])
-
-
-def test_any_model_field_can_be_set_from_the_command_line():
-  config = config_lib.complete(user_config(), [
-      ("model.variant", "S"), ("model.posemb", "sincos2d"), ("model.patch_size", "(4, 4)"),
-      ("lr", "1"), ("progress_bar", "False"), ("evals.test.log_steps", "2"),
-      ("flexi.seqhw.v", "(2, 4)"), ("input.data.split", "train[:50%]")])
-  assert config.model.variant == "S" and config.model.patch_size == (4, 4)
-  assert config.lr == 1.0 and isinstance(config.lr, float) and config.progress_bar is False
-  assert config.progress == "none"  # The older key still works: False is no progress shown.
-  assert config.evals.test.log_steps == 2 and config.input.data.split == "train[:50%]"
-  assert vit.from_config(config.model).hparams()["width"] == 16  # Explicit beats variant.
-  with pytest.raises(AttributeError):  # Still locked afterwards.
-    config.model.widht = 3
-
-
-def test_config_argument_errors():
-  with pytest.raises(ValueError, match=r"unknown config argument 'runlcal' \(did you mean "
-                     "'runlocal'"):
-    config_lib.parse_arg("runlcal", runlocal=False)
-  with pytest.raises(ValueError, match="config argument 'steps': 'ten' is not an int"):
-    config_lib.parse_arg("steps=ten", steps=3)
-  assert config_lib.parse_arg("steps=10,runlocal", steps=3, runlocal=False).to_dict() == dict(
-      steps=10, runlocal=True)
-
-
-def test_completed_config_is_locked():
-  config = load_config()
-  with pytest.raises(AttributeError):
-    config.totl_steps = 3
-
-
-CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))
-
-
-def _has_baseline(path) -> bool:
-  return "baseline=" in (REPO / path).read_text()
-
-
-@pytest.mark.parametrize("spec", [f"{f}{arg}" for f in CONFIG_FILES
-                                  for arg in ("", ":runlocal", ":baseline")
-                                  if arg != ":baseline" or _has_baseline(f)])
-def test_every_config_file_completes_and_builds(spec):
-  config = load_config(str(REPO / spec))
-  model = vit.from_config(config.model)
-  flexis = flexivit_jax.training.flexi.FlexiSampler(config.flexi, seed=0, total_steps=100).all_values()
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
-                                             **flexis[0]))
-  assert "embedding" in shapes["params"]
-
-
-def test_mesh_and_fsdp_sharding_rules():
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
-  assert mesh.shape == {"data": jax.device_count(), "fsdp": 1}
-  with pytest.raises(ValueError, match="does not fit the"):
-    sharding.make_mesh({"data": 3, "fsdp": 5})
-  assert sharding.state_sharding(mesh, (64, 32), "fsdp").spec == jax.sharding.PartitionSpec()
-
-
-def test_fsdp_rule_splits_the_largest_divisible_axis():
-  P = jax.sharding.PartitionSpec
-  mesh = jax.sharding.AbstractMesh((2, 4), ("data", "fsdp"))  # fsdp > 1 without 8 devices.
-  rule = lambda shape, mode="fsdp": sharding.state_sharding(mesh, shape, mode).spec
-  assert rule((64, 32)) == P("fsdp", None)
-  assert rule((6, 8)) == P(None, "fsdp")  # 6 is not divisible by 4.
-  assert rule((3, 32, 16)) == P(None, "fsdp", None)
-  assert rule((6, 3)) == P() and rule(()) == P() and rule((2,)) == P()
-  assert rule((64, 32), "replicated") == P()
 
 
 def test_total_epochs_and_init_head_bias(digits_data_dir):
