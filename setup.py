@@ -17,7 +17,6 @@ setuptools.setup(
         "numpy",
         "ml_dtypes",
         "ml_collections",
-        "absl-py",
         "tensorflow-cpu",
         "tensorflow-datasets>=4.9.6",
         "array_record",
@@ -39,7 +38,7 @@ setuptools.setup(
                     "bench": ["torch", "timm"]},
     # One `flexivit-<verb>` per CLI (what `python -m flexivit_jax.<verb>` runs), and one
     # `flexivit-analysis NAME` for the paper's analyses; see the README.
-    entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:run",
+    entry_points={"console_scripts": ["flexivit-train=flexivit_jax.train:main",
                                       "flexivit-evaluate=flexivit_jax.evaluate:main",
                                       "flexivit-export=flexivit_jax.export:main",
                                       "flexivit-compare=flexivit_jax.compare:main",

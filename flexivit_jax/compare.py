@@ -1,8 +1,8 @@
 """Compares runs: accuracy per patch size, or accuracy against training compute.
 
-  python -m flexivit_jax.compare workdirs/demo workdirs/base --out compare.png
-  python -m flexivit_jax.compare eval_demo eval_base --out compare_gflops.png
-  python -m flexivit_jax.compare workdirs/curr workdirs/base --x flops --out curr.png
+  python -m flexivit_jax.compare workdirs/demo workdirs/base --out compare
+  python -m flexivit_jax.compare eval_demo eval_base --out compare_evals
+  python -m flexivit_jax.compare workdirs/curr workdirs/base --x flops --out compare_flops
 
 `--x seqhw` (default) reads the last evaluation of each run; `--x flops` reads
 every evaluation with the cumulative `compute/gflops` logged beside it, at one
@@ -10,7 +10,8 @@ seqhw (`--seqhw`, default the largest that every run evaluated). Reads the
 runs' metrics.jsonl, and their config.json for the image side (no JAX needed).
 
 When every argument holds an eval.json of `flexivit_jax.evaluate`, plots top-1
-against inference GFLOPs instead.
+against inference GFLOPs instead. Prints the table; `--out DIR` also writes it to
+DIR/compare.txt and the plot to DIR/compare.png.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import os
 from typing import Optional, Sequence
 
 from flexivit_jax import cli, paths
-from flexivit_jax.outputs import eval_files, eval_names, plots, run_config, runlog, tables
+from flexivit_jax.outputs import atomic, eval_files, eval_names, plots, run_config, runlog, tables
 from flexivit_jax.errors import UserError
+
+PLOT, TABLE = "compare.png", "compare.txt"  # What `--out DIR` holds.
 
 
 def image_size_of(workdir: str, evaluator: Optional[str] = None) -> Optional[int]:
@@ -82,9 +85,10 @@ def compare_flops(workdirs: Sequence[str], out: Optional[str] = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(__doc__, "flexivit_jax.compare")
   parser.add_argument("workdirs", nargs="+", type=paths.normalize, help="training workdirs, or eval.json dirs/files")
-  parser.add_argument("--out", default=None, type=paths.normalize, help="PNG to write")
+  parser.add_argument("--out", default=None, type=paths.normalize,
+                      help=f"directory for the table ({TABLE}) and the plot ({PLOT})")
   parser.add_argument("--eval", default=None, help="evaluator name (default: the first)")
   parser.add_argument("--x", choices=("seqhw", "flops"), default="seqhw",
                       help="x axis: patch size of the final eval, or training GFLOPs")
@@ -96,14 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
+  plot = os.path.join(args.out, PLOT) if args.out else None  # Its folder made as needed.
   if args.x == "flops":
-    print(compare_flops(args.workdirs, args.out, args.eval, args.seqhw))
+    table = compare_flops(args.workdirs, plot, args.eval, args.seqhw)
   elif all(eval_files.has_eval(p) for p in args.workdirs):
-    print(eval_files.compare_evals(args.workdirs, args.out))
+    table = eval_files.compare_evals(args.workdirs, plot)
   else:
-    print(compare(args.workdirs, args.out, args.eval))
+    table = compare(args.workdirs, plot, args.eval)
+  print(table)
   if args.out:
-    print(f"plot: {args.out}")
+    written = atomic.write_atomic(os.path.join(args.out, TABLE), table + "\n")
+    print(f"wrote {written} and {plot}")
 
 
 if __name__ == "__main__":

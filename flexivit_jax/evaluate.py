@@ -14,7 +14,7 @@ config.json. `--max_gflops`/`--max_ms` evaluate only the finest grid within budg
 `--label_mapping` scores a model on a dataset with other classes (as a config's
 `evals.<name>.label_mapping`: a list of model class ids, one per dataset class,
 -1 for none, or a file of them).
-Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out plot.png`.
+Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out DIR`.
 `--progress=lines` (the default when stdout is not a terminal) prints a start line,
 a batch count every 30 s and one line per grid; `--progress=none` (or `--no_progress`)
 only the table.
@@ -37,7 +37,7 @@ PROGRESS_EVERY_S = 30.0  # With --progress=lines, a batch count line at most thi
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(__doc__, "flexivit_jax.evaluate")
   p.add_argument("--checkpoint", required=True, help="npz file, training workdir or shortcut")
   p.add_argument("--data", default=None, help="NAME:SPLIT (default: the workdir's first eval)")
   p.add_argument("--data_dir", default=None, type=paths.normalize, help="TFDS data dir (default: $FLEXIVIT_DATA_DIR)")

@@ -22,8 +22,7 @@ def export(workdir: str, out: str, step: Optional[int] = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m flexivit_jax.export",
-                                   description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(__doc__, "flexivit_jax.export")
   parser.add_argument("workdir", help="training workdir (local or gs://)")
   parser.add_argument("out", nargs="?", default=None, type=paths.normalize,
                       help="the npz to write")

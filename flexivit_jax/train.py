@@ -1,9 +1,11 @@
-"""Entry point: flags, distributed init, hand-off to `loop.train_and_evaluate`.
+"""Trains a model as a config file says; checkpoints, metrics and plots go into --workdir.
 
+  python -m flexivit_jax.train --config configs/demo_digits.py --workdir /tmp/demo
   python -m flexivit_jax.train --config configs/demo_digits.py --workdir /tmp/demo \
       [--config.total_steps=100 --config.model.variant=S ...] [--progress=lines] [--verbose]
 
-`--config.KEY=VALUE` sets any config key, FlexiViT fields included (`config.complete`).
+`--config.KEY=VALUE` (or `--config.KEY VALUE`) sets any config key, FlexiViT fields
+included (`config.complete`).
 `--progress=bar|lines|none` (default: a bar on a terminal, else one line per log
 step, checkpoint and eval, flushed, for logs) sets config.progress.
 Exit status: 0 done, 2 bad input (one `error: ...` line), 3 the loss diverged,
@@ -15,46 +17,58 @@ environment variables), or `--distributed` to let JAX detect a TPU pod / SLURM j
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-
-from typing import List, Sequence, Tuple
-
-from absl import flags
-from absl import logging as absl_logging
+import sys
+from typing import List, Optional, Sequence, Tuple
 
 from flexivit_jax import cli, paths
-from flexivit_jax.errors import UserError
-from flexivit_jax.outputs.console import PROGRESS_MODES
 
-FLAGS = flags.FLAGS
 CONFIG_PREFIX = "--config."
-flags.DEFINE_string("config", None, "Config file, `path.py[:arg]`; set any key with "
-                    "--config.KEY=VALUE.")
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
-flags.DEFINE_enum("progress", None, list(PROGRESS_MODES),
-                  "What the run shows while it trains (sets config.progress): a bar on a "
-                  "terminal, one plain line per log step, checkpoint and eval (logs, pods, "
-                  "SLURM, nohup), or nothing but the final table. Default: the config's, "
-                  "'auto' = a bar on a terminal, lines otherwise.")
 
 
-def _env_int(name: str):
+def _env_int(name: str) -> Optional[int]:
   value = os.environ.get(name)
   return int(value) if value else None
 
 
-# Multi-process settings can also come from the environment (launch scripts).
-flags.DEFINE_integer("num_cpu_devices", _env_int("FLEXIVIT_NUM_CPU_DEVICES"),
-                     "Emulate this many CPU devices.")
-flags.DEFINE_bool("distributed", bool(os.environ.get("FLEXIVIT_DISTRIBUTED")),
-                  "Call jax.distributed.initialize() and let JAX detect the cluster "
-                  "(TPU pod, SLURM, ...).")
-flags.DEFINE_string("coordinator_address", os.environ.get("FLEXIVIT_COORDINATOR_ADDRESS"),
-                    "host:port of process 0.")
-flags.DEFINE_integer("num_processes", _env_int("FLEXIVIT_NUM_PROCESSES"),
-                     "Number of processes.")
-flags.DEFINE_integer("process_id", _env_int("FLEXIVIT_PROCESS_ID"), "Index of this process.")
+class TrainParser(cli.ArgumentParser):
+  """The flags, and `--config.KEY=VALUE` overrides (which no fixed flag list can hold)
+  taken out first into `args.config_overrides`: [(key, value text)] in order."""
+
+  def parse_args(self, args=None, namespace=None):  # pylint: disable=arguments-differ
+    rest, overrides = split_config_overrides(sys.argv[1:] if args is None else args)
+    namespace = super().parse_args(rest, namespace)
+    namespace.config_overrides = overrides
+    return namespace
+
+
+def build_parser() -> argparse.ArgumentParser:
+  # Defaults are read when the parser is built: launch scripts set FLEXIVIT_* per process.
+  p = TrainParser(__doc__, "flexivit_jax.train")
+  p.add_argument("--config", required=True,
+                 help="config file, `path.py[:arg]` (e.g. configs/demo_digits.py:runlocal)")
+  p.add_argument("--workdir", required=True, type=paths.normalize,
+                 help="directory for checkpoints, metrics and plots (local or gs://)")
+  p.add_argument_group("config overrides", "--config.KEY=VALUE    set any key of the config, "
+                       "e.g. --config.total_steps=100\n"
+                       "                      (also --config.KEY VALUE; a bare --config.KEY "
+                       "sets True)")
+  cli.add_progress_argument(p, default=None)
+  p.add_argument("--num_cpu_devices", type=int, default=_env_int("FLEXIVIT_NUM_CPU_DEVICES"),
+                 help="emulate this many CPU devices (env FLEXIVIT_NUM_CPU_DEVICES)")
+  p.add_argument("--distributed", action="store_true",
+                 default=bool(os.environ.get("FLEXIVIT_DISTRIBUTED")),
+                 help="call jax.distributed.initialize() and let JAX detect the cluster "
+                 "(TPU pod, SLURM, ...) (env FLEXIVIT_DISTRIBUTED)")
+  p.add_argument("--coordinator_address", default=os.environ.get("FLEXIVIT_COORDINATOR_ADDRESS"),
+                 help="host:port of process 0 (env FLEXIVIT_COORDINATOR_ADDRESS)")
+  p.add_argument("--num_processes", type=int, default=_env_int("FLEXIVIT_NUM_PROCESSES"),
+                 help="number of processes (env FLEXIVIT_NUM_PROCESSES)")
+  p.add_argument("--process_id", type=int, default=_env_int("FLEXIVIT_PROCESS_ID"),
+                 help="index of this process (env FLEXIVIT_PROCESS_ID)")
+  return p
 
 
 def setup_jax(num_cpu_devices=None, distributed=False, coordinator_address=None,
@@ -89,40 +103,28 @@ def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[s
   return rest, overrides
 
 
-def parse_flags(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-  rest, overrides = split_config_overrides(argv)
-  return cli.parse_absl_flags(rest), overrides
-
-
-def main(parsed) -> None:
-  argv, overrides = parsed
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
-  if not FLAGS.config:
-    raise UserError("--config is required (a config file, e.g. configs/demo_digits.py)")
-  if not FLAGS.workdir:
-    raise UserError("--workdir is required (where checkpoints and metrics go)")
+@cli.user_facing
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = build_parser().parse_args(argv)
   from flexivit_jax.training import config as config_lib
-  if FLAGS.progress:  # The flag wins over the config's `progress` and older `progress_bar`.
-    overrides = [*overrides, ("progress", FLAGS.progress), ("progress_bar", "None")]
+  overrides = args.config_overrides
+  if args.progress:  # The flag wins over the config's `progress` and older `progress_bar`.
+    overrides = [*overrides, ("progress", args.progress), ("progress_bar", "None")]
   # Every key and value is checked here, before JAX starts.
-  config = config_lib.complete(config_lib.load_config_file(FLAGS.config), overrides)
-  setup_jax(FLAGS.num_cpu_devices, FLAGS.distributed, FLAGS.coordinator_address,
-            FLAGS.num_processes, FLAGS.process_id)
+  config = config_lib.complete(config_lib.load_config_file(args.config), overrides)
+  setup_jax(args.num_cpu_devices, args.distributed, args.coordinator_address,
+            args.num_processes, args.process_id)
   from flexivit_jax.training import loop
   cli.quiet_libraries()
+  # The run's own log lines ("resumed from ...") on stderr, beside the libraries' warnings.
+  logging.basicConfig(format="%(levelname).1s %(asctime)s %(message)s")
   import jax
   if jax.process_index() != 0:  # Process 0 tells what the run does; the others, errors only.
     logging.getLogger("flexivit_jax").setLevel(logging.ERROR)
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
   # Takes the workdir's lock, then writes config.json and trains; Preempted -> 143 in cli.
-  loop.train_and_evaluate(config, paths.normalize(FLAGS.workdir), name=FLAGS.config)
-
-
-def run() -> None:
-  """Console script `flexivit-train`."""
-  cli.run_absl(main, flags_parser=parse_flags)
+  loop.train_and_evaluate(config, args.workdir, name=args.config)
 
 
 if __name__ == "__main__":
-  run()
+  main()

@@ -17,7 +17,7 @@ command of a block that the tests check but do not run (a TPU pod, a bucket, hou
 `check(command)` returns what is wrong with a command that invokes this
 project: a module or script that does not exist, a flag its parser rejects, a
 config file, `:arg` or `--config.KEY` that does not load. The parsers come
-from `ARGPARSE_CLIS` / `ABSL_CLIS` below: a new CLI needs one line there, and
+from `ARGPARSE_CLIS` below: a new CLI needs one line there, and
 a project command with no entry fails the check rather than passing unchecked.
 Only the extraction half runs without the project's dependencies (.ci/run
 calls it before installing anything).
@@ -42,8 +42,9 @@ NOT_RUN = "not run by the tests"
 PROMPT = "$ "
 OPERATORS = ("&&", "||", ";", "|", "&")
 
-# Project CLIs by module: argparse ones by their parser function, absl ones by their flags.
+# Project CLIs by module, and the function that builds each one's argparse parser.
 ARGPARSE_CLIS: Dict[str, str] = {
+    "flexivit_jax.train": "build_parser",
     "flexivit_jax.evaluate": "build_parser",
     "flexivit_jax.export": "build_parser",
     "flexivit_jax.checkpoints": "build_parser",
@@ -52,7 +53,7 @@ ARGPARSE_CLIS: Dict[str, str] = {
     "flexivit_jax.analysis.resize_methods": "build_parser",
     "flexivit_jax.analysis.zero_shot": "build_parser",
 }
-ABSL_CLIS = ("flexivit_jax.train",)
+TRAIN = "flexivit_jax.train"  # Also checked: its config file and `--config.KEY` overrides.
 PACKAGE = "flexivit_jax"
 
 
@@ -234,10 +235,10 @@ def console_scripts() -> Dict[str, str]:
   """{script: module}: setup.py's console_scripts and pyproject.toml's [project.scripts]."""
   scripts = {}
   setup, pyproject = REPO / "setup.py", REPO / "pyproject.toml"
-  if setup.exists():  # "flexivit-train=flexivit_jax.train:run"
+  if setup.exists():  # "flexivit-train=flexivit_jax.train:main"
     for m in re.finditer(r"[\"']([\w-]+)\s*=\s*([\w.]+):\w+[\"']", setup.read_text()):
       scripts[m.group(1)] = m.group(2)
-  if pyproject.exists():  # flexivit-train = "flexivit_jax.train:run"
+  if pyproject.exists():  # flexivit-train = "flexivit_jax.train:main"
     for m in re.finditer(r"(?m)^\s*[\"']?([\w-]+)[\"']?\s*=\s*[\"']([\w.]+):\w+[\"']",
                          pyproject.read_text()):
       scripts[m.group(1)] = m.group(2)
@@ -302,12 +303,12 @@ def _check_module(t: Target, pattern: bool) -> List[str]:
     return [f"{t.name!r} is not a console script of setup.py ({sorted(console_scripts())})"]
   if importlib.util.find_spec(t.name) is None:
     return [f"no module {t.name}"]
-  if t.name in ABSL_CLIS:
+  if t.name == TRAIN:
     return _check_train(t.args, pattern)
   if t.name in ARGPARSE_CLIS:
     parser = getattr(_cli_module(t.name), ARGPARSE_CLIS[t.name])()
     return _check_argparse(parser, t.args, pattern)
-  return [f"no argument check for {t.name}: add it to ARGPARSE_CLIS or ABSL_CLIS in "
+  return [f"no argument check for {t.name}: add it to ARGPARSE_CLIS in "
           "tests/doc_commands.py"]
 
 
@@ -337,58 +338,34 @@ def _flag_names(args: Sequence[str]) -> List[str]:
 
 
 def _check_argparse(parser, args: Sequence[str], pattern: bool) -> List[str]:
+  from flexivit_jax.errors import UserError
   args = [a for a in args if a != "--verbose"]  # Taken out by cli.py before parsing.
   if pattern:
     known = set(parser._option_string_actions)  # pylint: disable=protected-access
     return [f"unknown flag {name}" for name in _flag_names(args) if name not in known]
-  import contextlib
-  import io
-  err = io.StringIO()
   try:
-    with contextlib.redirect_stderr(err):
-      parser.parse_args(list(args))
-  except SystemExit:
-    return [err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad arguments"]
+    parser.parse_args(list(args))  # A cli.ArgumentParser: any parse error is a UserError.
+  except UserError as e:
+    return [str(e)]
   return []
 
 
-def train_flag_values():
-  """A private copy of `flexivit_jax.train`'s absl flags (parsing it leaves FLAGS alone)."""
-  import copy
-  from absl import flags
-  from flexivit_jax import train
-  values = flags.FlagValues()
-  for flag in flags.FLAGS.get_flags_for_module(train):
-    values[flag.name] = copy.deepcopy(flag)
-  return values
-
-
 def _check_train(args: Sequence[str], pattern: bool) -> List[str]:
-  from absl import flags
-  from flexivit_jax.training import config as config_lib
+  """train's flags, then its config file and overrides, loaded as the trainer loads them."""
   from flexivit_jax import train
-  args = [a for a in args if a != "--verbose"]
-  rest, overrides = train.split_config_overrides(args)
-  values = train_flag_values()
-  if pattern:
-    return [f"unknown flag {name}" for name in _flag_names(rest)
-            if name.lstrip("-").removeprefix("no") not in values]
+  from flexivit_jax.training import config as config_lib
+  rest, overrides = train.split_config_overrides([a for a in args if a != "--verbose"])
+  problems = _check_argparse(train.build_parser(), rest, pattern)
+  if pattern or problems:
+    return problems
+  spec = train.build_parser().parse_args(rest).config
+  path, sep, arg = spec.partition(":")
+  full_spec = str(REPO / path) + sep + arg if not os.path.isabs(path) else spec
   try:
-    leftover = values(["train", *rest])
-  except flags.Error as e:
-    return [str(e).splitlines()[0]]
-  problems = [f"unexpected arguments {leftover[1:]}"] if len(leftover) > 1 else []
-  for name in ("config", "workdir"):
-    if not values[name].value:
-      problems.append(f"--{name} is required")
-  if values["config"].value:
-    path, sep, arg = values["config"].value.partition(":")
-    spec = str(REPO / path) + sep + arg if not os.path.isabs(path) else values["config"].value
-    try:
-      config_lib.complete(config_lib.load_config_file(spec), overrides)
-    except Exception as e:  # pylint: disable=broad-except
-      problems.append(f"--config {values['config'].value}: {type(e).__name__}: {e}")
-  return problems
+    config_lib.complete(config_lib.load_config_file(full_spec), overrides)
+  except Exception as e:  # pylint: disable=broad-except
+    return [f"--config {spec}: {type(e).__name__}: {e}"]
+  return []
 
 
 def _help_text(argv: Sequence[str]) -> str:

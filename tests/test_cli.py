@@ -67,3 +67,52 @@ def test_config_validation_starts_no_jax_backend():
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# Every command's parser (the analysis dispatcher only lists these analyses' names).
+CLIS = ("train", "evaluate", "export", "compare", "checkpoints.__main__", "analysis.cka",
+        "analysis.resize_methods", "analysis.zero_shot")
+
+
+@pytest.mark.parametrize("name", CLIS)
+def test_every_help_has_the_same_shape(name):
+  """usage line, the module's summary as the description, the flags, one example command."""
+  import importlib
+  module = importlib.import_module(f"flexivit_jax.{name}")
+  parser = module.build_parser()
+  assert isinstance(parser, cli.ArgumentParser) and not parser.allow_abbrev
+  command = f"python -m flexivit_jax.{name.removesuffix('.__main__')}"
+  lines = parser.format_help().splitlines()
+  assert lines[0].startswith(f"usage: {command} ")
+  assert module.__doc__.splitlines()[0] in lines
+  assert lines[-2:] == ["example:", f"  {cli.example_of(module.__doc__)}"]
+  assert lines[-1].startswith(f"  {command} ")
+  assert "--out" not in parser._option_string_actions or (  # pylint: disable=protected-access
+      "directory" in parser._option_string_actions["--out"].help)
+
+
+def test_unknown_or_misspelt_flag_is_one_line_naming_it(capsys):
+  from flexivit_jax import evaluate
+  with pytest.raises(SystemExit) as info:
+    evaluate.main(["--chekpoint", "w"])  # Before the missing required --checkpoint.
+  assert info.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: unknown flag --chekpoint (did you mean '--checkpoint'?); see --help\n")
+
+
+def test_train_help_runs_as_a_command():
+  proc = subprocess.run([sys.executable, "-m", "flexivit_jax.train", "--help"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith("usage: python -m flexivit_jax.train ")
+  assert "--config.KEY=VALUE" in proc.stdout and "--num_processes" in proc.stdout
+
+
+def test_train_takes_config_overrides_beside_its_flags(monkeypatch):
+  from flexivit_jax import train
+  monkeypatch.setenv("FLEXIVIT_NUM_PROCESSES", "4")
+  args = train.build_parser().parse_args(
+      ["--config", "c.py", "--config.lr=0.1", "--workdir", "w", "--config.model.variant", "S",
+       "--config.flag"])
+  assert args.config == "c.py" and args.num_processes == 4 and args.progress is None
+  assert args.config_overrides == [("lr", "0.1"), ("model.variant", "S"), ("flag", "True")]

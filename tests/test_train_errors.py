@@ -3,8 +3,7 @@
 Each case runs in its own copy of a workdir that already holds checkpoints of a
 real run; every file there must be byte-identical afterwards, and nothing new
 may be checkpointed. Most cases run in this process through the command's own
-entry point (`cli.run_absl` with train's flag parser: the same parsing, checks
-and exit statuses); those caught by the flags or the config schema must fail
+entry point (`train.main(argv)`: the same parsing, checks and exit statuses); those caught by the flags or the config schema must fail
 before JAX starts. Cases that need devices of their own, and one divergence,
 run as `python -m flexivit_jax.train` processes, started with the first case and
 run beside the others. Each case is its own test.
@@ -19,10 +18,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from absl import flags
 
 from conftest import DEMO_CONFIG, REPO
-from flexivit_jax import cli, train
+from flexivit_jax import train
 from flexivit_jax.checkpoints import npz, sources
 from flexivit_jax.checkpoints import step_dirs
 
@@ -37,7 +35,8 @@ CONFIG_CASES = [
     ("unknown input.data key", ["--config.input.data.nmae=x"], "'input.data.nmae'", 2),
     ("unknown evals key", ["--config.evals.test.bs=3"], "'evals.test.bs'", 2),
     ("unknown mesh axis", ["--config.mesh.tensor=2"], "'mesh.tensor'", 2),
-    ("unknown flag", ["--bogus_flag=1"], "bogus_flag", 2),
+    ("unknown flag", ["--bogus_flag=1"], "unknown flag --bogus_flag", 2),
+    ("misspelt flag", ["--num_proceses=2"], "--num_proceses (did you mean '--num_processes'", 2),
     ("int key given text", ["--config.total_steps=abc"], "'total_steps': 'abc' is not an int", 2),
     ("float key given text", ["--config.lr=fast"], "'lr': 'fast'", 2),
     ("model field given text", ["--config.model.width=wide"], "'model.width': 'wide'", 2),
@@ -52,12 +51,12 @@ CONFIG_CASES = [
     ("unknown flexi argument", ["--config.flexi.seqhws.v=(2,)"], "'flexi.seqhws'", 2),
     ("bad schedule", ["--config.schedule.decay_type=cosin"], "decay_type='cosin'", 2),
     ("progress_bar value", ["--config.progress_bar=maybe"], "'progress_bar' is 'maybe'", 2),
-    ("progress flag value", ["--progress=loud"], "--progress=loud", 2),
+    ("progress flag value", ["--progress=loud"], "--progress: invalid choice: 'loud'", 2),
     ("eval not a literal", ["--config.evals.fewshot={'type': 'fewshot', 'data': dict(name='x')}"],
      "'evals.fewshot': \"{'type'", 2),
     ("eval not a dict", ["--config.evals.fewshot=fewshot"], "'evals.fewshot' must be a dict", 2),
     ("unknown eval type", ["--config.evals.fewshot={'type': 'fewshot'}"], "'fewshot'", 2),
-    ("missing workdir", ["--no_workdir"], "--workdir is required", 2),
+    ("missing workdir", ["--no_workdir"], "required: --workdir", 2),
 ]
 # Caught by the trainer (data, pp, devices, checkpoints, the loss).
 TRAINER_CASES = [
@@ -114,14 +113,11 @@ def _run_case_in_process(case, trained, tmp_path, capsys):
   args = [a.replace("{truncated}", str(trained.parent / "truncated.npz")) for a in args
           if a != "--no_workdir"]
   capsys.readouterr()
-  flags.FLAGS.unparse_flags()  # No value of an earlier case may leak into this one.
   try:
-    cli.run_absl(train.main, argv=["train", *BASE, *flags_, *args], flags_parser=train.parse_flags)
+    train.main([*BASE, *flags_, *args])
     code = 0
   except SystemExit as e:
     code = e.code or 0
-  finally:
-    flags.FLAGS.unparse_flags()
   return workdir, code, capsys.readouterr().err
 
 
@@ -132,7 +128,7 @@ def _run_case(case, trained, tmp_path):
   args = [a.replace("{truncated}", str(trained.parent / "truncated.npz")) for a in args]
   flags = [] if "--no_workdir" in args else [f"--workdir={workdir}"]
   args = [a for a in args if a != "--no_workdir"]
-  # The case's --config replaces the base one (absl keeps the last value).
+  # The case's --config replaces the base one (the last value wins).
   cmd = [sys.executable, "-m", "flexivit_jax.train", *BASE, *flags, *args]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   return workdir, proc

@@ -111,10 +111,11 @@ def test_train_evaluate_export_compare_with_relative_paths(user, trained):
   user("flexivit-export", "~/wd/demo", "~/home.npz", cwd=trained)
   with np.load(user.cwd / "home.npz") as a, np.load(user.cwd / "wd" / "demo.npz") as b:
     assert sorted(a.files) == sorted(b.files) and all((a[k] == b[k]).all() for k in a.files)
-  out = user("-m", "flexivit_jax.compare", "wd/demo", "link", "--out", "cmp/demo.png",
+  out = user("-m", "flexivit_jax.compare", "wd/demo", "link", "--out", "cmp/demo",
              script=False)
   assert "demo" in out and "link" in out  # One column per run, named as typed.
-  assert (user.cwd / "cmp" / "demo.png").stat().st_size > 0
+  assert (user.cwd / "cmp" / "demo" / "compare.png").stat().st_size > 0
+  assert "link" in (user.cwd / "cmp" / "demo" / "compare.txt").read_text()
 
 
 @pytest.mark.slow

@@ -147,7 +147,7 @@ def analyse(model, params, images, labels, grids, all_grids, out: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(__doc__, "flexivit_jax.analysis.cka")
   p.add_argument("--checkpoint", default=None, help="a FlexiViT (default: train one)")
   p.add_argument("--image_size", type=int, default=None)
   p.add_argument("--grids", default=None, help="the two grids compared by CKA, e.g. 12,6")

@@ -94,7 +94,7 @@ def plot(results: Mapping[str, Mapping[str, float]], path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(__doc__, "flexivit_jax.analysis.resize_methods")
   p.add_argument("--checkpoint", default=None, help="a fixed-patch ViT (default: train one)")
   p.add_argument("--image_size", type=int, default=None,
                  help=f"the checkpoint's training image side (default {IMAGE_SIZE})")

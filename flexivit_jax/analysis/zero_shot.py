@@ -78,7 +78,7 @@ def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(__doc__, "flexivit_jax.analysis.zero_shot")
   p.add_argument("--vit", default=None, help="a fixed-patch ViT checkpoint (default: train one)")
   p.add_argument("--flexivit", default=None, help="a FlexiViT checkpoint (default: train one)")
   p.add_argument("--image_size", type=int, default=None)

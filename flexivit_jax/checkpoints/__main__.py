@@ -20,8 +20,7 @@ from flexivit_jax.checkpoints import step_health
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m flexivit_jax.checkpoints",
-                                   description=__doc__.split("\n\n")[0])
+  parser = cli.ArgumentParser(__doc__, "flexivit_jax.checkpoints")
   parser.add_argument("workdir", help="training workdir (local or gs://)")
   parser.add_argument("--restore", metavar="NAME", default=None,
                       help="put back a set-aside step: its directory name or its step number")

@@ -95,9 +95,11 @@ def test_evaluating_the_demo_workdir_prints_the_table_and_writes_the_report(
   assert [l.split("  ")[0] for l in grid_lines] == ["seqhw 4 (patch 12)", "seqhw 8 (patch 6)"]
   assert lines.index(grid_lines[-1]) < next(i for i, l in enumerate(lines)
                                            if l.split()[:2] == ["seqhw", "patch"])
-  compare.main([out, other, "--out", str(tmp_path / "both.png")])
-  assert "eval_b" in capsys.readouterr().out
-  assert os.path.getsize(tmp_path / "both.png") > 0
+  compare.main([out, other, "--out", str(tmp_path / "both")])  # --out: a directory.
+  printed = capsys.readouterr().out
+  assert "eval_b" in printed and str(tmp_path / "both" / compare.PLOT) in printed
+  assert os.path.getsize(tmp_path / "both" / compare.PLOT) > 0
+  assert "eval_b" in (tmp_path / "both" / compare.TABLE).read_text()
 
 
 @pytest.mark.parametrize("argv,message", [

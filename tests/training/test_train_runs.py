@@ -248,7 +248,7 @@ _DENY_READS = textwrap.dedent("""
     manager.StateCheckpoints._read = refuse
     step_health.Storage.read_bytes = refuse
     sys.argv[0] = "flexivit_jax.train"
-    train.run()
+    train.main()
 """)
 
 
