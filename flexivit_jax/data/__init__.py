@@ -22,7 +22,7 @@ _HOME = {
 _MODULES = ("cluttered_digits", "digits", "ops", "order", "pipeline", "preprocess", "randaug",
             "sources", "streaming")
 
-__all__ = sorted([*_HOME, "digits", "ops"])
+__all__ = sorted([*_HOME, "cluttered_digits", "digits", "ops"])
 
 
 def __getattr__(name):
