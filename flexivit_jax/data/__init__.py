@@ -5,7 +5,8 @@
   pipeline   the tf.data pipelines: readers, preprocessing, batching, train/eval iterators
   streaming  tf.data streaming, for datasets without random access
   preprocess pp strings: the op registry, the parser, the composed function
-  ops, randaug  the pp ops;  digits  the bundled offline dataset `sklearn_digits`
+  ops, randaug  the pp ops
+  digits, cluttered_digits  the bundled offline datasets `sklearn_digits`, `cluttered_digits`
 
 The names below are imported on first use, so that `flexivit_jax.data.order`
 can be imported without TensorFlow. See docs/data.md.
@@ -16,12 +17,12 @@ _HOME = {
     "BatchIterator": "pipeline", "EvalData": "pipeline", "MASK_KEY": "pipeline",
     "eval_data": "pipeline", "eval_iterator": "pipeline", "train_iterator": "pipeline",
     "dataset_info": "sources", "num_eval_batches": "sources",
-    "train_positions": "order", "ensure_built": "digits", "get_pp_fn": "preprocess",
+    "train_positions": "order", "ensure_built": "sources", "get_pp_fn": "preprocess",
 }
-_MODULES = ("digits", "ops", "order", "pipeline", "preprocess", "randaug", "sources",
-            "streaming")
+_MODULES = ("cluttered_digits", "digits", "ops", "order", "pipeline", "preprocess", "randaug",
+            "sources", "streaming")
 
-__all__ = sorted([*_HOME, "digits", "ops"])
+__all__ = sorted([*_HOME, "cluttered_digits", "digits", "ops"])
 
 
 def __getattr__(name):

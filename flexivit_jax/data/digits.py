@@ -10,23 +10,13 @@ ascending original-index order). Stored as array_record so that
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
-
-from flexivit_jax import paths
-from flexivit_jax.errors import UserError
 
 NAME = "sklearn_digits"
 NUM_TRAIN = 1497
 NUM_TEST = 300
 _SPLIT_SEED = 0
-
-
-def default_data_dir() -> str:
-  return (os.environ.get("FLEXIVIT_DATA_DIR")
-          or os.path.expanduser("~/tensorflow_datasets"))
 
 
 def split_indices() -> dict[str, np.ndarray]:
@@ -71,20 +61,3 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     for i in indices:
       yield int(i), {"image": images[i], "label": int(labels[i]),
                      "index": int(i)}
-
-
-def ensure_built(name: str = NAME, data_dir: str | None = None) -> str:
-  """Builds `sklearn_digits` (array_record) into data_dir once; returns data_dir.
-
-  A no-op when already prepared. Only the bundled dataset can be built here.
-  """
-  if name != NAME:
-    raise UserError(f"ensure_built only builds the bundled dataset {NAME!r}, "
-                     f"not {name!r}")
-  data_dir = paths.normalize(data_dir or default_data_dir())
-  builder = SklearnDigits(data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False, manual_dir=None))
-  return data_dir

@@ -26,11 +26,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flexivit_jax import paths
-from flexivit_jax.data import digits
+from flexivit_jax.data import cluttered_digits, digits
 from flexivit_jax.errors import UserError
 
 _FOLDER_PREFIX = "imagefolder:"
 LABEL_KEY = "label"  # the class label of tfds classification datasets and image folders
+# The datasets built here offline on first use, by name.
+BUNDLED = {digits.NAME: digits.SklearnDigits,
+           cluttered_digits.NAME: cluttered_digits.ClutteredDigits}
 
 
 def _get(cfg, key, default=None):
@@ -72,7 +75,7 @@ def _missing(name, split, data_dir, why) -> UserError:
       f"{_prepared_here(data_dir)}. Nothing is downloaded at run time: prepare "
       f"it beforehand, e.g. `tfds build {name} --data_dir=DIR "
       f"--file_format=array_record` (manual_dir for ImageNet), or use the "
-      f"bundled 'sklearn_digits', or 'imagefolder:/path/to/root'.")
+      f"bundled {' or '.join(map(repr, BUNDLED))}, or 'imagefolder:/path/to/root'.")
 
 
 def _skip_image_decoding(features) -> dict:
@@ -229,8 +232,8 @@ def _open_split(data_cfg) -> Dataset:
   if folder is not None:
     return _open_folder(name, split, paths.normalize(folder), streaming)
 
-  if name.split(":")[0].split("/")[0] == digits.NAME:
-    data_dir = digits.ensure_built(digits.NAME, data_dir)
+  if name.split(":")[0].split("/")[0] in BUNDLED:
+    data_dir = ensure_built(name.split(":")[0], data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -252,6 +255,26 @@ def _open_split(data_cfg) -> Dataset:
           "Dataset %s is not stored as array_record (%s): falling back to "
           "streaming tf.data, which is NOT process-count invariant.", name, e)
   return Dataset(name, split, data_dir, builder.info, builder, src)
+
+
+def ensure_built(name: str = digits.NAME, data_dir: str | None = None) -> str:
+  """Builds a bundled dataset (array_record) into data_dir once; returns data_dir.
+
+  `name` is a key of `BUNDLED`, optionally with a builder config
+  (`cluttered_digits/small`). A no-op when already prepared. data_dir defaults
+  to `$FLEXIVIT_DATA_DIR`, else `~/tensorflow_datasets`.
+  """
+  base, _, config = name.partition("/")
+  if base not in BUNDLED:
+    raise UserError(f"ensure_built only builds the bundled datasets {sorted(BUNDLED)}, "
+                     f"not {name!r}")
+  data_dir = paths.normalize(data_dir or os.environ.get("FLEXIVIT_DATA_DIR")
+                             or os.path.expanduser("~/tensorflow_datasets"))
+  builder = BUNDLED[base](data_dir=data_dir, file_format="array_record", config=config or None)
+  if not builder.is_prepared():
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, manual_dir=None))
+  return data_dir
 
 
 def _open_folder(name, split, folder, streaming) -> Dataset:

@@ -4,12 +4,12 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flexivit_jax.data import digits
+from flexivit_jax.data import digits, sources
 
 
 def test_build_is_reused(digits_data_dir):
   stamp = os.path.getmtime(os.path.join(digits_data_dir, "sklearn_digits", "1.0.0"))
-  digits.ensure_built(data_dir=digits_data_dir)
+  sources.ensure_built(data_dir=digits_data_dir)
   assert os.path.getmtime(
       os.path.join(digits_data_dir, "sklearn_digits", "1.0.0")) == stamp
 

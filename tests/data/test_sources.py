@@ -53,6 +53,12 @@ def test_missing_dataset_errors(tmp_path, digits_data_dir):
     data.dataset_info({"name": f"imagefolder:{tmp_path}/nope"})
 
 
+def test_only_bundled_datasets_are_built(tmp_path):
+  with pytest.raises(UserError, match=r"cluttered_digits.*sklearn_digits.*'cifar10'"):
+    data.ensure_built("cifar10", str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
 def test_tfds_class_subset_keeps_those_classes_renumbered(digits_data_dir):
   full = examples(cfg(digits_data_dir, "test"), EVAL_PP)
   sub = examples(cfg(digits_data_dir, "test", classes=(7, 5)), EVAL_PP)
