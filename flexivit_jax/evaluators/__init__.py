@@ -9,10 +9,9 @@ size), `loading` (a checkpoint and its model) and `sweep` (one model at many siz
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Mapping, Optional
 
-from flexivit_jax.errors import UserError
+from flexivit_jax.errors import UserError, did_you_mean
 from flexivit_jax.evaluators.classification import ClassificationEvaluator
 
 TYPES = {"classification": ClassificationEvaluator}
@@ -33,10 +32,8 @@ def evaluator_class(name: str, cfg: Mapping[str, Any]) -> type:
 def _check_keys(name: str, cfg: Mapping[str, Any], allowed) -> None:
   for key in cfg:
     if key not in allowed:
-      near = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
-      hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
-      raise UserError(f"unknown config key '{name}.{key}'{hint}; allowed there: "
-                      f"{', '.join(sorted(allowed))}")
+      raise UserError(f"unknown config key '{name}.{key}'{did_you_mean(key, allowed)}; "
+                      f"allowed there: {', '.join(sorted(allowed))}")
 
 
 def _check_cadence(name: str, cfg: Mapping[str, Any]) -> None:
