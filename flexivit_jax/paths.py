@@ -15,14 +15,31 @@ link, and messages should show the name they know.
 from __future__ import annotations
 
 import os
+import re
 from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_url(path: str) -> bool:
   """True for `scheme://...` paths (gs://, s3://, ram://): never made absolute."""
-  return "://" in path
+  return bool(_URL_RE.match(os.fspath(path)))
+
+
+def makedirs(path: str) -> None:
+  """Makes folder `path` and its parents, on a local disk or at a URL (through tf.io.gfile).
+
+  `os.makedirs("gs://b/run")` would quietly make a local folder named `gs:`; a run's
+  workdir on a bucket must be made where the run writes it.
+  """
+  if is_url(path):
+    import tensorflow as tf  # Only for URLs: TF is heavy.
+    tf.io.gfile.makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
 
 
 def normalize(path: PathLike) -> str:

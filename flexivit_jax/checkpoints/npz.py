@@ -29,6 +29,7 @@ from typing import Any, Callable, Tuple, Union
 import ml_dtypes
 import numpy as np
 
+from flexivit_jax import paths
 from flexivit_jax import tree as tree_lib
 from flexivit_jax.errors import UserError
 
@@ -36,17 +37,12 @@ PathLike = Union[str, os.PathLike]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # A file entry, or an empty archive.
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NUMBERED_RE = re.compile(r"^(.+)_(\d+)$")
 _MAP_HEAD_KEYS = ("probe", "MultiHeadDotProductAttention_0", "LayerNorm_0", "MlpBlock_0")
 
 
 # ---------------------------------------------------------------------------
 # Local and remote files.
-
-def _is_remote(path: str) -> bool:
-  return bool(_SCHEME_RE.match(path))
-
 
 def _gfile():
   """tf.io.gfile, imported only when a non-local path is used (TF is heavy)."""
@@ -67,14 +63,14 @@ def _remote_call(fn: Callable[[str], Any], path: str) -> Any:
 
 def path_exists(path: str) -> bool:
   """os.path.exists for local paths and remote ones alike."""
-  if _is_remote(path):
+  if paths.is_url(path):
     return _remote_call(_gfile().exists, path)
   return os.path.exists(path)
 
 
 def is_dir(path: str) -> bool:
   """os.path.isdir for local paths and remote ones alike."""
-  if _is_remote(path):
+  if paths.is_url(path):
     return _remote_call(_gfile().isdir, path)
   return os.path.isdir(path)
 
@@ -151,7 +147,7 @@ def save_flat(path: PathLike, flat: Mapping[str, Any]) -> None:
   """
   path = os.fspath(path)
   arrays = {str(k): _to_storable(str(k), v) for k, v in flat.items()}
-  if _is_remote(path):
+  if paths.is_url(path):
     _save_remote(path, arrays)
     return
   directory = os.path.dirname(os.path.abspath(path))
@@ -209,7 +205,7 @@ def load_flat(path: PathLike) -> dict:
   a ValueError rather than later, lazily, with a zip or EOF error.
   """
   path = os.fspath(path)
-  remote = _is_remote(path)
+  remote = paths.is_url(path)
   if not path_exists(path):
     raise UserError(f"checkpoint {path!r} does not exist; pass an existing .npz file "
                     "(load_params also accepts a shortcut name or a training workdir)")

@@ -14,12 +14,12 @@ gs:// hiccup is no damage.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from typing import Callable, List, Optional, Sequence, TypeVar
 
 from flexivit_jax import paths
+from flexivit_jax.checkpoints import npz
 from flexivit_jax.errors import UserError
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -86,10 +86,7 @@ def complete_steps(workdir: str) -> List[int]:
 
 def is_train_workdir(path: str) -> bool:
   """True when `path` has an orbax `checkpoints/` directory (local or remote)."""
-  if "://" in path:
-    import tensorflow as tf  # gfile knows every scheme TF does (gs://, ram://, ...).
-    return tf.io.gfile.isdir(checkpoint_dir(path))
-  return os.path.isdir(checkpoint_dir(path))
+  return npz.is_dir(checkpoint_dir(path))
 
 
 # ----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The run log: metrics.jsonl and TensorBoard, written by process 0 only.
 
 `metrics.jsonl` holds one JSON object per logged step; on resume, lines past the
-restored step are dropped so the file reads as one run.
+restored step are dropped so the file reads as one run. A local file is appended to;
+at a URL (gs://), where objects cannot be appended to, the whole file is rewritten
+through `atomic` at each write (it is small: one line per logged step).
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+
+from flexivit_jax import paths
+from flexivit_jax.outputs import atomic
 
 
 def _jsonable(value: Any) -> Any:
@@ -22,11 +27,8 @@ def _jsonable(value: Any) -> Any:
 
 def read_metrics(workdir: str) -> list[dict]:
   """All rows of `WORKDIR/metrics.jsonl` (empty if there is none)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = atomic.read_text(os.path.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in (text or "").splitlines() if line.strip()]
 
 
 class MetricWriter:
@@ -38,12 +40,10 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, self.path)
+    paths.makedirs(workdir)
+    self._lines = [json.dumps(r) + "\n" for r in read_metrics(workdir)
+                   if r.get("step", 0) <= resume_step]
+    atomic.write_atomic(self.path, "".join(self._lines))
     try:
       import tensorflow as tf  # Optional: only for event files.
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
@@ -54,8 +54,13 @@ class MetricWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if paths.is_url(self.path):
+      self._lines.append(line)
+      atomic.write_atomic(self.path, "".join(self._lines))
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
     if self._tb is not None:
       import tensorflow as tf
       with self._tb.as_default(step=int(step)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -12,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from flexivit_jax import data
+from flexivit_jax import data, paths
 from flexivit_jax.checkpoints import manager, sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.models import vit
@@ -62,7 +61,7 @@ class Run:
 def prepare_run(config: ml_collections.ConfigDict, workdir: str, *, start_step: int,
                 name: str) -> Run:
   """Builds the pieces of a run from `start_step`, compiling nothing."""
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   if config.compile_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compile_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
