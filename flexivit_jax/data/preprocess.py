@@ -32,8 +32,10 @@ _REGISTRY: dict[str, _OpSpec] = {}
 
 
 def _registry() -> dict[str, _OpSpec]:
-  """The ops by name, the bundled ones included (they register when `data.ops` loads)."""
+  """The ops by name, the bundled ones included (they register when `data.ops` and
+  `data.ops_dense` load)."""
   importlib.import_module("flexivit_jax.data.ops")
+  importlib.import_module("flexivit_jax.data.ops_dense")
   return _REGISTRY
 
 

@@ -1,8 +1,9 @@
 """Evaluators, built by `type` as big_vision's `Evaluator(predict_fn, **cfg)`.
 
 `TYPES` maps a config's `evals.<name>.type` to its evaluator class; each class
-names the config keys it reads (`KEYS`) and checks them (`check_config`), and is
-built with a predict function `(params, images, flexi) -> outputs` and those
+names the config keys it reads (`KEYS`) and checks them (`check_config`), the task
+whose models it scores (`TASK`: classification, segmentation) and the results the
+trainer logs (`LOGGED`, the headline first), and is built with a predict function `(params, images, flexi) -> outputs` and those
 keys. The trainer, the evaluate CLI, the analyses and the notebook run these
 objects. Beside them: `flops` (FLOPs from XLA), `predict` (a model served at any
 size), `loading` (a checkpoint and its model) and `sweep` (one model at many sizes).
@@ -13,8 +14,9 @@ from typing import Any, Mapping, Optional
 
 from flexivit_jax.errors import UserError, did_you_mean
 from flexivit_jax.evaluators.classification import ClassificationEvaluator
+from flexivit_jax.evaluators.segmentation import SegmentationEvaluator
 
-TYPES = {"classification": ClassificationEvaluator}
+TYPES = {"classification": ClassificationEvaluator, "segmentation": SegmentationEvaluator}
 DEFAULT_TYPE = "classification"
 # Keys of every evaluator, read by the trainer: its kind and its cadence (default:
 # the config's log_eval_steps; log_percent is a fraction of the run's steps).
@@ -46,12 +48,18 @@ def _check_cadence(name: str, cfg: Mapping[str, Any]) -> None:
     raise UserError(f"{name}.log_percent={percent!r} must be a fraction in (0, 1]")
 
 
-def check_config(name: str, cfg: Any, num_classes: Optional[int] = None) -> None:
+def check_config(name: str, cfg: Any, num_classes: Optional[int] = None,
+                 task: Optional[str] = None) -> None:
   """Checks one evaluator's config (`name`: its key, e.g. 'evals.val') without data or
-  devices: its type, its keys, its cadence and what its class checks."""
+  devices: its type, its keys, its cadence, that it scores the run's `task` (if given)
+  and what its class checks."""
   if not hasattr(cfg, "get"):
     raise UserError(f"config key {name!r} must be a dict of evaluator keys, got {cfg!r}")
   cls = evaluator_class(name, cfg)
+  if task is not None and cls.TASK != task:
+    fitting = [t for t, c in TYPES.items() if c.TASK == task]
+    raise UserError(f"{name}.type={cfg.get('type', DEFAULT_TYPE)!r} scores {cls.TASK} but "
+                    f"config task={task!r}; set {name}.type to one of {fitting}")
   _check_keys(name, cfg, COMMON_KEYS + cls.KEYS)
   _check_cadence(name, cfg)
   cls.check_config(name, cfg, num_classes)

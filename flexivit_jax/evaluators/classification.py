@@ -111,6 +111,8 @@ class ClassificationEvaluator:
   `name` prefixes its errors (the config key, or the CLI flag the data came from).
   """
   KEYS = ("data", "pp", "batch_size", "label_mapping")  # Its config keys (see __init__).
+  TASK = "classification"  # The models it scores (config.task).
+  LOGGED = {"top1": "prec@1"}  # result -> metric name the trainer logs; first: headline.
 
   @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:

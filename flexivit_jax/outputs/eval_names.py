@@ -5,6 +5,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 # A flexi value as a hashable key, e.g. (("seqhw", 4),) or (("patch_size", (8, 8)),).
 FlexiKey = Tuple[Tuple[str, Any], ...]
+# The headline metric of each evaluator type: classification's prec@1, segmentation's miou.
+HEADLINE_METRICS = ("prec@1", "miou")
 
 
 def seqhw_side(seqhw) -> int:
@@ -88,16 +90,31 @@ def eval_curve_over_compute(rows: Iterable[Mapping[str, Any]], evaluator: Option
   return points
 
 
-def final_eval_curves(rows: Iterable[Mapping[str, Any]]
-                      ) -> Dict[str, Dict[FlexiKey, float]]:
-  """{evaluator: {flexi key: prec@1}} from the last eval row of a metrics.jsonl."""
-  last = {}
+def _last_eval_row(rows: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]:
+  last: Mapping[str, Any] = {}
   for row in rows:
     if any(k.startswith("eval/") for k in row):
       last = row
+  return last
+
+
+def final_eval_curves(rows: Iterable[Mapping[str, Any]]
+                      ) -> Dict[str, Dict[FlexiKey, float]]:
+  """{evaluator: {flexi key: headline metric}} from the last eval row of a metrics.jsonl:
+  prec@1 of a classification evaluator, miou of a segmentation one (`final_eval_metrics`)."""
   curves: Dict[str, Dict[FlexiKey, float]] = {}
-  for key, value in last.items():
+  for key, value in _last_eval_row(rows).items():
     parsed = parse_eval_metric_name(key)
-    if parsed and parsed[2] == "prec@1":
+    if parsed and parsed[2] in HEADLINE_METRICS:
       curves.setdefault(parsed[0], {})[parsed[1]] = value
   return curves
+
+
+def final_eval_metrics(rows: Iterable[Mapping[str, Any]]) -> Dict[str, str]:
+  """{evaluator: the headline metric its curve in `final_eval_curves` holds}."""
+  out: Dict[str, str] = {}
+  for key in _last_eval_row(rows):
+    parsed = parse_eval_metric_name(key)
+    if parsed and parsed[2] in HEADLINE_METRICS:
+      out[parsed[0]] = parsed[2]
+  return out

@@ -72,8 +72,10 @@ def _percent(accs: Sequence[float]) -> list:
 
 
 def plot_accuracy(curves: Mapping[str, Mapping[FlexiKey, float]], path: str, *,
-                  image_size: Optional[int] = None, title: str = "") -> str:
-  """Writes a PNG of prec@1 against patch size (or seqhw), one line per curve."""
+                  image_size: Optional[int] = None, title: str = "",
+                  metric: str = "prec@1") -> str:
+  """Writes a PNG of `metric` (a fraction, shown in %) against patch size (or seqhw),
+  one line per curve."""
   lines = {}
   for label, curve in curves.items():
     xs = sorted(curve, key=lambda x: flexi_sort_key(x, image_size))
@@ -81,7 +83,7 @@ def plot_accuracy(curves: Mapping[str, Mapping[FlexiKey, float]], path: str, *,
     lines[label] = ([p if image_size or t is None else t for t, p in points],
                     _percent([curve[x] for x in xs]))
   xlabel = "patch size (px)" if image_size else "seqhw (tokens per side)"
-  return plot_lines(lines, path, xlabel=xlabel, ylabel="prec@1 (%)", title=title,
+  return plot_lines(lines, path, xlabel=xlabel, ylabel=f"{metric} (%)", title=title,
                     invert_x=bool(image_size))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from flexivit_jax.outputs.eval_names import (FlexiKey, final_eval_curves,
-                                             flexi_label, flexi_sort_key,
-                                             seqhw_and_patch)
+                                             final_eval_metrics, flexi_label,
+                                             flexi_sort_key, seqhw_and_patch)
 
 
 def format_rows(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
@@ -28,18 +28,23 @@ def format_rows(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def format_eval_line(results: Mapping[str, float], image_size: Optional[int] = None) -> str:
-  """'test prec@1  seqhw 2 41.20%  seqhw 4 55.00%' for every evaluator of an eval row."""
+  """'test prec@1  seqhw 2 41.20%  seqhw 4 55.00%' for every evaluator of an eval row
+  (its headline metric: miou for a segmentation evaluator)."""
   parts = []
+  metrics = final_eval_metrics([results])
   for name, curve in final_eval_curves([results]).items():
     values = sorted(curve, key=lambda v: flexi_sort_key(v, image_size))
     cells = [f"{flexi_label(v).replace('=', ' ')} {curve[v] * 100:.2f}%" for v in values]
-    parts.append("  ".join([f"{name} prec@1"] + cells))
+    parts.append("  ".join([f"{name} {metrics[name]}"] + cells))
   return "   ".join(parts)
 
 
 def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
-                 image_size: Optional[int] = None) -> str:
-  """Accuracy per flexi value (seqhw and patch side), one column per evaluator."""
+                 image_size: Optional[int] = None,
+                 metrics: Optional[Mapping[str, str]] = None) -> str:
+  """Accuracy per flexi value (seqhw and patch side), one column per evaluator, headed
+  by its metric (`metrics[name]`, default prec@1)."""
+  metrics = metrics or {}
   names = list(results)
   values = sorted({v for r in results.values() for v in r},
                   key=lambda v: flexi_sort_key(v, image_size))
@@ -49,7 +54,8 @@ def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
     rows.append([dict(v).get("seqhw", seqhw if seqhw is not None else "-"),
                  patch if patch is not None else "-"]
                 + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names])
-  return format_rows(["seqhw", "patch"] + [f"{n} prec@1" for n in names], rows)
+  return format_rows(["seqhw", "patch"] + [f"{n} {metrics.get(n, 'prec@1')}" for n in names],
+                     rows)
 
 
 def format_compute_table(curves: Mapping[str, list], seqhw) -> str:

@@ -38,6 +38,14 @@ def make_loss_fn(config) -> Callable:
       return total / len(kls) if config.distill.combine_teachers == "mean" else total
     return distill_loss
 
+  if config.task == "segmentation":
+    ignore = config.ignore_label
+
+    def pixel_loss(logits, batch, teacher_logits):
+      del teacher_logits
+      return losses.pixel_softmax_xent(logits, batch["labels"], ignore)
+    return pixel_loss
+
   base = losses.get_loss(config.loss)
 
   def supervised_loss(logits, batch, teacher_logits):

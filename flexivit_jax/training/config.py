@@ -37,7 +37,7 @@ from flexivit_jax import paths
 from flexivit_jax.checkpoints import adapt, sources
 from flexivit_jax.errors import UserError, did_you_mean, one_line
 from flexivit_jax import evaluators
-from flexivit_jax.models import vit
+from flexivit_jax.models import tasks, vit
 from flexivit_jax.outputs import console
 from flexivit_jax.training import losses, optim
 from flexivit_jax.training.flexi import FLEXI_ARGS, SPEC_KEYS, FlexiSampler
@@ -88,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.input.num_threads = 4
   c.input.prefetch = 2
 
+  c.task = "classification"  # models.tasks.TASKS: which model config.model builds.
   c.model = dict(num_classes=10)
   c.model_init = ml_collections.FieldReference(None, field_type=str)  # npz / workdir / shortcut.
   c.model_load = dict(dont_load=())
@@ -97,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_flexi = ml_collections.FieldReference(None, field_type=dict)  # Default: flexi's values.
 
   c.loss = "softmax_xent"
+  c.ignore_label = 255  # Segmentation: pixels with this label count in no loss or metric.
   c.distill = ml_collections.ConfigDict()
   c.distill.teachers = {}  # name -> dict(model=..., init=path, input_key=..., call=dict(...))
   c.distill.temperature = 1.0
@@ -358,7 +360,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise UserError(f"config key 'mesh.{axis}' must be a positive int or -1, got {size!r}")
   if c.param_sharding not in PARAM_SHARDINGS:
     raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
-  vit.from_config(c.model, "model")
+  tasks.from_config(c.model, c.task, "model")
   adapt.check_model_load(c.model_load)
   for key in ("flexi", "eval_flexi"):
     # Checks the spec's form (the values are checked against the images later). With
@@ -367,7 +369,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   optim.check_config(c, c.total_steps)
   losses.check_config(c)
   for name, ev in c.evals.items():
-    evaluators.check_config(f"evals.{name}", ev, c.model.get("num_classes"))
+    evaluators.check_config(f"evals.{name}", ev, c.model.get("num_classes"), task=c.task)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flexivit_jax.checkpoints import adapt
-from flexivit_jax.models import resize
+from flexivit_jax.checkpoints import adapt, sources
+from flexivit_jax.models import resize, tasks
 from flexivit_jax.models import vit
+from flexivit_jax.models.segmenter import BACKBONE, DECODER
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names
 from flexivit_jax.training.sharding import shardings_of
@@ -74,6 +75,25 @@ def make_init_fn(model: FlexiViT, tx, image_shape, flexi: FlexiKey,
   return init
 
 
+def load_model_init(config, model, init_params: dict, source) -> dict:
+  """`init_params` filled from `source` (`config.model_init`, a path or loaded params).
+
+  A Segmenter takes a FlexiViT checkpoint (no `backbone` key) into its backbone, the
+  checkpoint's classification head dropped and its decoder left at init; a Segmenter
+  checkpoint loads whole.
+  """
+  if not isinstance(source, Mapping):
+    source = sources.load_params(source)
+  kw = dict(dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info,
+            kernel=config.model_load.get("kernel", "keep"))
+  if tasks.is_segmenter(model) and not (isinstance(source, Mapping) and BACKBONE in source):
+    kw["dont_load"] += ("head/.*",)
+    backbone, _ = adapt.load_pretrained(init_params[BACKBONE], source, **kw)
+    log.info("loaded the checkpoint into the Segmenter's backbone; %s/ keeps its init", DECODER)
+    return {**init_params, BACKBONE: backbone}
+  return adapt.load_pretrained(init_params, source, **kw)[0]
+
+
 def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey, loaded=None):
   """eval_shape -> shardings -> jit(init); or starts from `config.model_init`.
 
@@ -86,10 +106,8 @@ def init_state(config, model, tx, mesh, image_shape, flexi: FlexiKey, loaded=Non
     shardings = shardings_of(jax.eval_shape(init_fn, rng), mesh, config.param_sharding)
     return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
   init_params = jax.jit(lambda r: init_fn(r)["params"])(rng)
-  params, _ = adapt.load_pretrained(
-      jax.tree.map(np.asarray, init_params), config.model_init if loaded is None else loaded,
-      dont_load=tuple(config.model_load.get("dont_load", ())), log=log.info,
-      kernel=config.model_load.get("kernel", "keep"))
+  params = load_model_init(config, model, jax.tree.map(np.asarray, init_params),
+                           config.model_init if loaded is None else loaded)
   # The loaded kernel may keep another size than init's: shard by the loaded shapes.
   from_params = lambda p: state_from_params(tx, p)
   shardings = shardings_of(jax.eval_shape(from_params, params), mesh, config.param_sharding)

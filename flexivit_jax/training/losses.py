@@ -1,9 +1,11 @@
-"""Classification / distillation losses and mixup for the FlexiViT trainer.
+"""Classification / segmentation / distillation losses and mixup for the FlexiViT trainer.
 
 Numerics follow big_vision: `sigmoid_xent` sums the per-class binary
 cross-entropies (log-sigmoid form, stable for large logits) and averages over
 the batch; `softmax_xent` is the usual soft-label cross-entropy; `distill_kl` is
 the temperature-scaled KL used for teacher -> student distillation;
+`pixel_softmax_xent` the per-pixel cross-entropy of segmentation, averaged over
+the pixels whose label is not `ignore_label`;
 `classification_sums` the eval metrics (top-1/top-5 hits, xent) over a batch; `mixup`
 mixes every given array with its batch-roll using one shared Dirichlet weight.
 """
@@ -42,6 +44,24 @@ def softmax_xent(logits: jax.Array, labels: jax.Array, reduction: bool = True) -
   """Soft-label cross-entropy -sum(labels * log_softmax(logits)), batch mean if `reduction`."""
   nll = -jnp.sum(labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
   return _reduce(nll, reduction)
+
+
+def pixel_softmax_xent(logits: jax.Array, labels: jax.Array, ignore_label: int) -> jax.Array:
+  """Per-pixel softmax cross-entropy, averaged over the pixels not labelled `ignore_label`.
+
+  `logits` (N, H, W, C); `labels` integer class ids (N, H, W) or (N, H, W, 1). The
+  mean is over every labelled pixel of the batch (as Segmenter / mmseg), so an image
+  with more labelled pixels weighs more; an all-ignored batch gives 0, not NaN.
+  """
+  if labels.ndim == logits.ndim:
+    labels = labels[..., 0]
+  labels = labels.astype(jnp.int32)
+  valid = labels != ignore_label
+  safe = jnp.where(valid, labels, 0)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  total = jnp.sum(jnp.where(valid, nll, 0.0))
+  return total / jnp.maximum(jnp.sum(valid), 1)
 
 
 def distill_kl(
@@ -147,10 +167,29 @@ def check_teachers(teachers: Mapping[str, Any]) -> None:
                         f"string, got {t[key]!r}")
 
 
+def check_segmentation(config: Any) -> None:
+  """Segmentation trains the per-pixel softmax cross-entropy: `ignore_label` is an int, and
+  the classification-only keys (sigmoid loss, mixup, teachers, head bias) are unset."""
+  ignore = config.ignore_label
+  if isinstance(ignore, bool) or not isinstance(ignore, int):
+    raise UserError(f"config key 'ignore_label' must be an int (the label of unlabelled "
+                    f"pixels, e.g. 255), got {ignore!r}")
+  if config.task != "segmentation":
+    return
+  unsupported = {"loss": config.loss != "softmax_xent", "mixup.p": bool(config.mixup.get("p")),
+                 "distill.teachers": bool(config.distill.teachers),
+                 "init_head_bias": config.init_head_bias is not None}
+  bad = [k for k, v in unsupported.items() if v]
+  if bad:
+    raise UserError(f"task 'segmentation' trains the per-pixel softmax_xent; unset config "
+                    f"key(s) {', '.join(bad)} (loss must be 'softmax_xent')")
+
+
 def check_config(config: Any) -> None:
-  """Checks the loss keys of a training config: `loss`, `mixup` and `distill` (the teachers'
-  models and checkpoints, their temperature and how their terms combine)."""
+  """Checks the loss keys of a training config: `loss`, `ignore_label`, `mixup` and `distill`
+  (the teachers' models and checkpoints, their temperature and how their terms combine)."""
   get_loss(config.loss)
+  check_segmentation(config)
   p = config.mixup.get("p") or 0.0
   if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < float("inf"):
     raise UserError(f"config key 'mixup.p' must be a finite number >= 0, got {p!r}")

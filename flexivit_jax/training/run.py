@@ -14,8 +14,8 @@ from jax.sharding import Mesh
 from flexivit_jax import data, paths
 from flexivit_jax.checkpoints import manager, sources
 from flexivit_jax.errors import UserError
-from flexivit_jax.models import vit
-from flexivit_jax.models.vit import FlexiViT, resolve_patch
+from flexivit_jax.models import tasks
+from flexivit_jax.models.vit import resolve_patch
 from flexivit_jax.training import config as config_lib
 from flexivit_jax.training import optim
 from flexivit_jax.training.flexi import FlexiSampler
@@ -48,7 +48,7 @@ class Run:
   mesh: Mesh
   total_steps: int
   start_step: int
-  model: FlexiViT
+  model: tasks.Model  # FlexiViT, or a Segmenter for config.task='segmentation'.
   teachers: Tuple[Teacher, ...]
   teacher_params: Dict[str, Any]
   sampler: FlexiSampler
@@ -79,7 +79,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, *, start_step: 
   eval_sampler = (FlexiSampler(config.eval_flexi, seed=0, total_steps=steps)
                   if config.eval_flexi else sampler)
   tx, sched_fn = optim.make_optimizer(config, steps)
-  return Run(config, workdir, name, mesh, steps, start_step, vit.from_config(config.model),
+  return Run(config, workdir, name, mesh, steps, start_step,
+             tasks.from_config(config.model, config.task),
              teachers, teacher_params, sampler,
              [flexi_key(v) for v in eval_sampler.all_values()], tx,
              optim.make_lr_fn(config.lr, sched_fn), model_init)
@@ -99,12 +100,14 @@ def check_inputs(run: Run, first: Mapping[str, np.ndarray]) -> None:
   check_flexi_fits(run.sampler.all_values(), image_hw)
   check_flexi_fits([dict(f) for f in run.eval_flexis], image_hw)
   num_classes = run.model.num_classes
-  if not num_classes:  # Without a head the model gives pre-logits, which no loss takes.
+  if run.config.task == "segmentation":
+    check_pixel_labels(first, num_classes, run.config.ignore_label)
+  elif not num_classes:  # Without a head the model gives pre-logits, which no loss takes.
     labels = first.get("labels")
     raise UserError("model.num_classes is not set, so the model has no head to train; set it"
                     + (f" (input.pp makes labels with {labels.shape[-1]} classes)"
                        if labels is not None else ""))
-  if "labels" in first and first["labels"].shape[-1] != num_classes:
+  elif "labels" in first and first["labels"].shape[-1] != num_classes:
     raise UserError(f"model.num_classes={num_classes} but input.pp makes labels with "
                      f"{first['labels'].shape[-1]} classes; make them equal")
   for t in run.teachers:
@@ -114,6 +117,27 @@ def check_inputs(run: Run, first: Mapping[str, np.ndarray]) -> None:
     # Without call arguments a teacher runs at its stored patch size.
     call = dict(t.call) or {"patch_size": t.model.hparams()["patch_size"]}
     check_flexi_fits([call], first[t.input_key].shape[1:3])
+
+
+def check_pixel_labels(first: Mapping[str, np.ndarray], num_classes: int,
+                       ignore_label: int) -> None:
+  """Segmentation: input.pp must make per-pixel int `labels` of the images' size, each a
+  class id below model.num_classes or the ignore label."""
+  image, labels = first["image"], first.get("labels")
+  if labels is None:
+    raise UserError(f"task 'segmentation' needs per-pixel 'labels' from input.pp (e.g. "
+                    f"...|seg_labels()); it makes {sorted(first)}")
+  shape_ok = labels.ndim in (3, 4) and labels.shape[1:3] == image.shape[1:3] and (
+      labels.ndim == 3 or labels.shape[3] == 1)
+  if not shape_ok or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"input.pp makes labels of shape {labels.shape[1:]} ({labels.dtype}); task "
+                    f"'segmentation' needs int class ids per pixel of the {image.shape[1]}x"
+                    f"{image.shape[2]} images ((H, W) or (H, W, 1))")
+  values = np.unique(labels)
+  bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+  if bad.size:
+    raise UserError(f"input.pp makes pixel label {int(bad[0])}, outside 0..{num_classes - 1} "
+                    f"(model.num_classes) and not ignore_label={ignore_label}")
 
 
 def start_state(run: Run, ckpts: manager.StateCheckpoints, image_shape):

@@ -40,7 +40,7 @@ def test_every_config_runs_two_steps_under_runlocal(digits_data_dir, tmp_path, n
   assert 0 < gflops[0] < gflops[1]
   evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
   assert evals and evals[-1]["step"] == 2
-  accs = [v for k, v in evals[-1].items() if k.endswith("prec@1")]
+  accs = [v for k, v in evals[-1].items() if k.endswith(("prec@1", "miou"))]
   assert accs and all(0.0 <= a <= 1.0 for a in accs)
   assert np.isfinite(out["train/loss"])
 

@@ -1,0 +1,165 @@
+"""The segmentation evaluator: mIoU and pixel accuracy against hand computations, a full
+pass over the bundled data (padding excluded), config checks, and 8 devices = 1 device."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import REPO
+from flexivit_jax import evaluators
+from flexivit_jax.data import sources
+from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators.segmentation import (SegmentationEvaluator, metrics_from_confusion,
+                                                  segmentation_sums)
+
+IGNORE = 255
+
+
+def logits_of(pred, num_classes):
+  return jax.nn.one_hot(jnp.asarray(pred), num_classes) * 5.0
+
+
+def scores(labels, pred, mask, num_classes=4):
+  sums = segmentation_sums(logits_of(pred, num_classes), jnp.asarray(labels), jnp.asarray(mask),
+                           num_classes=num_classes, ignore_label=IGNORE)
+  return metrics_from_confusion(np.asarray(sums["confusion"])), sums
+
+
+def test_miou_of_hand_made_masks_equals_the_hand_computation():
+  # Example 0 (real): class 3 is in no label and predicted only on the ignored pixel.
+  # Example 1 (padding): anything, never counted.
+  labels = np.array([[[0, 0, 1, 1], [2, IGNORE, 1, 0]],
+                     [[3, 3, 3, 3], [3, 3, 3, 3]]])
+  pred = np.array([[[0, 1, 1, 1], [0, 3, 1, 0]],
+                   [[0, 0, 0, 0], [0, 0, 0, 0]]])
+  metrics, sums = scores(labels, pred, [True, False])
+  # class 0: label {00, 01, 13}, pred {00, 10, 13} -> 2 / 4; class 1: label {02, 03, 12},
+  # pred {01, 02, 03, 12} -> 3 / 4; class 2: label {10}, pred {} -> 0 / 1; class 3: absent.
+  assert metrics["miou"] == pytest.approx((2 / 4 + 3 / 4 + 0 / 1) / 3)
+  assert metrics["pixel_acc"] == pytest.approx(5 / 7)
+  assert int(sums["count"]) == 7
+  np.testing.assert_array_equal(np.asarray(sums["confusion"]).sum(1), [3, 3, 1, 0])
+
+
+def test_a_class_only_predicted_counts_as_zero_and_perfect_is_one():
+  labels = np.array([[[0, 0], [1, 1]]])
+  metrics, _ = scores(labels, np.array([[[0, 0], [1, 2]]]), [True], num_classes=3)
+  # class 0: 1; class 1: 1 / 2; class 2 (predicted, never labelled): 0 / 1.
+  assert metrics["miou"] == pytest.approx((1 + 0.5 + 0) / 3)
+  metrics, _ = scores(labels, labels, [True], num_classes=3)
+  assert metrics == {"miou": 1.0, "pixel_acc": 1.0}
+  metrics, _ = scores(np.full((1, 2, 2), IGNORE), labels, [True])
+  assert np.isnan(metrics["miou"]) and np.isnan(metrics["pixel_acc"])
+
+
+def test_labels_with_a_channel_axis_and_the_loss():
+  labels = np.array([[[0, 1], [IGNORE, 1]]])
+  logits = jnp.array([[[[2.0, 0.0], [0.0, 1.0]], [[9.0, -9.0], [1.0, 1.0]]]])
+  a = segmentation_sums(logits, jnp.asarray(labels), jnp.asarray([True]), num_classes=2,
+                        ignore_label=IGNORE)
+  b = segmentation_sums(logits, jnp.asarray(labels[..., None]), jnp.asarray([True]),
+                        num_classes=2, ignore_label=IGNORE)
+  np.testing.assert_array_equal(a["confusion"], b["confusion"])
+  nll = lambda z, y: -(z[y] - np.log(np.exp(z).sum()))
+  expected = (nll(np.array([2.0, 0]), 0) + nll(np.array([0, 1.0]), 1)
+              + nll(np.array([1.0, 1.0]), 1))
+  assert float(a["loss"]) == pytest.approx(expected, rel=1e-5) and int(a["count"]) == 3
+
+
+SMALL = "cluttered_digits/small"
+PP = 'decode|value_range(-1, 1)|seg_labels()|keep("image", "labels")'
+
+
+@pytest.fixture(scope="module")
+def cluttered_dir(tmp_path_factory):
+  return sources.ensure_built(SMALL, str(tmp_path_factory.mktemp("cluttered")))
+
+
+def test_a_pass_over_the_split_scores_every_real_pixel_once(cluttered_dir):
+  """A model that calls every pixel background: its mIoU is the background IoU over the
+  classes present, computed here from the stored masks (100 images, batches of 16: the
+  last batch holds 12 padding images, which must not count)."""
+  masks = np.stack([ex["mask"][..., 0] for ex in tfds.data_source(
+      SMALL, split="test", data_dir=cluttered_dir, download=False, try_gcs=False)])
+  background = np.mean(masks == 0)
+  present = len(np.unique(masks))
+  seen = []
+
+  def predict(params, images, flexi):
+    seen.append(dict(flexi)["seqhw"])
+    return jnp.zeros((*images.shape[:3], 11)).at[..., 0].set(params["bias"])
+
+  ev = SegmentationEvaluator(predict, data=dict(name=SMALL, split="test", data_dir=cluttered_dir),
+                             pp=PP, batch_size=16, num_classes=11, name="evals.seg")
+  out = ev.run({"bias": 1.0}, [(("seqhw", 4),), (("seqhw", 8),)])
+  for result in out.values():
+    assert result["pixel_acc"] == pytest.approx(background)
+    assert result["miou"] == pytest.approx(background / present)
+  assert seen.count(4) == seen.count(8) == 7  # ceil(100 / 16) batches at each grid.
+
+
+def test_registered_by_type_and_checked_against_the_task():
+  cfg = dict(type="segmentation", data=dict(name="x", split="test"), pp="decode")
+  evaluators.check_config("evals.seg", cfg, 11, task="segmentation")
+  assert evaluators.evaluator_class("evals.seg", cfg) is SegmentationEvaluator
+  with pytest.raises(UserError, match="scores segmentation but config task='classification'"):
+    evaluators.check_config("evals.seg", cfg, 11, task="classification")
+  with pytest.raises(UserError, match="set evals.t.type to one of \\['segmentation'\\]"):
+    evaluators.check_config("evals.t", dict(cfg, type="classification"), 11,
+                            task="segmentation")
+  with pytest.raises(UserError, match="ignore_label must be an int"):
+    evaluators.check_config("evals.seg", dict(cfg, ignore_label="x"), 11)
+  with pytest.raises(UserError, match="label_mapping"):
+    evaluators.check_config("evals.seg", dict(cfg, label_mapping=[1]), 11)
+
+
+def test_labels_outside_the_classes_are_refused(cluttered_dir):
+  ev = SegmentationEvaluator(lambda p, x, f: jnp.zeros((*x.shape[:3], 5)),
+                             data=dict(name=SMALL, split="test", data_dir=cluttered_dir),
+                             pp=PP, batch_size=16, num_classes=5, name="evals.seg")
+  with pytest.raises(UserError, match="evals.seg: the labels hold [5-9].*0..4"):
+    ev.run({}, [(("seqhw", 4),)])
+
+
+EVAL_ON_8 = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    import numpy as np
+    from flexivit_jax.models import tasks
+    from flexivit_jax.training import config as config_lib, evals, sharding
+    c = config_lib.load_config_file(sys.argv[1]).to_dict()
+    c["evals"]["test"]["batch_size"] = 20
+    config = config_lib.complete(c)
+    model = tasks.from_config(dict(config.model, head_zeroinit=False), config.task)
+    params = model.init(jax.random.key(1), np.zeros((1, 32, 32, 3)), seqhw=2)["params"]
+    flexis = [(("seqhw", 2),), (("seqhw", 4),)]
+    out = {}
+    for n in (1, 8):
+      mesh = sharding.make_mesh(dict(data=-1), devices=jax.devices()[:n])
+      out[n] = evals.evaluate(evals.build_evaluators(config, model, mesh), params, flexis)
+    print(json.dumps({"devices": jax.device_count(), **{str(k): v for k, v in out.items()}}))
+""")
+
+
+@pytest.mark.slow
+def test_sharded_eval_on_8_devices_equals_one_device(cluttered_dir):
+  """Batches of 20 on 8 devices: each padded to 24; the 100 test images, counted once."""
+  env_cmd = [sys.executable, "-c", EVAL_ON_8, f"{REPO}/configs/seg_cluttered.py:runlocal"]
+  import os
+  proc = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "FLEXIVIT_DATA_DIR": cluttered_dir})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+  assert set(out["8"]) == {f"eval/test/seqhw={s}/{m}" for s in (2, 4)
+                           for m in ("miou", "pixel_acc")}
+  for key, value in out["1"].items():
+    assert out["8"][key] == pytest.approx(value, abs=1e-9), key
+  assert 0 < out["1"]["eval/test/seqhw=4/miou"] < 1
