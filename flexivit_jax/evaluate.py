@@ -14,6 +14,14 @@ config.json. `--max_gflops`/`--max_ms` evaluate only the finest grid within budg
 `--label_mapping` scores a model on a dataset with other classes (as a config's
 `evals.<name>.label_mapping`: a list of model class ids, one per dataset class,
 -1 for none, or a file of them).
+A segmentation checkpoint (`--task segmentation`, or a workdir whose config says
+so) is scored by mean IoU and pixel accuracy at every grid, GFLOPs per image beside
+them, into eval_segmentation.json/.csv/.png:
+
+  python -m flexivit_jax.evaluate --checkpoint workdirs/seg --out eval_seg
+  python -m flexivit_jax.evaluate --checkpoint seg.npz --task segmentation \
+      --model '{"width": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128, "patch_size": [8, 8]}' \
+      --data cluttered_digits:test --pp 'decode|value_range(-1, 1)|seg_labels()|keep("image", "labels")' --seqhw 4,8,16
 Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out DIR`.
 `--progress=lines` (the default when stdout is not a terminal) prints a start line,
 a batch count every 30 s and one line per grid; `--progress=none` (or `--no_progress`)
@@ -44,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--pp", default=None, help="eval preprocessing; must produce 'labels'")
   p.add_argument("--seqhw", default="all", help="'all' or comma-separated tokens per side")
   p.add_argument("--model", default=None, help="variant ('S/16') or JSON of FlexiViT fields")
+  p.add_argument("--task", default=None, choices=("classification", "segmentation"),
+                 help="the checkpoint's task (default: the workdir's config, else "
+                      "classification); segmentation reports mIoU and pixel accuracy")
+  p.add_argument("--ignore_label", type=int, default=None,
+                 help="segmentation: the label of unscored pixels (default: the workdir "
+                      "config's, else 255)")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--max_gflops", type=float, default=None)
   p.add_argument("--max_ms", type=float, default=None, help="latency budget per batch")
@@ -150,8 +164,10 @@ def run(args) -> list[dict]:
   from flexivit_jax import data
   from flexivit_jax.evaluators import loading, sweep
   from flexivit_jax.outputs import console
-  model, params, config = loading.load_model(args.checkpoint, args.model)
+  model, params, config = loading.load_model(args.checkpoint, args.model, args.task)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
+  if (args.task or (config.task if config else None)) == "segmentation":
+    return run_segmentation(args, model, params, config, data_cfg, pp)
   evaluator, predictor = sweep.size_evaluator(
       model, params, data=data_cfg, pp=pp, batch_size=args.batch_size,
       label_mapping=label_mapping_of(args, config), name="evaluate")
@@ -179,7 +195,39 @@ def run(args) -> list[dict]:
   return rows
 
 
+def run_segmentation(args, model, params, config, data_cfg, pp) -> list[dict]:
+  """mIoU, pixel accuracy, loss, GFLOPs/image and img/s of a Segmenter at every grid."""
+  from flexivit_jax import data
+  from flexivit_jax.evaluators import sweep
+  from flexivit_jax.outputs import console
+  ignore = args.ignore_label
+  if ignore is None:
+    ignore = (config.values.get("ignore_label") if config else None)
+  evaluator = sweep.segmentation_evaluator(
+      model, params, data=data_cfg, pp=pp, batch_size=args.batch_size,
+      ignore_label=255 if ignore is None else ignore, name="evaluate")
+  shapes = evaluator.batch_shapes()
+  evaluator.check_batch_shapes(shapes)
+  if args.max_gflops is not None or args.max_ms is not None:
+    raise UserError("--max_gflops/--max_ms choose a grid for classification only; pass "
+                    "--seqhw for segmentation")
+  seqhws = seqhws_of(args.seqhw, config, min(shapes["image"][1:3]))
+  num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
+  progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
+                              unit="batch", every_s=PROGRESS_EVERY_S)
+  progress.line(f"evaluating segmentation of {args.checkpoint} on {data_cfg['name']}:"
+                f"{data_cfg['split']} at seqhw {','.join(map(str, seqhws))}")
+  try:
+    rows = sweep.evaluate_segmentation_sizes(
+        evaluator, params, seqhws, on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
+  finally:
+    progress.close()
+  return rows
+
+
 def write_outputs(rows, out: str, label: str) -> list[str]:
+  if rows and "miou" in rows[0]:
+    return eval_files.write_segmentation_eval(out, rows, label)
   paths = eval_files.write_eval(out, rows)
   paths.append(plots.plot_accuracy_vs_gflops({label: rows},
                                              os.path.join(out, eval_files.EVAL_PNG)))
@@ -190,7 +238,8 @@ def write_outputs(rows, out: str, label: str) -> list[str]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
   rows = run(args)
-  print(tables.format_eval_table(rows))
+  print(tables.format_segmentation_table(rows) if rows and "miou" in rows[0]
+        else tables.format_eval_table(rows))
   if args.out:
     label = os.path.basename(os.path.normpath(args.checkpoint))
     for path in write_outputs(rows, args.out, label):

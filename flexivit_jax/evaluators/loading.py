@@ -14,7 +14,8 @@ import numpy as np
 
 from flexivit_jax.checkpoints import sources
 from flexivit_jax.errors import UserError
-from flexivit_jax.models.vit import FlexiViT, from_config
+from flexivit_jax.models import tasks
+from flexivit_jax.models.segmenter import BACKBONE, DECODER
 from flexivit_jax.outputs import run_config
 
 
@@ -35,8 +36,13 @@ def model_from_spec(spec: str) -> dict:
 
 
 def model_fields(fields: Mapping[str, Any], params: Mapping) -> dict:
-  """Config model fields; num_classes and posemb_size default to the params' shapes."""
+  """Config model fields; num_classes and posemb_size default to the params' shapes (a
+  Segmenter's: its decoder's outputs and its backbone's posemb)."""
   out = dict(fields)
+  if DECODER in params and BACKBONE in params:
+    if "num_classes" not in out:
+      out["num_classes"] = int(np.shape(params[DECODER]["kernel"])[-1])
+    params = params[BACKBONE]
   if "head" in params and "num_classes" not in out:
     out["num_classes"] = int(np.shape(params["head"]["kernel"])[-1])
   if "pos_embedding" in params and "posemb_size" not in out:
@@ -45,11 +51,13 @@ def model_fields(fields: Mapping[str, Any], params: Mapping) -> dict:
   return out
 
 
-def load_model(checkpoint_path: str, model_spec: Optional[str] = None
-               ) -> Tuple[FlexiViT, Dict[str, Any], Optional[run_config.RunConfig]]:
+def load_model(checkpoint_path: str, model_spec: Optional[str] = None,
+               task: Optional[str] = None
+               ) -> Tuple[tasks.Model, Dict[str, Any], Optional[run_config.RunConfig]]:
   """(model, params, workdir config or None) for a checkpoint path/workdir/shortcut.
 
   `checkpoint_path` is taken as typed (relative, `~`, a shortcut name): resolved once, here.
+  `task` (default: the workdir config's, else classification) picks the model.
   """
   path, subkey = sources.split_subkey(checkpoint_path)
   checkpoint_path = sources.resolve_checkpoint(path) + (f":{subkey}" if subkey else "")
@@ -62,4 +70,5 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
     raise UserError(f"{checkpoint_path!r} is not a workdir with a config.json; pass --model "
                     "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
   params = sources.load_params(checkpoint_path)
-  return from_config(model_fields(fields, params)), params, config
+  task = task or (config.task if config is not None else "classification")
+  return tasks.from_config(model_fields(fields, params), task), params, config

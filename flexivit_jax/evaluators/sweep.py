@@ -1,4 +1,4 @@
-"""One model at many sizes: the classification evaluator over a grid sweep.
+"""One model at many sizes: the classification (or segmentation) evaluator over a grid sweep.
 
 The evaluate CLI, the analyses and the notebook evaluate a checkpoint at every
 seqhw: a `Predictor` serves the model (kernel and posemb resized once per size),
@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flexivit_jax.evaluators import flops
 from flexivit_jax.evaluators.classification import ClassificationEvaluator
+from flexivit_jax.evaluators.segmentation import DEFAULT_IGNORE_LABEL, SegmentationEvaluator
 from flexivit_jax.evaluators.predict import Predictor, gflops_per_image
 from flexivit_jax.models.vit import FlexiViT
 
@@ -57,3 +63,58 @@ def evaluate_model(model: FlexiViT, params: Mapping, seqhws: Sequence[int], **ev
   """`evaluate_sizes` of `model` over `eval_cfg` (size_evaluator's keyword arguments)."""
   evaluator, predictor = size_evaluator(model, params, **eval_cfg)
   return evaluate_sizes(evaluator, predictor.params, seqhws)
+
+
+# ----------------------------------------------------------------------------
+# Segmentation: a Segmenter at many sizes (mIoU, pixel accuracy, GFLOPs per image).
+
+
+class SegmentationPredictor:
+  """A Segmenter's logits at a flexi value, one jitted function per value (the kernel and
+  posemb are resized inside it); an evaluator's predict_fn."""
+
+  def __init__(self, model):
+    self.model = model
+    self._fns: dict = {}
+
+  def fn(self, flexi):
+    if flexi not in self._fns:
+      model, call = self.model, dict(flexi)
+      self._fns[flexi] = jax.jit(lambda p, x: model.apply({"params": p}, x, **call)[0])
+    return self._fns[flexi]
+
+  def __call__(self, params, images, flexi):
+    return self.fn(flexi)(params, images)
+
+  def gflops(self, params, flexi, image_shape) -> float:
+    """GFLOPs per image of one forward pass at `flexi` (XLA's count, upsampling included)."""
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
+                          params)
+    images = jax.ShapeDtypeStruct((1, *image_shape[1:]), jnp.float32)
+    return flops.gflops(self.fn(flexi).lower(shapes, images).compile())
+
+
+def segmentation_evaluator(model, params: Mapping, *, data: Mapping, pp: str, batch_size: int,
+                           ignore_label: int = DEFAULT_IGNORE_LABEL, count_flops: bool = True,
+                           name: str = "evaluate") -> SegmentationEvaluator:
+  predictor = SegmentationPredictor(model)
+  gflops = (lambda flexi, shape: predictor.gflops(params, flexi, shape)) if count_flops else None
+  return SegmentationEvaluator(predictor, data=data, pp=pp, batch_size=batch_size,
+                               num_classes=model.num_classes, ignore_label=ignore_label,
+                               gflops_fn=gflops, name=name)
+
+
+def evaluate_segmentation_sizes(evaluator: SegmentationEvaluator, params: Mapping,
+                                seqhws: Sequence[int], *,
+                                on_batch: Optional[Callable[[int, int], None]] = None
+                                ) -> list[dict]:
+  """One pass at every seqhw -> rows of seqhw, patch, tokens, miou, pixel_acc, loss,
+  gflops (None when not counted), img_per_s (the forward pass only)."""
+  flexis = [(("seqhw", s),) for s in seqhws]
+  progress = (lambda flexi, n: on_batch(flexi[0][1], n)) if on_batch else None
+  results = evaluator.run(params, flexis, timing=True, on_batch=progress)
+  image_hw = evaluator.batch_shapes()["image"][1:3]
+  return [{"seqhw": s, "patch": _size_label((image_hw[0] // s, image_hw[1] // s)),
+           "tokens": s * s, **{k: r[k] for k in ("miou", "pixel_acc", "loss")},
+           "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
+          for s, r in zip(seqhws, (results[f] for f in flexis))]

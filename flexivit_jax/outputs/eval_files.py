@@ -17,6 +17,9 @@ from flexivit_jax.outputs import atomic, plots, tables
 
 EVAL_KEYS = ("seqhw", "patch", "tokens", "top1", "top5", "loss", "gflops", "img_per_s")
 EVAL_JSON, EVAL_CSV, EVAL_PNG = "eval.json", "eval.csv", "eval.png"
+# A segmentation checkpoint's rows: mIoU and pixel accuracy instead of top-1/top-5.
+SEG_KEYS = ("seqhw", "patch", "tokens", "miou", "pixel_acc", "loss", "gflops", "img_per_s")
+SEG_NAME = "eval_segmentation"  # .json, .csv, .png
 
 
 def write_eval(out_dir: str, rows: Sequence[Mapping]) -> list[str]:
@@ -29,6 +32,27 @@ def write_eval(out_dir: str, rows: Sequence[Mapping]) -> list[str]:
                    for r in rows)
   return [atomic.write_atomic(os.path.join(out_dir, EVAL_JSON), json.dumps(rows, indent=1)),
           atomic.write_atomic(os.path.join(out_dir, EVAL_CSV), text.getvalue())]
+
+
+def write_segmentation_eval(out_dir: str, rows: Sequence[Mapping], label: str) -> list[str]:
+  """eval_segmentation.json/.csv (SEG_KEYS) and .png (mIoU vs GFLOPs/image) in `out_dir`."""
+  rows = [{k: row[k] for k in SEG_KEYS} for row in rows]
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=SEG_KEYS)
+  writer.writeheader()
+  writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                   for r in rows)
+  base = os.path.join(out_dir, SEG_NAME)
+  paths = [atomic.write_atomic(base + ".json", json.dumps(rows, indent=1)),
+           atomic.write_atomic(base + ".csv", text.getvalue())]
+  counted = sorted((r for r in rows if r["gflops"]), key=lambda r: r["gflops"])
+  if counted:
+    paths.append(plots.plot_lines(
+        {label: ([r["gflops"] for r in counted], [r["miou"] * 100 for r in counted])},
+        base + ".png", xlabel="GFLOPs per image (XLA count, log scale)", ylabel="mIoU (%)",
+        title="mIoU vs compute", log_x=True,
+        point_labels={label: [f"p{r['patch']}" for r in counted]}))
+  return paths
 
 
 def read_eval(path: str) -> list[dict]:

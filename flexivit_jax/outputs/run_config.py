@@ -59,6 +59,11 @@ class RunConfig:
     return dict(self.values.get("model") or {})
 
   @property
+  def task(self) -> str:
+    """The run's task (`config.task`; configs from before it are classification)."""
+    return self.values.get("task") or "classification"
+
+  @property
   def data_dir(self) -> Optional[str]:
     return (self.values.get("input") or {}).get("data_dir")
 

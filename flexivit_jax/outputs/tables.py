@@ -82,3 +82,13 @@ def format_eval_table(rows: Sequence[Mapping]) -> str:
       [[r["seqhw"], r["patch"], r["tokens"], f"{r['top1'] * 100:.2f}%",
         f"{r['top5'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
         fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])
+
+
+def format_segmentation_table(rows: Sequence[Mapping]) -> str:
+  """The evaluate CLI's table of a segmentation checkpoint: one line per grid size."""
+  fmt = lambda v, spec: "-" if v is None else format(v, spec)
+  return format_rows(
+      ["seqhw", "patch", "tokens", "mIoU", "pixel acc", "loss", "GFLOPs/img", "img/s"],
+      [[r["seqhw"], r["patch"], r["tokens"], f"{r['miou'] * 100:.2f}%",
+        f"{r['pixel_acc'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
+        fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])

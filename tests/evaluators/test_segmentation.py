@@ -163,3 +163,26 @@ def test_sharded_eval_on_8_devices_equals_one_device(cluttered_dir):
   for key, value in out["1"].items():
     assert out["8"][key] == pytest.approx(value, abs=1e-9), key
   assert 0 < out["1"]["eval/test/seqhw=4/miou"] < 1
+
+
+def test_evaluate_cli_reports_miou_and_gflops_per_grid(cluttered_dir, tmp_path, capsys):
+  """`python -m flexivit_jax.evaluate --task segmentation` on a Segmenter npz."""
+  from flexivit_jax import evaluate
+  from flexivit_jax.checkpoints import npz
+  from flexivit_jax.models import tasks
+  fields = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=[8, 8],
+                posemb_size=[4, 4], head_zeroinit=False)
+  model = tasks.from_config({**fields, "num_classes": 11}, "segmentation")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), seqhw=4)["params"]
+  npz.save_params(str(tmp_path / "seg.npz"), params)
+  evaluate.main(["--checkpoint", str(tmp_path / "seg.npz"), "--task", "segmentation",
+                 "--model", json.dumps(fields), "--data", f"{SMALL}:test",
+                 "--data_dir", cluttered_dir, "--pp", PP, "--seqhw", "4,8",
+                 "--batch_size", "50", "--out", str(tmp_path / "out"), "--progress=none"])
+  printed = capsys.readouterr().out
+  assert "mIoU" in printed and "pixel acc" in printed
+  rows = json.loads((tmp_path / "out" / "eval_segmentation.json").read_text())
+  assert [r["seqhw"] for r in rows] == [4, 8] and [r["patch"] for r in rows] == [16, 8]
+  assert all(0 < r["miou"] < 1 and 0 < r["pixel_acc"] <= 1 for r in rows)
+  assert 0 < rows[0]["gflops"] < rows[1]["gflops"]
+  assert (tmp_path / "out" / "eval_segmentation.png").exists()
