@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from flexivit_jax.checkpoints import sources
+from flexivit_jax.checkpoints import layout, sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.models.vit import FlexiViT, from_config
 from flexivit_jax.outputs import run_config
@@ -61,5 +61,6 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None
   else:
     raise UserError(f"{checkpoint_path!r} is not a workdir with a config.json; pass --model "
                     "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
-  params = sources.load_params(checkpoint_path)
-  return from_config(model_fields(fields, params)), params, config
+  params = sources.load_params(checkpoint_path)  # Per block; restacked if the model scans.
+  model = from_config(model_fields(fields, params))
+  return model, layout.for_model(params, model), config
