@@ -56,6 +56,7 @@ def get_config(arg=None):
 
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(16, 16),
                  num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = init
   # PI-resize the stored kernel to patch_size once at load, as big_vision's loader does.
   c.model_load = dict(kernel="pi_resize")

@@ -57,6 +57,7 @@ def get_config(arg=None):
 
   c.model = dict(variant="B", pool_type="tok", posemb="learn", patch_size=(8, 8),
                  posemb_size=(7, 7), seqhw=None, num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.flexi = dict(seqhw=dict(v=SEQHW, p=(1,) * len(SEQHW)))
   c.lr = 0.001
   c.wd = 0.0001

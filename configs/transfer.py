@@ -69,6 +69,7 @@ def get_config(arg=None):
   # Released FlexiViTs and their ViT-B/16, B/30 baselines: 32x32 kernel, 7x7 posemb.
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(32, 32),
                  posemb_size=(7, 7), num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = arg.init
   c.flexi = dict(seqhw=dict(v=(arg.seqhw,)))
   c.eval_flexi = dict(seqhw=dict(v=SEQHW))

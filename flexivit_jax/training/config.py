@@ -266,6 +266,7 @@ def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_colle
     check_free_keys(full)
     _fold_progress_bar(full)
     normalize_paths(full)
+    teachers_follow_student_dtype(full)
     validate(full)
   except UserError as e:  # A ConfigDict in a message spans lines: keep the error one line.
     raise UserError(one_line(e)) from None
@@ -326,6 +327,21 @@ def normalize_paths(c: ml_collections.ConfigDict) -> None:
     fix(ev, "label_mapping")
   for teacher in c.distill.teachers.values():
     fix(teacher, "init", sources.resolve_checkpoint)
+
+
+def teachers_follow_student_dtype(c: ml_collections.ConfigDict) -> None:
+  """A teacher whose model dict sets no `dtype_mm` runs in the student's.
+
+  The teacher's forward pass is as large as the student's (often larger), so it is
+  where bfloat16 saves as much; a teacher that must stay float32 says so in its dict.
+  """
+  student = c.model.get("dtype_mm")
+  if student is None:
+    return
+  for teacher in c.distill.teachers.values():
+    model = teacher.get("model")
+    if hasattr(model, "keys") and "dtype_mm" not in model:
+      model["dtype_mm"] = student
 
 
 def _positive_int(config, key: str, allow_none: bool = False) -> None:
