@@ -108,6 +108,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
+  # Microbatches per step, each device's share of the batch split evenly: the same update
+  # with one microbatch's activations in memory (optim.check_accum_steps).
+  c.grad_accum_steps = 1
   c.mixup = dict(p=0.0, n=2, fold_in=None)  # n, fold_in: big_vision's keys, one value each.
 
   c.evals = {}
