@@ -54,6 +54,7 @@ def get_config(arg=None):
   c.total_epochs = arg.epochs
   c.input.data = dict(I21K)
   c.input.batch_size = 4096
+  c.topology = "v4-64"  # The pod it is written for (`train --plan`; docs/scaling.md).
   c.input.prefetch = 8
   pp_i21k = f'|onehot({classes})|keep("image", "prof", "labels")'
   pp_i1k = '|onehot(1000, key="{lbl}", key_result="labels")|keep("image", "prof", "labels")'

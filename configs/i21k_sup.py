@@ -48,6 +48,10 @@ def get_config(arg=None):
   c.total_epochs = arg.epochs
   c.input.data = dict(I21K)
   c.input.batch_size = 4096
+  # Written for a TPU v3-32: 128 examples per core in 32 microbatches of 4 fit its 16 GiB
+  # at seqhw 30 (`train --plan`, docs/scaling.md); 4096 / devices must divide by 32.
+  c.topology = "v3-32"
+  c.grad_accum_steps = 32
   c.input.prefetch = 8
   pp_common = '|value_range(-1, 1)|onehot({onehot_args})|keep("image", "labels")'
   pp_i21k = pp_common.format(onehot_args=f"{classes}")

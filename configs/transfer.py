@@ -63,6 +63,7 @@ def get_config(arg=None):
   label = f'|onehot({classes}, key="label", key_result="labels")|keep("image", "labels")'
   c.input.data = dict(name=arg.dataset, split=train)
   c.input.batch_size = arg.batch
+  c.topology = "v3-32"  # The pod it is written for (`train --plan`; docs/scaling.md).
   c.input.pp = f"decode|inception_crop({res})|flip_lr|value_range(-1, 1)" + label
   pp_eval = (f"decode|resize_small({res // 7 * 8})|central_crop({res})|value_range(-1, 1)"
              + label)

@@ -41,6 +41,7 @@ from flexivit_jax.models import vit
 from flexivit_jax.outputs import console
 from flexivit_jax.training import losses, optim
 from flexivit_jax.training.flexi import FLEXI_ARGS, SPEC_KEYS, FlexiSampler
+from flexivit_jax.training.topologies import parse_topology
 
 # What data.pipeline reads (importing data/ here would start TensorFlow before the CLI quiets it).
 DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")
@@ -108,6 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
+  # Microbatches per step, each device's share of the batch split evenly: the same update
+  # with one microbatch's activations in memory (optim.check_accum_steps).
+  c.grad_accum_steps = 1
   c.mixup = dict(p=0.0, n=2, fold_in=None)  # n, fold_in: big_vision's keys, one value each.
 
   c.evals = {}
@@ -121,6 +125,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
+  # The pod the config is written for ('v3-32', '8xH100', ...): `train --plan`'s default.
+  c.topology = ml_collections.FieldReference(None, field_type=str)
   c.param_sharding = "replicated"
   c.aot_compile = False
   c.compile_cache_dir = ml_collections.FieldReference(None, field_type=str)
@@ -372,6 +378,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for axis, size in c.mesh.items():
     if isinstance(size, bool) or not isinstance(size, int) or not (size > 0 or size == -1):
       raise UserError(f"config key 'mesh.{axis}' must be a positive int or -1, got {size!r}")
+  if c.topology is not None:
+    parse_topology(c.topology)
   if c.param_sharding not in PARAM_SHARDINGS:
     raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
   vit.from_config(c.model, "model")

@@ -126,7 +126,8 @@ def compile_steps(run: Run, state, shardings, first: Mapping[str, Any]) -> Steps
   cache = make_step_cache(config)
   train = CompiledSteps(
       make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
-                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
+                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0),
+                      accum_steps=config.grad_accum_steps),
       (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
   evals = build_evaluators(config, run.model, mesh, cache)
   # Shapes and shardings only: compiling later must not touch donated buffers.
