@@ -76,3 +76,19 @@ def format_eval_table(rows: Sequence[Mapping]) -> str:
       [[r["seqhw"], r["patch"], r["tokens"], f"{r['top1'] * 100:.2f}%",
         f"{r['top5'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
         fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])
+
+
+def format_fewshot_table(rows: Sequence[Mapping]) -> str:
+  """fewshot.json rows as a table: one line per grid size, one column per dataset/shots."""
+  metrics = [k for k in rows[0] if k not in ("seqhw", "patch")] if rows else []
+  return format_rows(["seqhw", "patch"] + metrics,
+                     [[r["seqhw"], r["patch"]] + [f"{r[m] * 100:.2f}%" for m in metrics]
+                      for r in rows])
+
+
+def format_recall_matrix(report: Mapping, k) -> str:
+  """recall@k of a retrieval report: rows the query patch size, columns the gallery's."""
+  patches = report["patches"]
+  return format_rows([f"R@{k} query\\gallery"] + [f"/{p}" for p in patches],
+                     [[f"/{p}"] + [f"{v * 100:.1f}" for v in row]
+                      for p, row in zip(patches, report["recall"][str(k)])])

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import flops
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names
@@ -124,11 +125,17 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
   return train_step
 
 
-def make_predict_step(model: FlexiViT) -> Callable:
-  """predict(params, images, flexi) -> logits: the model as the evaluators run it."""
+def make_predict_step(model: FlexiViT, output: str = "logits") -> Callable:
+  """predict(params, images, flexi) -> the model's `output` (logits, pre_logits, or any key
+  of its outputs dict): the model as the evaluators run it."""
 
   def predict(params, images, flexi: FlexiKey):
-    return model.apply({"params": params}, images, **dict(flexi))[0]
+    logits, outputs = model.apply({"params": params}, images, **dict(flexi))
+    if output == "logits":
+      return logits
+    if output not in outputs:
+      raise UserError(f"the model has no output {output!r}; it has {', '.join(sorted(outputs))}")
+    return outputs[output]
 
   return predict
 

@@ -45,6 +45,8 @@ from flexivit_jax.training.topologies import parse_topology
 
 # What data.pipeline reads (importing data/ here would start TensorFlow before the CLI quiets it).
 DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")
+# The data dicts an evaluator may hold (the splits it reads); few-shot ones name theirs.
+EVAL_DATA_KEYS = ("data", "gallery_data")
 # What training.sharding reads (it imports data/ too).
 MESH_AXES = ("data", "fsdp")
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -62,6 +64,7 @@ FREE_KEYS = {
     "evals": _ANY,
     "evals.*": _ANY,  # Each evaluator type checks its own keys (evaluators.check_config).
     "evals.*.data": DATA_KEYS,
+    "evals.*.gallery_data": DATA_KEYS,  # A retrieval evaluator's gallery.
     "distill.teachers": _ANY,
     "distill.teachers.*": losses.TEACHER_KEYS,
     "distill.teachers.*.model": vit.MODEL_FIELDS,
@@ -297,7 +300,8 @@ def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
 
 def _data_configs(c: ml_collections.ConfigDict) -> list:
   """Every data dict of a config: the training input's and each evaluator's."""
-  found = [c.input.data] + [ev["data"] for ev in c.evals.values() if "data" in ev]
+  found = [c.input.data] + [ev[key] for ev in c.evals.values()
+                            for key in EVAL_DATA_KEYS if key in ev]
   return [d for d in found if hasattr(d, "get")]
 
 
@@ -331,6 +335,7 @@ def normalize_paths(c: ml_collections.ConfigDict) -> None:
     fix(data_cfg, "folder")
   for ev in c.evals.values():
     fix(ev, "label_mapping")
+    fix(ev, "data_dir")  # A few-shot evaluator's (its datasets are named, not data dicts).
   for teacher in c.distill.teachers.values():
     fix(teacher, "init", sources.resolve_checkpoint)
 

@@ -20,39 +20,58 @@ from flexivit_jax.training.compiled_steps import CompiledSteps, FlexiKey, make_p
 from flexivit_jax.training.sharding import batch_sharding, pad_batch, to_global
 
 
+def _eval_config(config, ev: Mapping[str, Any]) -> Dict[str, Any]:
+  """An evaluator's keys with the run's defaults: `batch_size` the training batch size,
+  the data dir of its splits `input.data_dir`."""
+  out = {**ev, "batch_size": ev.get("batch_size", config.input.batch_size)}
+  for key in config_lib.EVAL_DATA_KEYS:
+    if key in out:
+      out[key] = config_lib.data_config(config, out[key])
+  if "datasets" in out and config.input.data_dir:  # A few-shot evaluator's named splits.
+    out.setdefault("data_dir", config.input.data_dir)
+  return out
+
+
 def build_evaluators(config, model: FlexiViT, mesh: Mesh,
                      cache: Optional[step_cache.StepCache] = None) -> Dict[str, Any]:
-  """{name: evaluator} of `config.evals`, all predicting through one compiled step.
+  """{name: evaluator} of `config.evals`, predicting through one compiled step per model
+  output they read (logits for classification, pre-logits for few-shot and retrieval).
 
   An eval batch need not divide the device count: each process pads its slice
   with masked examples up to a multiple of its devices, then the batch is split
-  over the whole mesh. `batch_size` defaults to the training batch size and
-  `data` to `input.data_dir`.
+  over the whole mesh.
   """
   bsh = batch_sharding(mesh)
-  predict = CompiledSteps(make_predict_step(model), bsh, donate=False, cache=cache, name="eval")
   local_devices = mesh.size // jax.process_count()
+  steps: Dict[str, CompiledSteps] = {}
 
   def place(local):
     return to_global(pad_batch(local, local_devices), bsh)
 
-  def predict_fn(params, images, flexi: FlexiKey):
-    return predict(flexi, params, images)
+  def predict_fn_of(output: str):
+    if output not in steps:
+      name = "eval" if output == "logits" else f"eval_{output}"
+      steps[output] = CompiledSteps(make_predict_step(model, output), bsh, donate=False,
+                                    cache=cache, name=name)
+    step = steps[output]
+    return lambda params, images, flexi: step(flexi, params, images)
 
-  return {name: evaluators_lib.build(
-              f"evals.{name}",
-              {**ev, "data": config_lib.data_config(config, ev["data"]),
-               "batch_size": ev.get("batch_size", config.input.batch_size)},
-              predict_fn, num_classes=model.num_classes, place_batch=place)
-          for name, ev in config.evals.items()}
+  built = {}
+  for name, ev in config.evals.items():
+    key = f"evals.{name}"
+    predict_fn = predict_fn_of(evaluators_lib.output_name(key, ev))
+    built[name] = evaluators_lib.build(key, _eval_config(config, ev), predict_fn,
+                                       num_classes=model.num_classes, place_batch=place)
+  return built
 
 
 def evaluate(evaluators: Mapping[str, Any], params, flexis: Sequence[FlexiKey]
              ) -> Dict[str, float]:
-  """prec@1 (top-1) of every evaluator at every flexi value; one data pass per evaluator."""
-  return {eval_names.eval_metric_name(name, flexi): metrics["top1"]
+  """The logged numbers of every evaluator at every flexi value (prec@1 for classification,
+  few-shot accuracies, recalls), by metric name; one data pass per evaluator and split."""
+  return {eval_names.eval_metric_name(name, flexi, metric): value
           for name, evaluator in evaluators.items()
-          for flexi, metrics in evaluator.run(params, flexis).items()}
+          for (flexi, metric), value in evaluator.log_values(evaluator.run(params, flexis)).items()}
 
 
 def print_final_table(workdir: str, results: Mapping[str, float], image_size: int,
