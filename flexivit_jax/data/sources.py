@@ -47,9 +47,18 @@ def _get(cfg, key, default=None):
     return getattr(cfg, key, default)
 
 
-def _data_dir(cfg) -> str | None:
-  d = _get(cfg, "data_dir") or os.environ.get("FLEXIVIT_DATA_DIR")
+TFDS_HOME = "~/tensorflow_datasets"  # Where tfds itself looks when no data_dir is given.
+
+
+def user_data_dir(explicit: str | None) -> str | None:
+  """The data_dir a user asked for: `explicit`, else `$FLEXIVIT_DATA_DIR`, else None (tfds'
+  own default); normalised, since tfds and orbax want absolute paths."""
+  d = explicit or os.environ.get("FLEXIVIT_DATA_DIR")
   return paths.normalize(d) if d else None
+
+
+def _data_dir(cfg) -> str | None:
+  return user_data_dir(_get(cfg, "data_dir"))
 
 
 def selection_key(data_cfg) -> tuple:
@@ -59,7 +68,7 @@ def selection_key(data_cfg) -> tuple:
 
 
 def _prepared_here(data_dir: str | None) -> list[str]:
-  root = data_dir or os.path.expanduser("~/tensorflow_datasets")
+  root = data_dir or os.path.expanduser(TFDS_HOME)
   try:
     return sorted(d for d in os.listdir(root)
                   if os.path.isdir(os.path.join(root, d))
@@ -268,8 +277,7 @@ def ensure_built(name: str = digits.NAME, data_dir: str | None = None) -> str:
   if base not in BUNDLED:
     raise UserError(f"ensure_built only builds the bundled datasets {sorted(BUNDLED)}, "
                      f"not {name!r}")
-  data_dir = paths.normalize(data_dir or os.environ.get("FLEXIVIT_DATA_DIR")
-                             or os.path.expanduser("~/tensorflow_datasets"))
+  data_dir = user_data_dir(data_dir) or paths.normalize(TFDS_HOME)
   builder = BUNDLED[base](data_dir=data_dir, file_format="array_record", config=config or None)
   if not builder.is_prepared():
     builder.download_and_prepare(
