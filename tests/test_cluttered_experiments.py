@@ -59,3 +59,14 @@ def test_table_puts_each_separate_vit_at_its_own_patch():
   assert rows[16]["separate_vit"] == pytest.approx(10.0) and rows[9]["separate_vit"] is None
   assert rows[8]["separate_vit"] == pytest.approx(50.0)
   assert rows[12]["flexi_distill"] == pytest.approx(45.0)
+
+
+def test_finetune_coarse_pretrains_on_0_4_and_finetunes_on_5_9_at_one_grid(tmp_path):
+  import finetune_coarse
+  pre = config_lib.complete(finetune_coarse.pretrain_config(True, 400))
+  assert pre.input.data.classes == (0, 1, 2, 3, 4) and pre.model.num_classes == 5
+  assert "onehot(5," in pre.input.pp and len(pre.flexi.seqhw.v) == 5
+  ft = config_lib.complete(finetune_coarse.finetune_config(str(tmp_path), 5, 100))
+  assert ft.evals.test.data.classes == (5, 6, 7, 8, 9) and ft.flexi.seqhw.v == (5,)
+  assert ft.eval_flexi["seqhw"]["v"] == finetune_coarse.SEQHWS
+  assert ft.model_init == str(tmp_path) and ft.model_load.dont_load == ("head/.*",)
