@@ -85,6 +85,25 @@ def plot_accuracy(curves: Mapping[str, Mapping[FlexiKey, float]], path: str, *,
                     invert_x=bool(image_size))
 
 
+def plot_accuracy_vs_cost(curves: Mapping[str, Mapping[FlexiKey, float]],
+                          gflops: Mapping[FlexiKey, float], path: str, *,
+                          image_size: Optional[int] = None, title: str = "") -> str:
+  """Writes a PNG of prec@1 against forward GFLOPs per image (log x), each point
+  named by its patch size: the accuracy-for-compute trade-off of one model."""
+  lines, names = {}, {}
+  for label, curve in curves.items():
+    xs = sorted((x for x in curve if x in gflops), key=lambda x: gflops[x])
+    lines[label] = ([gflops[x] for x in xs], _percent([curve[x] for x in xs]))
+    names[label] = [_point_name(x, image_size) for x in xs]
+  return plot_lines(lines, path, xlabel="GFLOPs per image (forward, XLA count, log scale)",
+                    ylabel="prec@1 (%)", title=title, log_x=True, point_labels=names)
+
+
+def _point_name(key: FlexiKey, image_size: Optional[int]) -> str:
+  seqhw, patch = seqhw_and_patch(key, image_size)
+  return f"p{patch}" if patch is not None else f"s{seqhw}"
+
+
 def plot_over_compute(curves: Mapping[str, list], path: str, *, title: str = "") -> str:
   """Writes a PNG of prec@1 against cumulative training GFLOPs, one line per run."""
   lines = {label: ([g for g, _ in points], _percent([a for _, a in points]))

@@ -38,8 +38,13 @@ def format_eval_line(results: Mapping[str, float], image_size: Optional[int] = N
 
 
 def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
-                 image_size: Optional[int] = None) -> str:
-  """Accuracy per flexi value (seqhw and patch side), one column per evaluator."""
+                 image_size: Optional[int] = None,
+                 gflops: Optional[Mapping[FlexiKey, float]] = None) -> str:
+  """Accuracy per flexi value (seqhw and patch side), one column per evaluator.
+
+  `gflops` (forward GFLOPs per image at each flexi value) adds a last column, so
+  the accuracy a finer patch buys is read beside what it costs.
+  """
   names = list(results)
   values = sorted({v for r in results.values() for v in r},
                   key=lambda v: flexi_sort_key(v, image_size))
@@ -48,8 +53,10 @@ def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
     seqhw, patch = seqhw_and_patch(v, image_size)
     rows.append([dict(v).get("seqhw", seqhw if seqhw is not None else "-"),
                  patch if patch is not None else "-"]
-                + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names])
-  return format_rows(["seqhw", "patch"] + [f"{n} prec@1" for n in names], rows)
+                + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names]
+                + ([format(gflops[v], ".4g") if v in gflops else "-"] if gflops else []))
+  return format_rows(["seqhw", "patch"] + [f"{n} prec@1" for n in names]
+                     + (["GFLOPs/img"] if gflops else []), rows)
 
 
 def format_compute_table(curves: Mapping[str, list], seqhw) -> str:

@@ -12,6 +12,7 @@ import jax
 from jax.sharding import Mesh
 
 from flexivit_jax import evaluators as evaluators_lib
+from flexivit_jax.evaluators import predict as predict_lib
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names, plots, tables
 from flexivit_jax.training import config as config_lib
@@ -74,15 +75,31 @@ def evaluate(evaluators: Mapping[str, Any], params, flexis: Sequence[FlexiKey]
           for (flexi, metric), value in evaluator.log_values(evaluator.run(params, flexis)).items()}
 
 
+def forward_gflops(model: FlexiViT, params, image_size: int, channels: int,
+                   flexis: Sequence[FlexiKey]) -> Dict[FlexiKey, float]:
+  """Forward GFLOPs per image (XLA's count, one image) at each flexi value: the cost
+  side of the final table. Compiles one tiny forward per value, shapes only."""
+  return {f: predict_lib.gflops_per_image(model, params, image_size, channels=channels,
+                                          **dict(f))
+          for f in flexis}
+
+
 def print_final_table(workdir: str, results: Mapping[str, float], image_size: int,
-                      progress) -> None:
+                      progress, gflops: Optional[Mapping[FlexiKey, float]] = None) -> None:
+  """The table of prec@1 (and forward GFLOPs/img, when given) at every evaluated size,
+  and per evaluator a plot: prec@1 against GFLOPs/img, or against patch size."""
   curves = eval_names.final_eval_curves([results])
   if not curves:
     return
   progress.write("\nAccuracy per patch size (image %dpx):\n%s" % (
-      image_size, tables.format_table(curves, image_size)))
+      image_size, tables.format_table(curves, image_size, gflops)))
   if jax.process_index() == 0:
     for name, curve in curves.items():
-      path = plots.plot_accuracy({name: curve}, os.path.join(workdir, f"eval_{name}.png"),
-                                   image_size=image_size, title=f"{name}: prec@1 per patch size")
+      out = os.path.join(workdir, f"eval_{name}.png")
+      if gflops:
+        path = plots.plot_accuracy_vs_cost({name: curve}, gflops, out, image_size=image_size,
+                                           title=f"{name}: prec@1 vs compute per patch size")
+      else:
+        path = plots.plot_accuracy({name: curve}, out, image_size=image_size,
+                                   title=f"{name}: prec@1 per patch size")
       progress.write(f"plot: {path}")
