@@ -178,14 +178,15 @@ def measure_flops(batch: int, variants=("S", "B", "L")) -> dict:
 
 
 def _state_bytes(variant: str, n: int, mode: str) -> dict:
-  """Exact bytes per device of params, Adam state and grads under the sharding rule."""
+  """Exact bytes per device of params, Adam state and grads under the sharding rule
+  (the same count `train --plan` uses: flexivit_jax.training.plan.sharded_bytes)."""
   import jax
-  import numpy as np
-  _, abstract, shardings, _ = student_step(variant, jax.devices()[:n], n if mode == "fsdp" else 1,
-                                           mode, DEPTH[variant])
-  per_dev = lambda a, sh: int(np.prod(sh.shard_shape(a.shape))) * a.dtype.itemsize
-  state = sum(jax.tree.leaves(jax.tree.map(per_dev, abstract, shardings)))
-  grads = sum(jax.tree.leaves(jax.tree.map(per_dev, abstract["params"], shardings["params"])))
+  from flexivit_jax.training import plan
+  _, abstract, _, _ = student_step(variant, jax.devices()[:1], 1, "replicated", DEPTH[variant])
+  fsdp = n if mode == "fsdp" else 1
+  leaves = lambda tree: [(a.shape, a.dtype.itemsize) for a in jax.tree.leaves(tree)]
+  state = plan.sharded_bytes(leaves(abstract), fsdp, mode)
+  grads = plan.sharded_bytes(leaves(abstract["params"]), fsdp, mode)
   full_params = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(abstract["params"]))
   return dict(state=state, grads=grads, gathered=full_params if mode == "fsdp" else 0)
 

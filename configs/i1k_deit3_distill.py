@@ -47,6 +47,11 @@ def get_config(arg=None):
 
   c.input.data = dict(name="imagenet2012", split="train[:99%]")
   c.input.batch_size = 1024
+  # The pod it is written for (`train --plan`'s default; docs/scaling.md).
+  c.topology = {"S": "v3-32", "B": "v4-64", "L": "v4-128"}[arg.variant]
+  # 32 per device in 2 microbatches of 16 fit at seqhw 30: S a v3 core's 16 GiB, B a v4
+  # chip's 32 GiB (`train --plan`, docs/scaling.md). L is not planned yet.
+  c.grad_accum_steps = {"S": 2, "B": 2}.get(arg.variant, 1)
   pp_label = '|onehot(1000, key="{lbl}", key_result="labels")|keep("image", "prof", "labels")'
   c.input.pp = (
       'decode|inception_crop|flip_lr|copy("image", "prof")'
@@ -56,6 +61,7 @@ def get_config(arg=None):
 
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(16, 16),
                  num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = init
   # PI-resize the stored kernel to patch_size once at load, as big_vision's loader does.
   c.model_load = dict(kernel="pi_resize")

@@ -54,6 +54,7 @@ def get_config(arg=None):
   c.total_epochs = arg.epochs
   c.input.data = dict(I21K)
   c.input.batch_size = 4096
+  c.topology = "v4-64"  # The pod it is written for (`train --plan`; docs/scaling.md).
   c.input.prefetch = 8
   pp_i21k = f'|onehot({classes})|keep("image", "prof", "labels")'
   pp_i1k = '|onehot(1000, key="{lbl}", key_result="labels")|keep("image", "prof", "labels")'
@@ -63,6 +64,7 @@ def get_config(arg=None):
   pp_eval = f"decode|resize({res // 7 * 8})|central_crop({res})|value_range(-1, 1)"
 
   c.model = dict(variant="B", pool_type="tok", patch_size=(8, 8), num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = init
   c.model_load = dict(kernel="pi_resize")  # Resized to patch_size at load, as big_vision.
   c.distill.teachers = dict(prof=dict(

@@ -48,6 +48,10 @@ def get_config(arg=None):
   c.total_epochs = arg.epochs
   c.input.data = dict(I21K)
   c.input.batch_size = 4096
+  # Written for a TPU v3-32: 128 examples per core in 32 microbatches of 4 fit its 16 GiB
+  # at seqhw 30 (`train --plan`, docs/scaling.md); 4096 / devices must divide by 32.
+  c.topology = "v3-32"
+  c.grad_accum_steps = 32
   c.input.prefetch = 8
   pp_common = '|value_range(-1, 1)|onehot({onehot_args})|keep("image", "labels")'
   pp_i21k = pp_common.format(onehot_args=f"{classes}")
@@ -57,6 +61,7 @@ def get_config(arg=None):
 
   c.model = dict(variant="B", pool_type="tok", posemb="learn", patch_size=(8, 8),
                  posemb_size=(7, 7), seqhw=None, num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.flexi = dict(seqhw=dict(v=SEQHW, p=(1,) * len(SEQHW)))
   c.lr = 0.001
   c.wd = 0.0001

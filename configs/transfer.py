@@ -63,12 +63,14 @@ def get_config(arg=None):
   label = f'|onehot({classes}, key="label", key_result="labels")|keep("image", "labels")'
   c.input.data = dict(name=arg.dataset, split=train)
   c.input.batch_size = arg.batch
+  c.topology = "v3-32"  # The pod it is written for (`train --plan`; docs/scaling.md).
   c.input.pp = f"decode|inception_crop({res})|flip_lr|value_range(-1, 1)" + label
   pp_eval = (f"decode|resize_small({res // 7 * 8})|central_crop({res})|value_range(-1, 1)"
              + label)
   # Released FlexiViTs and their ViT-B/16, B/30 baselines: 32x32 kernel, 7x7 posemb.
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(32, 32),
                  posemb_size=(7, 7), num_classes=classes)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = arg.init
   c.flexi = dict(seqhw=dict(v=(arg.seqhw,)))
   c.eval_flexi = dict(seqhw=dict(v=SEQHW))

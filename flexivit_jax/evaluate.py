@@ -7,6 +7,9 @@
   python -m flexivit_jax.evaluate --checkpoint workdirs/demo --max_gflops 0.01
   python -m flexivit_jax.evaluate --checkpoint i21k.npz --model B/16 \
       --data imagenet2012:validation --pp "..." --label_mapping i21k_to_i1k.txt
+  python -m flexivit_jax.evaluate --checkpoint workdirs/demo --eval fewshot --out eval_demo
+  python -m flexivit_jax.evaluate --checkpoint workdirs/demo --out eval_demo \
+      --eval_config "{'type': 'retrieval', 'data': {'name': 'sklearn_digits', 'split': 'test'}, ..."
 
 Prints one row per seqhw and writes eval.json, eval.csv and eval.png (top-1 vs
 GFLOPs) into --out. With a workdir, the model, data, pp and grids default to its
@@ -22,6 +25,10 @@ them, into eval_segmentation.json/.csv/.png:
   python -m flexivit_jax.evaluate --checkpoint seg.npz --task segmentation \
       --model '{"width": 64, "depth": 4, "num_heads": 4, "mlp_dim": 128, "patch_size": [8, 8]}' \
       --data cluttered_digits:test --pp 'decode|value_range(-1, 1)|seg_labels()|keep("image", "labels")' --seqhw 4,8,16
+`--eval NAME` runs the workdir's `evals.NAME` instead (any type), `--eval_config` a
+config of one evaluator (a dict literal or a JSON file): a `fewshot` evaluator prints and
+writes fewshot.json (accuracy per grid size and dataset/shots), a `retrieval` evaluator
+retrieval.json and retrieval.png (recall for every query size x gallery size).
 Compare several runs with `python -m flexivit_jax.compare DIR1 DIR2 --out DIR`.
 `--progress=lines` (the default when stdout is not a terminal) prints a start line,
 a batch count every 30 s and one line per grid; `--progress=none` (or `--no_progress`)
@@ -65,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="model class per dataset class (-1: none): a list such as '[3, 7, -1]' "
                       "or a file (JSON list, or one int per line); default: the workdir "
                       "eval's when --data is not given")
+  p.add_argument("--eval", default=None, dest="eval_name",
+                 help="run the workdir's evals.NAME (classification, fewshot, retrieval or "
+                      "segmentation)")
+  p.add_argument("--eval_config", default=None,
+                 help="one evaluator's config: a dict literal, or a JSON file holding one")
   p.add_argument("--out", default=None, type=paths.normalize,
-                 help="directory for eval.json/eval.csv/eval.png")
+                 help="directory for eval.json/eval.csv/eval.png (fewshot.json, retrieval.*)")
   cli.add_progress_argument(p)
   p.add_argument("--no_progress", dest="progress", action="store_const", const="none",
                  help="the same as --progress=none")
@@ -150,6 +162,34 @@ def choose(args, model, params, image_size: int, channels: int, seqhws) -> list[
   return [best]
 
 
+def named_eval_config(args, config: Optional[run_config.RunConfig]) -> Optional[tuple]:
+  """(name, cfg) of --eval or --eval_config; None when neither is given."""
+  if args.eval_name and args.eval_config:
+    raise UserError("give --eval or --eval_config, not both")
+  if args.eval_config:
+    text = args.eval_config
+    if not text.lstrip().startswith("{"):
+      path = paths.normalize(text)
+      if not os.path.isfile(path):
+        raise UserError(f"--eval_config must be a dict literal or a JSON file, got {text!r}")
+      with open(path) as f:
+        text = f.read()
+    try:
+      cfg = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise UserError(f"--eval_config is not a dict literal: {text[:80]!r}") from None
+    if not isinstance(cfg, dict):
+      raise UserError(f"--eval_config must be a dict, got {type(cfg).__name__}")
+    return "--eval_config", cfg
+  if args.eval_name:
+    names = config.evaluator_names if config else []
+    if args.eval_name not in names:
+      raise UserError(f"--eval {args.eval_name!r}: the checkpoint's config has evals "
+                      f"{', '.join(names) or '(none: not a training workdir)'}")
+    return args.eval_name, dict(config.evaluator(args.eval_name))
+  return None
+
+
 def run(args) -> list[dict]:
   if args.batch_size <= 0:
     raise UserError(f"--batch_size must be positive, got {args.batch_size}")
@@ -225,6 +265,11 @@ def run_segmentation(args, model, params, config, data_cfg, pp) -> list[dict]:
   return rows
 
 
+def _workdir_config(checkpoint: str) -> Optional[run_config.RunConfig]:
+  """The config.json of a workdir checkpoint (None for files and shortcuts)."""
+  return run_config.read(checkpoint) if os.path.isdir(checkpoint) else None
+
+
 def write_outputs(rows, out: str, label: str) -> list[str]:
   if rows and "miou" in rows[0]:
     return eval_files.write_segmentation_eval(out, rows, label)
@@ -234,9 +279,62 @@ def write_outputs(rows, out: str, label: str) -> list[str]:
   return paths
 
 
+def run_feature_eval(args, name: str, cfg: dict, model, params, config) -> list[str]:
+  """A few-shot or retrieval evaluator at every seqhw: prints its table, writes its files."""
+  from flexivit_jax.evaluators import sweep
+  from flexivit_jax.outputs import eval_files
+  pp = cfg.get("pp") or cfg.get("pp_eval")
+  side = run_config.pp_image_side(pp) if isinstance(pp, str) else None
+  if side is None:
+    raise UserError(f"{name}: its pp {pp!r} must make square images of a fixed size")
+  seqhws = seqhws_of(args.seqhw, config, side)
+  print(f"running {name} ({cfg.get('type')}) on {args.checkpoint} at seqhw "
+        f"{','.join(map(str, seqhws))}")
+  results = sweep.evaluate_features(model, params, name, cfg, seqhws,
+                                    batch_size=args.batch_size,
+                                    data_dir=args.data_dir or (config and config.data_dir))
+  about = {"checkpoint": args.checkpoint, "evaluator": name, "config": cfg}
+  if cfg["type"] == "retrieval":
+    report = eval_files.retrieval_report(results, side, cfg.get("ks", (1, 5)))
+    for k in report["recall"]:
+      print(tables.format_recall_matrix(report, k) + "\n")
+    return eval_files.write_retrieval(args.out, report, about) if args.out else []
+  rows = eval_files.fewshot_rows(results, side)
+  print(tables.format_fewshot_table(rows))
+  return [eval_files.write_fewshot(args.out, rows, about)] if args.out else []
+
+
+def run_named(args, name: str, cfg: dict) -> Optional[list[str]]:
+  """--eval/--eval_config: a classification or segmentation config becomes --data/--pp
+  (and --task/--ignore_label; None: run as usual); other types run here (the paths of the files written)."""
+  from flexivit_jax import evaluators
+  evaluators.check_config(name, cfg)
+  kind = cfg.get("type", "classification")
+  if kind in ("classification", "segmentation"):
+    data = cfg["data"]
+    args.data, args.pp = f"{data['name']}:{data['split']}", cfg["pp"]
+    if "label_mapping" in cfg and args.label_mapping is None:
+      args.label_mapping = str(cfg["label_mapping"])
+    if kind == "segmentation":
+      args.task = "segmentation"
+      if "ignore_label" in cfg and args.ignore_label is None:
+        args.ignore_label = cfg["ignore_label"]
+    return None
+  from flexivit_jax.evaluators import loading
+  model, params, config = loading.load_model(args.checkpoint, args.model)
+  return run_feature_eval(args, name, cfg, model, params, config)
+
+
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
+  named = named_eval_config(args, _workdir_config(args.checkpoint) if args.eval_name else None)
+  if named:
+    written = run_named(args, *named)
+    if written is not None:
+      for path in written:
+        print(f"wrote {path}")
+      return
   rows = run(args)
   print(tables.format_segmentation_table(rows) if rows and "miou" in rows[0]
         else tables.format_eval_table(rows))

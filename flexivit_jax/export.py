@@ -5,7 +5,8 @@
 
 Reads the newest (or step N's) orbax train-state checkpoint of WORKDIR (local or
 gs://), keeps only the params, and writes them with `npz.save_params`;
-`flexivit_jax.load_params(out.npz)` reads back the same arrays.
+`flexivit_jax.load_params(out.npz)` reads back the same arrays. A run with
+`model.scan` writes the same per-block names (`encoderblock_{i}`) as any other.
 """
 from __future__ import annotations
 

@@ -49,8 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
   p = TrainParser(__doc__, "flexivit_jax.train")
   p.add_argument("--config", required=True,
                  help="config file, `path.py[:arg]` (e.g. configs/demo_digits.py:runlocal)")
-  p.add_argument("--workdir", required=True, type=paths.normalize,
-                 help="directory for checkpoints, metrics and plots (local or gs://)")
+  p.add_argument("--workdir", type=paths.normalize,
+                 help="directory for checkpoints, metrics and plots (local or gs://); "
+                 "required unless --plan")
+  p.add_argument("--plan", action="store_true",
+                 help="do not train: compile the costliest train step abstractly on this CPU "
+                 "and print per-device memory, FLOPs and step time on --topology, with the "
+                 "settings that make it fit (writes nothing, reads no data)")
+  p.add_argument("--topology", default=None,
+                 help="with --plan: the pod, e.g. v3-32, v4-64, v5e-256, 8xH100 (default: "
+                 "config.topology)")
+  p.add_argument("--mfu", type=float, default=0.4,
+                 help="with --plan: the model-FLOPs utilisation the step time is predicted at")
   p.add_argument_group("config overrides", "--config.KEY=VALUE    set any key of the config, "
                        "e.g. --config.total_steps=100\n"
                        "                      (also --config.KEY VALUE; a bare --config.KEY "
@@ -105,13 +115,21 @@ def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[s
 
 @cli.user_facing
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if not args.plan and not args.workdir:
+    parser.error("the following arguments are required: --workdir")
+  if not args.plan and args.topology:
+    parser.error("--topology is only read with --plan")
   from flexivit_jax.training import config as config_lib
   overrides = args.config_overrides
   if args.progress:  # The flag wins over the config's `progress` and older `progress_bar`.
     overrides = [*overrides, ("progress", args.progress), ("progress_bar", "None")]
   # Every key and value is checked here, before JAX starts.
   config = config_lib.complete(config_lib.load_config_file(args.config), overrides)
+  if args.plan:
+    plan_only(config, args)
+    return
   setup_jax(args.num_cpu_devices, args.distributed, args.coordinator_address,
             args.num_processes, args.process_id)
   from flexivit_jax.training import loop
@@ -124,6 +142,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
   # Takes the workdir's lock, then writes config.json and trains; Preempted -> 143 in cli.
   loop.train_and_evaluate(config, args.workdir, name=args.config)
+
+
+def plan_only(config, args) -> None:
+  """`--plan`: one process, one local device, no workdir, no data, no caches written."""
+  import jax
+  cli.quiet_libraries()
+  from flexivit_jax.training import plan
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)  # Writes nothing, not even that.
+  try:
+    print(plan.run_plan(config, args.topology, args.mfu, title=args.config), flush=True)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
 
 
 if __name__ == "__main__":

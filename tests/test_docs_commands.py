@@ -282,7 +282,7 @@ def test_every_runnable_documented_command_runs_as_written(doc_runs):
   failed = [f"{text}: exit status {code}" for text, code in statuses.items() if code != 0]
   assert not failed, "\n".join(failed)
   # The README's demo, in its own process: the table, the plot in the relative workdir.
-  assert first.args[3:5] == ["--config", "configs/demo_digits.py:runlocal"]
+  assert first.args[3:5] == ["--config", "configs/demo_cluttered.py:runlocal"]
   assert TABLE_HEADER in first.stdout, first.stdout[-3000:]
   assert (cwd / "workdirs" / "demo" / "eval_test.png").stat().st_size > 1000
   assert (cwd / "compare" / "compare.png").stat().st_size > 1000  # The README's compare,

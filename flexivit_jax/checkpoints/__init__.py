@@ -1,6 +1,7 @@
 """Everything a checkpoint is on disk, and loading one into a model.
 
   npz          big_vision's npz format: flat arrays, atomic writes, legacy layouts
+  layout       the encoder's per-block (on disk) and scanned (model.scan) param layouts
   sources      where params come from: npz files, released-checkpoint names, workdirs
   adapt        `load_pretrained`: a checkpoint fitted to a freshly initialised model
   step_dirs    the layout of a workdir's orbax train-state step directories

@@ -7,6 +7,10 @@ posemb's cls row to `cls` and resample the posemb grid to the model's; keep or
 PI-resize a patch-embedding kernel of another patch size; cast to the model's
 dtypes. Anything else that differs is refused with a readable list, instead of
 loading a silently wrong model. Every change made is reported.
+
+The matching works on the per-block encoder layout (`encoderblock_{i}`, the names
+`dont_load` patterns use) whatever layout the checkpoint and the model hold; for a
+scanned model the result is restacked (`layout`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from flexivit_jax.checkpoints import npz, sources
+from flexivit_jax.checkpoints import layout, npz, sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.models import resize
 
@@ -63,7 +67,9 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[npz.PathLike, Ma
   if kernel not in KERNEL_LOAD_MODES:
     raise UserError(f"model_load kernel={kernel!r} is unknown; allowed: {KERNEL_LOAD_MODES}")
   wrapped = set(init_params) == {"params"} and isinstance(init_params["params"], Mapping)
-  init_flat = npz.flatten(init_params["params"] if wrapped else init_params)
+  init_tree = init_params["params"] if wrapped else init_params
+  scanned = layout.is_scanned(init_tree)
+  init_flat = npz.flatten(layout.to_pyloop(init_tree))
   ckpt = _checkpoint_flat(path_or_params)
   patterns = _compile_patterns(dont_load)
   skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731
@@ -78,7 +84,7 @@ def load_pretrained(init_params: Mapping, path_or_params: Union[npz.PathLike, Ma
   emit = _logger_fn(log)
   for line in report:
     emit(line)
-  params = npz.unflatten(params)
+  params = layout.to_layout(npz.unflatten(params), scanned)
   return ({"params": params} if wrapped else params), report
 
 
@@ -92,7 +98,7 @@ def _checkpoint_flat(path_or_params: Union[npz.PathLike, Mapping]) -> Dict[str, 
   tree = dict(path_or_params)
   if any("/" in str(k) for k in tree):
     tree = npz.unflatten(tree)
-  return npz.flatten(npz.fix_legacy_layout(tree))
+  return npz.flatten(layout.to_pyloop(npz.fix_legacy_layout(tree)))
 
 
 def _compile_patterns(dont_load: Iterable[str]) -> List[re.Pattern]:

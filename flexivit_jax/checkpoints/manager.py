@@ -104,6 +104,13 @@ class StateCheckpoints:
     have = {k: tuple(v.shape) for k, v in leaf_names(stored).items() if v is not None}
     want = {k: tuple(v.shape) for k, v in leaf_names(abstract).items()}
     if have != want:
+      scanned = lambda names: any("/encoderblock/" in k for k in names)  # noqa: E731
+      if scanned(have) != scanned(want):
+        raise UserError(
+            f"checkpoint {path} was written by a model with scan={scanned(have)} and this "
+            f"config has model.scan={scanned(want)}; a train state resumes only with the "
+            "scan setting that wrote it: keep it, or export the params (python -m "
+            "flexivit_jax.export) and start a new workdir from them with config.model_init")
       diff = sorted(set(have.items()) ^ set(want.items()))
       raise UserError(f"checkpoint {path} does not match this config's train state "
                       f"({len(diff)} differing leaves, e.g. {diff[:3]}); use another "

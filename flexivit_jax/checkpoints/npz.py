@@ -7,7 +7,9 @@ numpy has no bf16, and are recovered on load. Local paths and remote ones
 
 * `flatten` / `unflatten`: nested dict <-> the flat dict of npz keys.
 * `save_flat` / `save_params`: atomic writes (temp file + fsync + rename), so a
-  crash mid-write never damages the previous file.
+  crash mid-write never damages the previous file. `save_params` writes the
+  per-block encoder layout (`encoderblock_{i}`) also for a scanned model's params
+  (`layout.to_pyloop`).
 * `load_flat`: every array read eagerly, so a truncated or corrupt file fails
   at once with a readable error.
 * `fix_legacy_layout`: the layouts of older big_vision checkpoints, renamed to
@@ -31,6 +33,7 @@ import numpy as np
 
 from flexivit_jax import paths
 from flexivit_jax import tree as tree_lib
+from flexivit_jax.checkpoints import layout
 from flexivit_jax.errors import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -194,8 +197,11 @@ def _save_remote(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def save_params(path: PathLike, params: Mapping) -> None:
-  """Saves a nested param dict in big_vision's flat npz format, atomically."""
-  save_flat(path, flatten(params))
+  """Saves a nested param dict in big_vision's flat npz format, atomically.
+
+  A scanned model's stacked `Transformer/encoderblock` is written per block, as
+  big_vision's files hold it, so any model loads the file."""
+  save_flat(path, flatten(layout.to_pyloop(params)))
 
 
 def load_flat(path: PathLike) -> dict:

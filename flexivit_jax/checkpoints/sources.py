@@ -8,6 +8,9 @@ evaluate, export, the analyses). It accepts
 * a training workdir: the params of its newest orbax train state, or of `step`
   (`read_params`, through the layout `step_dirs` owns);
 * a `file.npz:sub/key` suffix (`split_subkey`) selecting a subtree of the file.
+Params always come back in the per-block encoder layout (`encoderblock_{i}`), also
+from a scanned run's workdir (`layout.to_pyloop`); `layout.for_model` restacks them
+for a scanned model.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import jax
 import numpy as np
 
 from flexivit_jax import paths
-from flexivit_jax.checkpoints import npz, step_dirs, step_health
+from flexivit_jax.checkpoints import layout, npz, step_dirs, step_health
 from flexivit_jax.errors import UserError
 
 # Released FlexiViT checkpoints (SPEC 4): shortcut name -> big_vision URL.
@@ -86,9 +89,10 @@ def _missing_error(path: str, given: str) -> UserError:
 def read_params(workdir: str, step: Optional[int] = None) -> Dict:
   """The params of `step` (default: the newest complete one) as numpy arrays.
 
-  Reads only the params subtree, whatever mesh wrote it; no devices needed.
+  Reads only the params subtree, whatever mesh wrote it; no devices needed. A scanned
+  run's stacked blocks come back per block.
   """
-  return read_state(workdir, step, only="params")["params"]
+  return layout.to_pyloop(read_state(workdir, step, only="params")["params"])
 
 
 def read_state(workdir: str, step: Optional[int] = None, only: Optional[str] = None) -> Dict:
@@ -159,7 +163,7 @@ def _params_in(tree: dict, path: str, subkey: Optional[str]) -> dict:
     tree = tree["params"]
   elif isinstance(tree.get("opt"), dict) and isinstance(tree["opt"].get("target"), dict):
     tree = tree["opt"]["target"]
-  return npz.fix_legacy_layout(tree)
+  return layout.to_pyloop(npz.fix_legacy_layout(tree))
 
 
 def load_params(path: npz.PathLike, step: Optional[int] = None) -> dict:

@@ -5,7 +5,7 @@
   pipeline   the tf.data pipelines: readers, preprocessing, batching, train/eval iterators
   streaming  tf.data streaming, for datasets without random access
   preprocess pp strings: the op registry, the parser, the composed function
-  ops, randaug  the pp ops
+  ops, ops_image, ops_general, randaug  the pp ops (big_vision's vocabulary)
   ops_dense  pp ops transforming an image and its per-pixel mask together (segmentation)
   digits, cluttered_digits  the bundled offline datasets `sklearn_digits`, `cluttered_digits`
 
@@ -20,10 +20,11 @@ _HOME = {
     "dataset_info": "sources", "num_eval_batches": "sources",
     "train_positions": "order", "ensure_built": "sources", "get_pp_fn": "preprocess",
 }
-_MODULES = ("cluttered_digits", "digits", "ops", "ops_dense", "order", "pipeline", "preprocess", "randaug",
-            "sources", "streaming")
+_MODULES = ("cluttered_digits", "digits", "ops", "ops_dense", "ops_general", "ops_image", "order",
+            "pipeline", "preprocess", "randaug", "sources", "streaming")
 
-__all__ = sorted([*_HOME, "cluttered_digits", "digits", "ops", "ops_dense"])
+__all__ = sorted([*_HOME, "cluttered_digits", "digits", "ops", "ops_dense", "ops_general",
+                  "ops_image"])
 
 
 def __getattr__(name):

@@ -3,8 +3,8 @@
 Random ops receive a stateless seed (int64 [2]): the composed pp function derives it from
 the example's ``_seed`` entry by folding in the op's position in the pp string, so every
 example is preprocessed deterministically and every random op has its own sub-seed. The
-ops register themselves when `flexivit_jax.data.ops` is imported, which importing the
-`flexivit_jax.data` package does.
+ops register themselves when their modules (`OP_MODULES`) are imported, which the
+first look-up in the registry does.
 """
 from __future__ import annotations
 
@@ -29,13 +29,16 @@ class _OpSpec:
 
 
 _REGISTRY: dict[str, _OpSpec] = {}
+# The modules whose import registers the bundled ops: the flexi configs' ops, the rest of
+# big_vision's image and general vocabulary, then the dense (image + per-pixel mask) ops.
+OP_MODULES = ("flexivit_jax.data.ops", "flexivit_jax.data.ops_image",
+              "flexivit_jax.data.ops_general", "flexivit_jax.data.ops_dense")
 
 
 def _registry() -> dict[str, _OpSpec]:
-  """The ops by name, the bundled ones included (they register when `data.ops` and
-  `data.ops_dense` load)."""
-  importlib.import_module("flexivit_jax.data.ops")
-  importlib.import_module("flexivit_jax.data.ops_dense")
+  """The ops by name, the bundled ones included (they register when OP_MODULES load)."""
+  for module in OP_MODULES:
+    importlib.import_module(module)
   return _REGISTRY
 
 

@@ -2,21 +2,30 @@
 
 `TYPES` maps a config's `evals.<name>.type` to its evaluator class; each class
 names the config keys it reads (`KEYS`) and checks them (`check_config`), the task
-whose models it scores (`TASK`: classification, segmentation) and the results the
-trainer logs (`LOGGED`, the headline first), and is built with a predict function `(params, images, flexi) -> outputs` and those
-keys. The trainer, the evaluate CLI, the analyses and the notebook run these
-objects. Beside them: `flops` (FLOPs from XLA), `predict` (a model served at any
+whose models it scores (`TASK`: classification, segmentation), names the model output
+its predict function returns (`output_name`: logits, pre-logits, ...), and is built
+with a predict function `(params, images, flexi) -> that output` and those keys;
+`log_values(results)` are its numbers to log. The trainer, the evaluate CLI, the
+analyses and the notebook run these objects. Types: `classification`, `fewshot` (alias
+`fewshot_lsr`, big_vision's linear probes) and `retrieval` (cosine nearest neighbours
+across sizes), the last two on the features of `features`, and `segmentation` (mIoU and
+pixel accuracy of a Segmenter). Beside them: `flops` (FLOPs from XLA), `predict` (a model served at any
 size), `loading` (a checkpoint and its model) and `sweep` (one model at many sizes).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping, Optional
 
 from flexivit_jax.errors import UserError, did_you_mean
 from flexivit_jax.evaluators.classification import ClassificationEvaluator
+from flexivit_jax.evaluators.fewshot import FewshotEvaluator
+from flexivit_jax.evaluators.retrieval import RetrievalEvaluator
 from flexivit_jax.evaluators.segmentation import SegmentationEvaluator
 
-TYPES = {"classification": ClassificationEvaluator, "segmentation": SegmentationEvaluator}
+TYPES = {"classification": ClassificationEvaluator, "fewshot": FewshotEvaluator,
+         "fewshot_lsr": FewshotEvaluator, "retrieval": RetrievalEvaluator,
+         "segmentation": SegmentationEvaluator}
 DEFAULT_TYPE = "classification"
 # Keys of every evaluator, read by the trainer: its kind and its cadence (default:
 # the config's log_eval_steps; log_percent is a fraction of the run's steps).
@@ -65,8 +74,14 @@ def check_config(name: str, cfg: Any, num_classes: Optional[int] = None,
   cls.check_config(name, cfg, num_classes)
 
 
+def output_name(name: str, cfg: Mapping[str, Any]) -> str:
+  """The model output (the key of the model's outputs dict) the evaluator of `cfg` reads."""
+  return evaluator_class(name, cfg).output_name(cfg)
+
+
 def build(name: str, cfg: Mapping[str, Any], predict_fn, **kwargs):
   """The evaluator of `cfg` (its class's KEYS; the common keys are the caller's) around
   `predict_fn`; kwargs go to the class (placement, num_classes, gflops_fn)."""
   cls = evaluator_class(name, cfg)
+  kwargs = {k: v for k, v in kwargs.items() if k in inspect.signature(cls).parameters}
   return cls(predict_fn, **{k: v for k, v in cfg.items() if k in cls.KEYS}, name=name, **kwargs)

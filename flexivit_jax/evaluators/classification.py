@@ -112,7 +112,11 @@ class ClassificationEvaluator:
   """
   KEYS = ("data", "pp", "batch_size", "label_mapping")  # Its config keys (see __init__).
   TASK = "classification"  # The models it scores (config.task).
-  LOGGED = {"top1": "prec@1"}  # result -> metric name the trainer logs; first: headline.
+
+  @staticmethod
+  def output_name(cfg: Mapping[str, Any]) -> str:
+    del cfg
+    return "logits"
 
   @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
@@ -164,6 +168,11 @@ class ClassificationEvaluator:
     if self.label_mapping is None and self.num_classes and classes != self.num_classes:
       raise UserError(f"{self.name}: the model has {self.num_classes} classes but its pp "
                       f"makes labels with {classes}; make them equal or give a label_mapping")
+
+  def log_values(self, results: Mapping[FlexiKey, Mapping[str, float]]
+                 ) -> Dict[Tuple[FlexiKey, str], float]:
+    """{(flexi, metric): value} to log: top-1 as prec@1, as big_vision's trainer."""
+    return {(f, "prec@1"): r["top1"] for f, r in results.items()}
 
   def run(self, params, flexis: Sequence[FlexiKey], *, timing: bool = False,
           on_batch: Optional[Callable[[FlexiKey, int], None]] = None

@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from flexivit_jax.checkpoints import sources
+from flexivit_jax.checkpoints import layout, sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.models import tasks
 from flexivit_jax.models.segmenter import BACKBONE, DECODER
@@ -69,6 +69,9 @@ def load_model(checkpoint_path: str, model_spec: Optional[str] = None,
   else:
     raise UserError(f"{checkpoint_path!r} is not a workdir with a config.json; pass --model "
                     "(a variant such as 'B/16' or a JSON dict of FlexiViT fields)")
-  params = sources.load_params(checkpoint_path)
+  params = sources.load_params(checkpoint_path)  # Per block; restacked if the model scans.
   task = task or (config.task if config is not None else "classification")
-  return tasks.from_config(model_fields(fields, params), task), params, config
+  model = tasks.from_config(model_fields(fields, params), task)
+  if tasks.is_segmenter(model) and BACKBONE in params:  # The backbone is the part that scans.
+    return model, {**params, BACKBONE: layout.for_model(params[BACKBONE], model.backbone)}, config
+  return model, layout.for_model(params, model), config

@@ -26,6 +26,9 @@ from flexivit_jax.models.vit import HW, FlexiViT, resolve_patch
 # The evaluation preprocessing of the digits demo (configs/demo_digits.py).
 DEFAULT_PP = "decode|resize(48)|value_range(-1, 1)"
 Patch = Tuple[int, int]
+# The model's outputs besides its logits (the keys of FlexiViT's outputs dict).
+OUTPUTS = ("stem", "with_posemb", "encoded", "head_input", "pre_logits", "pre_logits_2d",
+           "logits_2d")
 
 
 def params_at_size(model: FlexiViT, params: Mapping, patch: Patch, grid: Patch
@@ -54,9 +57,12 @@ def _grid(image_hw: Tuple[int, int], patch: Patch) -> Patch:
   return image_hw[0] // patch[0], image_hw[1] // patch[1]
 
 
-def _logits_fn(model: FlexiViT, patch: Patch) -> Callable:
-  return jax.jit(lambda params, images: model.apply({"params": params}, images,
-                                                    patch_size=patch)[0])
+def _output_fn(model: FlexiViT, patch: Patch, output: str = "logits") -> Callable:
+  """The jitted model at `patch`, returning its logits or another of its outputs."""
+  def apply(params, images):
+    logits, outputs = model.apply({"params": params}, images, patch_size=patch)
+    return logits if output == "logits" else outputs[output]
+  return jax.jit(apply)
 
 
 def gflops_per_image(model: FlexiViT, params_or_shapes: Mapping, image_size: HW, *,
@@ -80,11 +86,16 @@ class Predictor:
     logits = predictor.predict(images, seqhw=8)     # NHWC float images
     logits = predictor.predict_files(paths, seqhw=8)  # preprocessed with `pp`
     logits = predictor(params, images, (("seqhw", 8),))  # an evaluator's predict_fn
+    Predictor(model, params, output="pre_logits")  # serves the pre-logits instead
   """
 
-  def __init__(self, model: FlexiViT, params: Mapping, pp: str = DEFAULT_PP):
+  def __init__(self, model: FlexiViT, params: Mapping, pp: str = DEFAULT_PP,
+               output: str = "logits"):
     model.hparams()  # Validates the fields before anything is cached.
-    self.model, self.params, self.pp = model, params, pp
+    if output != "logits" and output not in OUTPUTS:
+      raise UserError(f"the model has no output {output!r}; allowed: logits, "
+                      f"{', '.join(OUTPUTS)}")
+    self.model, self.params, self.pp, self.output = model, params, pp, output
     self._cache: Dict[Tuple[Patch, Patch], Tuple[Dict[str, Any], Callable]] = {}
 
   def sized(self, image_hw: Tuple[int, int], seqhw: Optional[HW] = None,
@@ -96,12 +107,12 @@ class Predictor:
     key = (patch, _grid(image_hw, patch))
     if key not in self._cache:
       sized_model, sized = params_at_size(self.model, self.params, *key)
-      self._cache[key] = (jax.device_put(sized), _logits_fn(sized_model, patch))
+      self._cache[key] = (jax.device_put(sized), _output_fn(sized_model, patch, self.output))
     return self._cache[key]
 
   def predict(self, images, seqhw: Optional[HW] = None,
               patch_size: Optional[HW] = None) -> jax.Array:
-    """Logits (N, num_classes) for NHWC images at the given seqhw or patch size."""
+    """Logits (N, num_classes), or the served output, for NHWC images at a seqhw or patch."""
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4:
       raise UserError(f"images must be NHWC (batch, height, width, channels), got shape "

@@ -86,8 +86,12 @@ class SegmentationEvaluator:
   class ids, (H, W) or (H, W, 1), the image's height and width).
   """
   KEYS = ("data", "pp", "batch_size", "ignore_label")
-  TASK = "segmentation"
-  LOGGED = {"miou": "miou", "pixel_acc": "pixel_acc"}  # result -> metric name; first: headline.
+  TASK = "segmentation"  # The models it scores (config.task).
+
+  @staticmethod
+  def output_name(cfg: Mapping[str, Any]) -> str:
+    del cfg
+    return "logits"
 
   @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
@@ -146,6 +150,11 @@ class SegmentationEvaluator:
       raise UserError(f"{self.name}: the labels hold {int(bad[0])}, outside 0.."
                       f"{self.num_classes - 1} (model.num_classes={self.num_classes}) and not "
                       f"the ignore label {self.ignore_label}")
+
+  def log_values(self, results: Mapping[FlexiKey, Mapping[str, float]]
+                 ) -> Dict[Tuple[FlexiKey, str], float]:
+    """{(flexi, metric): value} to log: miou (the headline) and pixel_acc."""
+    return {(f, m): r[m] for f, r in results.items() for m in ("miou", "pixel_acc")}
 
   def run(self, params, flexis: Sequence[FlexiKey], *, timing: bool = False,
           on_batch: Optional[Callable[[FlexiKey, int], None]] = None

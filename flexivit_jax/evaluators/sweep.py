@@ -7,7 +7,7 @@ counting its GFLOPs, and each size becomes one row of the eval report.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -118,3 +118,29 @@ def evaluate_segmentation_sizes(evaluator: SegmentationEvaluator, params: Mappin
            "tokens": s * s, **{k: r[k] for k in ("miou", "pixel_acc", "loss")},
            "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
           for s, r in zip(seqhws, (results[f] for f in flexis))]
+def feature_evaluator(model: FlexiViT, params: Mapping, name: str, cfg: Mapping[str, Any], *,
+                      batch_size: int = 64, data_dir: Optional[str] = None):
+  """(evaluator, predictor) of a few-shot or retrieval config (`evals.<name>`'s keys) on one
+  model: the predictor serves the output the evaluator reads (pre-logits by default)."""
+  from flexivit_jax import evaluators as registry  # The package imports this module.
+  cfg = {k: v for k, v in cfg.items() if k not in registry.COMMON_KEYS or k == "type"}
+  registry.check_config(name, cfg, model.num_classes)
+  cfg = {**cfg, "batch_size": cfg.get("batch_size", batch_size)}
+  if data_dir:
+    for key in ("data", "gallery_data"):
+      if key in cfg:
+        cfg[key] = {**cfg[key], "data_dir": cfg[key].get("data_dir", data_dir)}
+    if "datasets" in cfg:
+      cfg.setdefault("data_dir", data_dir)
+  predictor = Predictor(model, params, output=registry.output_name(name, cfg))
+  return registry.build(name, cfg, predictor), predictor
+
+
+def evaluate_features(model: FlexiViT, params: Mapping, name: str, cfg: Mapping[str, Any],
+                      seqhws: Sequence[int], **kwargs) -> Dict[int, Dict[str, float]]:
+  """{seqhw: that evaluator's numbers} of a few-shot or retrieval config at every seqhw
+  (kwargs: batch_size, data_dir as `feature_evaluator`)."""
+  evaluator, predictor = feature_evaluator(model, params, name, cfg, **kwargs)
+  flexis = [(("seqhw", s),) for s in seqhws]
+  results = evaluator.run(predictor.params, flexis)
+  return {s: results[f] for s, f in zip(seqhws, flexis)}

@@ -1,12 +1,25 @@
 """The transformer's layers, named and shaped as big_vision's ViT so its npz loads as is.
 
 Attention is query-blocked (`QUERY_BLOCK` rows at a time) to bound its memory at fine grids.
+
+Precision: every layer takes `dtype`, the dtype of its matmuls and of the activations it
+returns (big_vision's `dtype_mm`); its params are created and stored in float32 and cast
+to `dtype` where they are used. LayerNorm statistics and the attention softmax are
+computed in float32 whatever `dtype` is.
+
+Memory and compile time: `Encoder` can wrap each block in `nn.remat` with a
+`jax.checkpoint_policies` policy (`remat_policy`, see `checkpoint_policy`) and run the
+blocks under `nn.scan` (`scan`: one block traced once, its params stacked along a leading
+axis of length `depth` under the name `encoderblock`; the per-block layout
+`encoderblock_{i}` is what checkpoints store, converted by `flexivit_jax.checkpoints.layout`).
 """
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,15 +43,51 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
   return jnp.asarray(pe, dtype)[None, :, :]
 
 
+# "none" disables remat; the others are the members of `jax.checkpoint_policies` that are
+# policies themselves (not factories such as `save_only_these_names`, which need names).
+REMAT_NONE = "none"
+
+
+def remat_policy_names() -> Tuple[str, ...]:
+  """The allowed `remat_policy` values: "none" and every ready-made jax checkpoint policy.
+
+  A policy is called as `policy(prim, *args, **params)`; the factories of
+  `jax.checkpoint_policies` take names or other policies and accept no `**params`,
+  which is how they are told apart (so a policy added by a later jax is allowed too).
+  """
+  names = []
+  for name in dir(jax.checkpoint_policies):
+    fn = getattr(jax.checkpoint_policies, name)
+    if name.startswith("_") or not callable(fn):
+      continue
+    try:
+      kinds = [p.kind for p in inspect.signature(fn).parameters.values()]
+    except (TypeError, ValueError):
+      continue
+    if inspect.Parameter.VAR_KEYWORD in kinds:
+      names.append(name)
+  return (REMAT_NONE, *sorted(names))
+
+
+def checkpoint_policy(name: str):
+  """The `jax.checkpoint_policies` member named `name`; None for "none" (no remat)."""
+  allowed = remat_policy_names()
+  if name not in allowed:
+    raise UserError(f"unknown remat_policy {name!r}; allowed: {', '.join(allowed)}")
+  return None if name == REMAT_NONE else getattr(jax.checkpoint_policies, name)
+
+
 class MlpBlock(nn.Module):
-  """Transformer MLP: Dense -> gelu (tanh approx.) -> dropout -> Dense."""
+  """Transformer MLP: Dense -> gelu (tanh approx.) -> dropout -> Dense, in `dtype`."""
   mlp_dim: Optional[int] = None  # Defaults to 4x input dim.
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     inits = dict(kernel_init=nn.initializers.xavier_uniform(),
-                 bias_init=nn.initializers.normal(stddev=1e-6))
+                 bias_init=nn.initializers.normal(stddev=1e-6),
+                 dtype=self.dtype, param_dtype=jnp.float32)
     d = x.shape[-1]
     x = nn.Dense(self.mlp_dim or 4 * d, **inits)(x)
     x = nn.gelu(x)
@@ -100,7 +149,8 @@ class SelfAttention(nn.Module):
   Same names and shapes (`query|key|value/kernel (D, H, D/H)`, `out/kernel
   (H, D/H, D)`), so checkpoints interoperate; the arithmetic differs: one fused
   QKV matmul, heads-major layout and query-blocked attention, which ran ~2x
-  faster than the flax module on CPU (benchmarks/attention.py).
+  faster than the flax module on CPU (benchmarks/attention.py). The matmuls run in
+  the dtype of `x` (the float32 kernels are cast to it); the softmax in float32.
   """
   num_heads: int
 
@@ -122,41 +172,78 @@ class SelfAttention(nn.Module):
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x))."""
+  """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x)), activations in `dtype`.
+
+  `x` is cast to `dtype` on entry, so the residual stream stays in `dtype`.
+  """
   mlp_dim: Optional[int] = None
   num_heads: int = 12
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
     out = {}
-    y = nn.LayerNorm()(x)
+    x = x.astype(self.dtype)
+    y = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)(x)
     y = out["sa"] = SelfAttention(self.num_heads, name="MultiHeadDotProductAttention_0")(y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = out["+sa"] = x + y
-    y = nn.LayerNorm()(x)
-    y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, deterministic)
+    y = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)(x)
+    y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+                              dtype=self.dtype)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = out["+mlp"] = x + y
     return x, out
 
 
 class Encoder(nn.Module):
-  """Stack of `encoderblock_{i}` followed by `encoder_norm`."""
+  """Stack of `depth` blocks followed by `encoder_norm`.
+
+  The blocks are `encoderblock_{i}`, or with `scan` one `encoderblock` whose params
+  carry a leading axis of length `depth` (the same math: `scan` changes how the program
+  is traced and compiled, not what it computes). `remat_policy` (a name of
+  `remat_policy_names()`) recomputes each block's activations in the backward pass
+  instead of storing them, keeping what the policy saves. Intermediates are
+  `block{i:02d}` either way.
+  """
   depth: int
   mlp_dim: Optional[int] = None
   num_heads: int = 12
   dropout: float = 0.0
+  dtype: Any = jnp.float32
+  remat_policy: str = REMAT_NONE
+  scan: bool = False
+
+  def _block_class(self):
+    policy = checkpoint_policy(self.remat_policy)
+    if self.remat_policy == REMAT_NONE:
+      return Encoder1DBlock
+    # deterministic (argument 2, counting the module) selects dropout: static, not traced.
+    # Under scan the loop itself keeps XLA from merging the recomputation away.
+    return nn.remat(Encoder1DBlock, prevent_cse=not self.scan, static_argnums=(2,),
+                    policy=policy)
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Tuple[Array, dict]:
     out = {}
-    for lyr in range(self.depth):
-      block = Encoder1DBlock(name=f"encoderblock_{lyr}", mlp_dim=self.mlp_dim,
-                             num_heads=self.num_heads, dropout=self.dropout)
-      x, out[f"block{lyr:02d}"] = block(x, deterministic)
+    block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
+                    dtype=self.dtype)
+    block_cls = self._block_class()
+    x = x.astype(self.dtype)  # The scan carry keeps one dtype from the first block on.
+    if self.scan:
+      scanned = nn.scan(block_cls, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=nn.broadcast, length=self.depth)
+      x, stacked = scanned(name="encoderblock", **block_kw)(x, deterministic)
+      for lyr in range(self.depth):
+        out[f"block{lyr:02d}"] = jax.tree.map(lambda a, i=lyr: a[i], stacked)
+    else:
+      for lyr in range(self.depth):
+        block = block_cls(name=f"encoderblock_{lyr}", **block_kw)
+        x, out[f"block{lyr:02d}"] = block(x, deterministic)
     out["pre_ln"] = x
-    return nn.LayerNorm(name="encoder_norm")(x), out
+    return nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=jnp.float32)(x), out
 
 
 class MAPHead(nn.Module):
@@ -167,8 +254,8 @@ class MAPHead(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     n, _, d = x.shape
-    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), x.dtype)
-    probe = jnp.tile(probe, [n, 1, 1])
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+    probe = jnp.tile(probe, [n, 1, 1]).astype(x.dtype)
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform())(probe, x)
     y = nn.LayerNorm()(x)

@@ -4,6 +4,16 @@ Parameter names and shapes follow big_vision's `vit` / `proj.flexi.vit`, so
 reference npz checkpoints load without renaming. The patch-embedding kernel and
 the position embedding are stored at fixed sizes (`patch_size`, `posemb_size`)
 and resized on the fly (`flexivit_jax.models.resize`) to the grid of each call.
+
+Precision (`dtype_mm`, as big_vision's ViT): params are float32 and stay so. The
+PI-resize of the patch kernel (or the fold of the patches into the kernel's size)
+and the posemb resampling run in float32, because the pseudo-inverse is
+ill-conditioned in bfloat16; their results are cast to `dtype_mm` only where they
+are used (`FlexiPatchEmbed`: the resized kernel and the folded patches just before
+the conv; `FlexiViT._posemb`: the resampled posemb at the add). The encoder runs in
+`dtype_mm` (`layers`); its output is cast back to float32 after `encoder_norm`,
+so pooling, the MAP head, pre-logits and the head run in float32 and logits are
+float32 whatever `dtype_mm` is.
 """
 from __future__ import annotations
 
@@ -19,7 +29,8 @@ import numpy as np
 
 from flexivit_jax.errors import UserError
 from flexivit_jax.models import resize
-from flexivit_jax.models.layers import Encoder, MAPHead, posemb_sincos_2d
+from flexivit_jax.models.layers import (REMAT_NONE, Encoder, MAPHead, checkpoint_policy,
+                                        posemb_sincos_2d)
 
 Array = jax.Array
 
@@ -27,6 +38,8 @@ Array = jax.Array
 HW = Union[int, Sequence[int]]
 
 POOL_TYPES = ("gap", "tok", "map")
+# float16 is left out: the trainer has no loss scaling, which float16 gradients need.
+DTYPES_MM = ("float32", "bfloat16")
 POSEMB_TYPES = ("learn", "sincos2d")
 
 # name -> (width, depth, mlp_dim, num_heads), as big_vision's ViT variants.
@@ -61,10 +74,15 @@ class FlexiPatchEmbed(nn.Module):
   size used at this call changes. Where it costs fewer FLOPs (patches larger than
   the kernel, or few patches), the resize's transpose maps the patches to the
   kernel's size instead: the same tokens to float32 rounding.
+
+  Both resizes run in float32 (images and kernel upcast first); the resized kernel,
+  the (folded) patches and the bias are cast to `dtype` just before the conv, which
+  runs and returns in `dtype`.
   """
   width: int
   kernel_size: Tuple[int, int]
   resize_method: str = "pi"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, patch: Tuple[int, int]) -> Array:
@@ -81,6 +99,7 @@ class FlexiPatchEmbed(nn.Module):
     kernel = self.param("kernel", nn.initializers.normal(stddev=1 / np.sqrt(self.width)),
                         shape, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
+    x = x.astype(jnp.float32)
     num_patches = x.shape[0] * (x.shape[1] // patch[0]) * (x.shape[2] // patch[1])
     if (self.resize_method != "norm" and tuple(kernel.shape[:2]) != tuple(patch)
         and resize.fold_is_cheaper(kernel.shape, patch, num_patches)):
@@ -89,10 +108,11 @@ class FlexiPatchEmbed(nn.Module):
       patch = tuple(kernel.shape[:2])
     else:
       kernel = resize.resize_patch_embed(kernel, patch, self.resize_method)
+    # The cast to dtype_mm: after the float32 resize, right before the conv.
     y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=patch, padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=patch,
+        padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
 
 
 def _check_images(images) -> None:
@@ -133,6 +153,14 @@ class FlexiViT(nn.Module):
   from the variant; explicitly given fields override it. At call time pass
   `seqhw` (tokens per side) or `patch_size`; with neither, `self.seqhw` is used,
   and failing that the stored kernel's `patch_size`.
+
+  Scale options (big_vision's names): `dtype_mm` the dtype of the matmuls and
+  activations ("float32" or "bfloat16"; params and logits stay float32, see the
+  module docstring for where each cast happens); `remat_policy` recomputes each
+  encoder block in the backward pass ("none", or a `jax.checkpoint_policies` name
+  such as "nothing_saveable" or "dots_saveable"); `scan` runs the blocks under
+  `nn.scan` (params `Transformer/encoderblock/...` stacked along a leading axis;
+  checkpoints keep the per-block names, `flexivit_jax.checkpoints.layout`).
   """
   num_classes: Optional[int] = None
   variant: Optional[str] = None
@@ -150,6 +178,9 @@ class FlexiViT(nn.Module):
   seqhw: Optional[HW] = None
   resize_method: str = "pi"
   token_norm: Optional[float] = None  # For resize_method="norm": every token's L2 norm.
+  dtype_mm: str = "float32"
+  remat_policy: str = "none"
+  scan: bool = False
 
   def hparams(self) -> dict:
     """The architecture after applying the variant; validates every field."""
@@ -182,6 +213,11 @@ class FlexiViT(nn.Module):
       raise UserError(f"resize_method={self.resize_method!r} with token_norm={self.token_norm}: "
                        "the 'norm' method needs token_norm (the mean token norm at the "
                        "training size) and the other methods take none")
+    if self.dtype_mm not in DTYPES_MM:
+      raise UserError(f"unknown dtype_mm {self.dtype_mm!r}; allowed: {DTYPES_MM}")
+    checkpoint_policy(self.remat_policy)  # Raises for an unknown name.
+    if not isinstance(self.scan, bool):
+      raise UserError(f"scan={self.scan!r} must be True or False")
     return hp
 
   def _posemb(self, h: int, w: int, width: int) -> Array:
@@ -198,7 +234,7 @@ class FlexiViT(nn.Module):
             "flexivit_jax.load_pretrained to resample it")
     pe = self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(width)),
                     shape, jnp.float32)
-    return resize.resample_posemb(pe, (h, w), old_hw=(gh, gw))
+    return resize.resample_posemb(pe, (h, w), old_hw=(gh, gw))  # float32; cast at the add.
 
   @nn.compact
   def __call__(self, images: Array, *, seqhw: Optional[HW] = None,
@@ -211,23 +247,29 @@ class FlexiViT(nn.Module):
       patch_size = hp["patch_size"] if seqhw is None else None
     patch = resolve_patch(images.shape[1:3], seqhw, patch_size)
     width, out = hp["width"], {}
+    dtype = jnp.dtype(self.dtype_mm)
 
-    x = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method,
+    x = FlexiPatchEmbed(width, hp["patch_size"], self.resize_method, dtype=dtype,
                         name="embedding")(images, patch)
     if self.token_norm is not None:  # 'norm' resize: vanilla kernel, tokens rescaled.
-      x = x * (self.token_norm / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6))
+      x32 = x.astype(jnp.float32)
+      x = (x32 * (self.token_norm / jnp.maximum(
+          jnp.linalg.norm(x32, axis=-1, keepdims=True), 1e-6))).astype(dtype)
     out["stem"] = x
     n, h, w, d = x.shape
     x = jnp.reshape(x, [n, h * w, d])
-    x = out["with_posemb"] = x + self._posemb(h, w, width)
+    x = out["with_posemb"] = x + self._posemb(h, w, width).astype(dtype)
     if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, width), x.dtype)
-      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width), jnp.float32)
+      x = jnp.concatenate([jnp.tile(cls.astype(dtype), [n, 1, 1]), x], axis=1)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
     x, out["encoder"] = Encoder(depth=hp["depth"], mlp_dim=hp["mlp_dim"],
                                 num_heads=hp["num_heads"], dropout=self.dropout,
+                                dtype=dtype, remat_policy=self.remat_policy, scan=self.scan,
                                 name="Transformer")(x, deterministic=not train)
+    # Back to float32: the pooling, heads and logits run in float32 whatever dtype_mm is.
+    x = x.astype(jnp.float32)
     encoded = out["encoded"] = x
 
     if self.pool_type == "map":

@@ -81,3 +81,42 @@ def compare_evals(paths: Sequence[str], out: Optional[str] = None) -> str:
   if out:
     plots.plot_accuracy_vs_gflops(runs, out)
   return table
+
+
+# ----------------------------------------------------------------------------
+# fewshot.json, retrieval.json (+ retrieval.png): the feature evaluators' reports.
+
+FEWSHOT_JSON, RETRIEVAL_JSON, RETRIEVAL_PNG = "fewshot.json", "retrieval.json", "retrieval.png"
+CROSS_PREFIX = "recall@"  # Retrieval metrics: recall@K and recall@K_vs_seqhw=S.
+
+
+def fewshot_rows(results: Mapping[int, Mapping[str, float]], image_side: int) -> list[dict]:
+  """[{seqhw, patch, DATASET_Nshot...}] sorted by seqhw, from {seqhw: accuracies}."""
+  return [{"seqhw": s, "patch": image_side // s, **dict(results[s])} for s in sorted(results)]
+
+
+def retrieval_report(results: Mapping[int, Mapping[str, float]], image_side: int,
+                     ks: Sequence[int]) -> dict:
+  """{seqhws, patches, recall: {K: [[query i, gallery j]]}} from {seqhw: recalls}."""
+  seqhws = sorted(results)
+  matrix = lambda k: [[results[q][f"recall@{k}_vs_seqhw={g}"] for g in seqhws] for q in seqhws]
+  return {"seqhws": seqhws, "patches": [image_side // s for s in seqhws],
+          "recall": {str(k): matrix(k) for k in ks}}
+
+
+def write_fewshot(out_dir: str, rows: Sequence[Mapping], about: Mapping) -> str:
+  """fewshot.json: {about (checkpoint, evaluator config), rows}."""
+  return atomic.write_atomic(os.path.join(out_dir, FEWSHOT_JSON),
+                             json.dumps({**about, "rows": list(rows)}, indent=1))
+
+
+def write_retrieval(out_dir: str, report: Mapping, about: Mapping, title: str = "") -> list[str]:
+  """retrieval.json and retrieval.png (the recall@1 matrix, query size x gallery size)."""
+  path = atomic.write_atomic(os.path.join(out_dir, RETRIEVAL_JSON),
+                             json.dumps({**about, **report}, indent=1))
+  k = min(report["recall"], key=int)
+  png = plots.plot_matrix(
+      report["recall"][k], [str(p) for p in report["patches"]], os.path.join(out_dir, RETRIEVAL_PNG),
+      xlabel="gallery patch size", ylabel="query patch size",
+      title=title or f"recall@{k} (%), query vs gallery patch size")
+  return [path, png]

@@ -87,6 +87,26 @@ def plot_accuracy(curves: Mapping[str, Mapping[FlexiKey, float]], path: str, *,
                     invert_x=bool(image_size))
 
 
+def plot_accuracy_vs_cost(curves: Mapping[str, Mapping[FlexiKey, float]],
+                          gflops: Mapping[FlexiKey, float], path: str, *,
+                          image_size: Optional[int] = None, title: str = "",
+                          metric: str = "prec@1") -> str:
+  """Writes a PNG of `metric` (prec@1, miou) against forward GFLOPs per image (log x), each
+  point named by its patch size: the accuracy-for-compute trade-off of one model."""
+  lines, names = {}, {}
+  for label, curve in curves.items():
+    xs = sorted((x for x in curve if x in gflops), key=lambda x: gflops[x])
+    lines[label] = ([gflops[x] for x in xs], _percent([curve[x] for x in xs]))
+    names[label] = [_point_name(x, image_size) for x in xs]
+  return plot_lines(lines, path, xlabel="GFLOPs per image (forward, XLA count, log scale)",
+                    ylabel=f"{metric} (%)", title=title, log_x=True, point_labels=names)
+
+
+def _point_name(key: FlexiKey, image_size: Optional[int]) -> str:
+  seqhw, patch = seqhw_and_patch(key, image_size)
+  return f"p{patch}" if patch is not None else f"s{seqhw}"
+
+
 def plot_over_compute(curves: Mapping[str, list], path: str, *, title: str = "") -> str:
   """Writes a PNG of prec@1 against cumulative training GFLOPs, one line per run."""
   lines = {label: ([g for g, _ in points], _percent([a for _, a in points]))
@@ -106,3 +126,25 @@ def plot_accuracy_vs_gflops(runs: Mapping[str, Sequence[Mapping]], path: str,
     names[label] = [f"p{r['patch']}" for r in rows]
   return plot_lines(lines, path, xlabel="GFLOPs per image (XLA count, log scale)",
                     ylabel="top-1 (%)", title=title, log_x=True, point_labels=names)
+
+
+def plot_matrix(matrix: Sequence[Sequence[float]], labels: Sequence[str], path: str, *,
+                xlabel: str, ylabel: str, title: str, percent: bool = True) -> str:
+  """A heatmap of a square matrix of fractions (rows: ylabel, columns: xlabel), each cell
+  written in it (as a percentage by default)."""
+  import numpy as np
+  values = np.asarray(matrix, float) * (100 if percent else 1)
+  side = max(3.5, 0.6 * len(labels) + 2)
+  fig, ax = new_figure((side + 1, side))
+  image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100 if percent else None)
+  ax.set_xticks(range(len(labels)), labels)
+  ax.set_yticks(range(len(labels)), labels)
+  for i in range(len(labels)):
+    for j in range(len(labels)):
+      ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8,
+              color="white" if values[i, j] < 0.6 * np.nanmax(values) else "black")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.046)
+  return save_figure(fig, path)

@@ -68,11 +68,18 @@ class RunConfig:
     return (self.values.get("input") or {}).get("data_dir")
 
   def evaluator(self, name: Optional[str] = None) -> Optional[Mapping[str, Any]]:
-    """`evals.<name>` ({data, pp, ...}); by default the first by name; None if absent."""
+    """`evals.<name>` ({data, pp, ...}); by default the first classification evaluator by
+    name (the one a checkpoint's accuracy is read with); None if absent."""
     evals = self.values.get("evals") or {}
     if name is None:
-      return evals[sorted(evals)[0]] if evals else None
+      names = [n for n in sorted(evals)
+               if evals[n].get("type", "classification") == "classification"]
+      return evals[names[0]] if names else None
     return evals.get(name)
+
+  @property
+  def evaluator_names(self) -> list[str]:
+    return sorted(self.values.get("evals") or {})
 
   def eval_seqhws(self) -> Optional[list[int]]:
     """The grids the run evaluates (`eval_flexi`, else `flexi`), when given as seqhw ints."""

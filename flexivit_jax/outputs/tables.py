@@ -41,9 +41,14 @@ def format_eval_line(results: Mapping[str, float], image_size: Optional[int] = N
 
 def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
                  image_size: Optional[int] = None,
-                 metrics: Optional[Mapping[str, str]] = None) -> str:
+                 metrics: Optional[Mapping[str, str]] = None,
+                 gflops: Optional[Mapping[FlexiKey, float]] = None) -> str:
   """Accuracy per flexi value (seqhw and patch side), one column per evaluator, headed
-  by its metric (`metrics[name]`, default prec@1)."""
+  by its metric (`metrics[name]`, default prec@1).
+
+  `gflops` (forward GFLOPs per image at each flexi value) adds a last column, so
+  the accuracy a finer patch buys is read beside what it costs.
+  """
   metrics = metrics or {}
   names = list(results)
   values = sorted({v for r in results.values() for v in r},
@@ -53,9 +58,10 @@ def format_table(results: Mapping[str, Mapping[FlexiKey, float]],
     seqhw, patch = seqhw_and_patch(v, image_size)
     rows.append([dict(v).get("seqhw", seqhw if seqhw is not None else "-"),
                  patch if patch is not None else "-"]
-                + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names])
-  return format_rows(["seqhw", "patch"] + [f"{n} {metrics.get(n, 'prec@1')}" for n in names],
-                     rows)
+                + [f"{results[n].get(v, float('nan')) * 100:6.2f}%" for n in names]
+                + ([format(gflops[v], ".4g") if v in gflops else "-"] if gflops else []))
+  return format_rows(["seqhw", "patch"] + [f"{n} {metrics.get(n, 'prec@1')}" for n in names]
+                     + (["GFLOPs/img"] if gflops else []), rows)
 
 
 def format_compute_table(curves: Mapping[str, list], seqhw) -> str:
@@ -92,3 +98,19 @@ def format_segmentation_table(rows: Sequence[Mapping]) -> str:
       [[r["seqhw"], r["patch"], r["tokens"], f"{r['miou'] * 100:.2f}%",
         f"{r['pixel_acc'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
         fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])
+
+
+def format_fewshot_table(rows: Sequence[Mapping]) -> str:
+  """fewshot.json rows as a table: one line per grid size, one column per dataset/shots."""
+  metrics = [k for k in rows[0] if k not in ("seqhw", "patch")] if rows else []
+  return format_rows(["seqhw", "patch"] + metrics,
+                     [[r["seqhw"], r["patch"]] + [f"{r[m] * 100:.2f}%" for m in metrics]
+                      for r in rows])
+
+
+def format_recall_matrix(report: Mapping, k) -> str:
+  """recall@k of a retrieval report: rows the query patch size, columns the gallery's."""
+  patches = report["patches"]
+  return format_rows([f"R@{k} query\\gallery"] + [f"/{p}" for p in patches],
+                     [[f"/{p}"] + [f"{v * 100:.1f}" for v in row]
+                      for p, row in zip(patches, report["recall"][str(k)])])

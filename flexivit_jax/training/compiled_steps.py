@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import flops
 from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import eval_names
@@ -54,22 +55,36 @@ def make_loss_fn(config) -> Callable:
   return supervised_loss
 
 
+def split_microbatches(batch, accum_steps: int):
+  """Every array (B, ...) as (accum_steps, B / accum_steps, ...): microbatch i holds examples
+  i, i + k, i + 2k, ... so each device's contiguous rows of a batch sharded on its first
+  axis stay on that device (no data moves between devices to form a microbatch)."""
+  def split(x):
+    rows = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+    return jnp.swapaxes(rows, 0, 1)
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teacher, ...],
-                    *, seed: int, mixup_p: float) -> Callable:
+                    *, seed: int, mixup_p: float, accum_steps: int = 1) -> Callable:
   """train_step(state, teacher_params, batch, flexi) -> (state, metrics).
 
   metrics["finite"] says whether the loss and the gradient norm are finite: one
   scalar the loop fetches every step to stop at the first divergence.
+
+  `accum_steps` > 1 accumulates gradients over that many microbatches of the step's
+  batch under a `lax.scan`, so only one microbatch's activations are alive at a time;
+  the update is the full batch's (the losses are batch means over equal microbatches,
+  so the mean of the microbatch gradients is the batch gradient). Everything drawn per
+  step is drawn once for the whole batch: the flexi value (static), mixup (applied to
+  the whole batch before it is split, so each example is mixed with the same partner
+  as without accumulation); teachers see each microbatch's own examples. Dropout draws
+  one key per microbatch (folded from the step's), so with dropout the masks differ
+  from a single-batch step's; their distribution does not.
   """
 
-  def train_step(state, teacher_params, batch, flexi: FlexiKey):
-    step = state["step"]
-    rng = jax.random.fold_in(jax.random.key(seed), step)
-    rng_mix, rng_drop = jax.random.split(rng)
-    mix_keys = ["image", "labels"] + sorted({t.input_key for t in teachers} - {"image"})
-    if mixup_p:
-      _, *mixed, _ = losses.mixup(rng_mix, *[batch[k] for k in mix_keys], p=mixup_p)
-      batch = {**batch, **dict(zip(mix_keys, mixed))}
+  def grads_of(params, batch, flexi: FlexiKey, teacher_params, rng_drop):
+    """(loss, grads) of one (micro)batch."""
     teacher_logits = {
         t.name: jax.lax.stop_gradient(
             t.model.apply({"params": teacher_params[t.name]}, batch[t.input_key],
@@ -81,7 +96,33 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
                               rngs={"dropout": rng_drop})
       return loss_fn(logits, batch, teacher_logits)
 
-    value, grads = jax.value_and_grad(loss)(state["params"])
+    return jax.value_and_grad(loss)(params)
+
+  def accumulated_grads(params, batch, flexi: FlexiKey, teacher_params, rng_drop):
+    """(mean loss, mean grads) over `accum_steps` microbatches, one at a time."""
+    def add_microbatch(carry, xs):
+      index, micro = xs
+      value, grads = grads_of(params, micro, flexi, teacher_params,
+                              jax.random.fold_in(rng_drop, index))
+      return jax.tree.map(jnp.add, carry, (value, grads)), None
+
+    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(add_microbatch, zeros,
+                            (jnp.arange(accum_steps), split_microbatches(batch, accum_steps)))
+    return jax.tree.map(lambda x: x / accum_steps, total)
+
+  def train_step(state, teacher_params, batch, flexi: FlexiKey):
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+    rng_mix, rng_drop = jax.random.split(rng)
+    mix_keys = ["image", "labels"] + sorted({t.input_key for t in teachers} - {"image"})
+    if mixup_p:
+      _, *mixed, _ = losses.mixup(rng_mix, *[batch[k] for k in mix_keys], p=mixup_p)
+      batch = {**batch, **dict(zip(mix_keys, mixed))}
+    if accum_steps == 1:
+      value, grads = grads_of(state["params"], batch, flexi, teacher_params, rng_drop)
+    else:
+      value, grads = accumulated_grads(state["params"], batch, flexi, teacher_params, rng_drop)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
     out = {"params": params, "opt_state": opt_state, "step": step + 1}
@@ -92,11 +133,17 @@ def make_train_step(model: FlexiViT, tx, loss_fn: Callable, teachers: Tuple[Teac
   return train_step
 
 
-def make_predict_step(model: FlexiViT) -> Callable:
-  """predict(params, images, flexi) -> logits: the model as the evaluators run it."""
+def make_predict_step(model: FlexiViT, output: str = "logits") -> Callable:
+  """predict(params, images, flexi) -> the model's `output` (logits, pre_logits, or any key
+  of its outputs dict): the model as the evaluators run it."""
 
   def predict(params, images, flexi: FlexiKey):
-    return model.apply({"params": params}, images, **dict(flexi))[0]
+    logits, outputs = model.apply({"params": params}, images, **dict(flexi))
+    if output == "logits":
+      return logits
+    if output not in outputs:
+      raise UserError(f"the model has no output {output!r}; it has {', '.join(sorted(outputs))}")
+    return outputs[output]
 
   return predict
 

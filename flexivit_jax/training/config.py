@@ -41,9 +41,12 @@ from flexivit_jax.models import tasks, vit
 from flexivit_jax.outputs import console
 from flexivit_jax.training import losses, optim
 from flexivit_jax.training.flexi import FLEXI_ARGS, SPEC_KEYS, FlexiSampler
+from flexivit_jax.training.topologies import parse_topology
 
 # What data.pipeline reads (importing data/ here would start TensorFlow before the CLI quiets it).
 DATA_KEYS = ("name", "split", "data_dir", "folder", "streaming", "classes")
+# The data dicts an evaluator may hold (the splits it reads); few-shot ones name theirs.
+EVAL_DATA_KEYS = ("data", "gallery_data")
 # What training.sharding reads (it imports data/ too).
 MESH_AXES = ("data", "fsdp")
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -61,6 +64,7 @@ FREE_KEYS = {
     "evals": _ANY,
     "evals.*": _ANY,  # Each evaluator type checks its own keys (evaluators.check_config).
     "evals.*.data": DATA_KEYS,
+    "evals.*.gallery_data": DATA_KEYS,  # A retrieval evaluator's gallery.
     "distill.teachers": _ANY,
     "distill.teachers.*": losses.TEACHER_KEYS,
     "distill.teachers.*.model": vit.MODEL_FIELDS,
@@ -110,6 +114,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = ml_collections.FieldReference(1.0, field_type=float)
   c.optax_name = "scale_by_adam"
   c.optax = dict(mu_dtype="bfloat16")
+  # Microbatches per step, each device's share of the batch split evenly: the same update
+  # with one microbatch's activations in memory (optim.check_accum_steps).
+  c.grad_accum_steps = 1
   c.mixup = dict(p=0.0, n=2, fold_in=None)  # n, fold_in: big_vision's keys, one value each.
 
   c.evals = {}
@@ -123,6 +130,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.progress_bar = ml_collections.FieldReference(None, field_type=object)  # Older: PROGRESS_BAR.
 
   c.mesh = dict(data=-1, fsdp=1)
+  # The pod the config is written for ('v3-32', '8xH100', ...): `train --plan`'s default.
+  c.topology = ml_collections.FieldReference(None, field_type=str)
   c.param_sharding = "replicated"
   c.aot_compile = False
   c.compile_cache_dir = ml_collections.FieldReference(None, field_type=str)
@@ -268,6 +277,7 @@ def complete(config: Any, overrides: Sequence[Tuple[str, str]] = ()) -> ml_colle
     check_free_keys(full)
     _fold_progress_bar(full)
     normalize_paths(full)
+    teachers_follow_student_dtype(full)
     validate(full)
   except UserError as e:  # A ConfigDict in a message spans lines: keep the error one line.
     raise UserError(one_line(e)) from None
@@ -292,7 +302,8 @@ def _fold_progress_bar(c: ml_collections.ConfigDict) -> None:
 
 def _data_configs(c: ml_collections.ConfigDict) -> list:
   """Every data dict of a config: the training input's and each evaluator's."""
-  found = [c.input.data] + [ev["data"] for ev in c.evals.values() if "data" in ev]
+  found = [c.input.data] + [ev[key] for ev in c.evals.values()
+                            for key in EVAL_DATA_KEYS if key in ev]
   return [d for d in found if hasattr(d, "get")]
 
 
@@ -326,8 +337,24 @@ def normalize_paths(c: ml_collections.ConfigDict) -> None:
     fix(data_cfg, "folder")
   for ev in c.evals.values():
     fix(ev, "label_mapping")
+    fix(ev, "data_dir")  # A few-shot evaluator's (its datasets are named, not data dicts).
   for teacher in c.distill.teachers.values():
     fix(teacher, "init", sources.resolve_checkpoint)
+
+
+def teachers_follow_student_dtype(c: ml_collections.ConfigDict) -> None:
+  """A teacher whose model dict sets no `dtype_mm` runs in the student's.
+
+  The teacher's forward pass is as large as the student's (often larger), so it is
+  where bfloat16 saves as much; a teacher that must stay float32 says so in its dict.
+  """
+  student = c.model.get("dtype_mm")
+  if student is None:
+    return
+  for teacher in c.distill.teachers.values():
+    model = teacher.get("model")
+    if hasattr(model, "keys") and "dtype_mm" not in model:
+      model["dtype_mm"] = student
 
 
 def _positive_int(config, key: str, allow_none: bool = False) -> None:
@@ -358,6 +385,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for axis, size in c.mesh.items():
     if isinstance(size, bool) or not isinstance(size, int) or not (size > 0 or size == -1):
       raise UserError(f"config key 'mesh.{axis}' must be a positive int or -1, got {size!r}")
+  if c.topology is not None:
+    parse_topology(c.topology)
   if c.param_sharding not in PARAM_SHARDINGS:
     raise UserError(f"unknown param_sharding {c.param_sharding!r}; allowed: {PARAM_SHARDINGS}")
   tasks.from_config(c.model, c.task, "model")

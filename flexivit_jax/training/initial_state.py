@@ -45,15 +45,22 @@ def load_teacher_params(model: FlexiViT, path: str) -> dict:
   return params
 
 
-def build_teachers(distill_cfg) -> Tuple[Tuple[Teacher, ...], Dict[str, Any]]:
-  teachers, params = [], {}
+def teachers_of(distill_cfg) -> Tuple[Teacher, ...]:
+  """The teachers of `config.distill`, without their params."""
+  teachers = []
   for name, t in sorted(distill_cfg.teachers.items()):
     call = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                         for k, v in dict(t.get("call", {})).items()))
     teachers.append(Teacher(name, vit.from_config(t["model"]), t.get("input_key", "image"),
                             call))
-    params[name] = load_teacher_params(teachers[-1].model, t["init"])
-  return tuple(teachers), params
+  return tuple(teachers)
+
+
+def build_teachers(distill_cfg) -> Tuple[Tuple[Teacher, ...], Dict[str, Any]]:
+  teachers = teachers_of(distill_cfg)
+  params = {t.name: load_teacher_params(t.model, distill_cfg.teachers[t.name]["init"])
+            for t in teachers}
+  return teachers, params
 
 
 def flexi_key(values: Mapping[str, Any]) -> FlexiKey:

@@ -23,7 +23,8 @@ from flexivit_jax.outputs import console, eval_names, run_config, runlog, tables
 from flexivit_jax.training import cadence
 from flexivit_jax.training.compiled_steps import (CompiledSteps, abstract_of, make_loss_fn,
                                                   make_step_cache, make_train_step)
-from flexivit_jax.training.evals import build_evaluators, evaluate, print_final_table
+from flexivit_jax.training.evals import (build_evaluators, evaluate, forward_gflops,
+                                          print_final_table)
 from flexivit_jax.training.flexi import FlexiSampler
 from flexivit_jax.training.initial_state import flexi_key
 from flexivit_jax.training.preemption import Preemption
@@ -84,7 +85,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, name:
                             progress=progress, preemption=preemption)
     progress.close()  # Before the table, so it never lands inside the bar's line.
     if final:  # Still under the lock: its plots are files in the workdir.
-      print_final_table(workdir, final, first["image"].shape[1], progress)
+      image_shape = first["image"].shape[1:]
+      gflops = forward_gflops(run.model, state["params"], image_shape[0], image_shape[-1],
+                              run.eval_flexis)
+      print_final_table(workdir, final, image_shape[0], progress, gflops)
   return last
 
 
@@ -126,7 +130,8 @@ def compile_steps(run: Run, state, shardings, first: Mapping[str, Any]) -> Steps
   cache = make_step_cache(config)
   train = CompiledSteps(
       make_train_step(run.model, run.tx, make_loss_fn(config), run.teachers, seed=config.seed,
-                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0)),
+                      mixup_p=float(config.mixup.get("p", 0.0) or 0.0),
+                      accum_steps=config.grad_accum_steps),
       (shardings, repl), donate=True, num_devices=mesh.size, cache=cache, name="train")
   evals = build_evaluators(config, run.model, mesh, cache)
   # Shapes and shardings only: compiling later must not touch donated buffers.

@@ -245,6 +245,25 @@ def check_config(config: Any, total_steps: Optional[int] = None) -> None:
                     f"optax.{optax_name}")
   if total_steps is not None:
     schedule_from_config(_cfg_get(config, "schedule"), total_steps)
+  if _cfg_get(config, "input") is not None:
+    check_accum_steps(_cfg_get(config, "grad_accum_steps", 1), config.input.batch_size)
+
+
+def check_accum_steps(accum_steps: Any, batch_size: int, devices: int = 1,
+                      what: str = "grad_accum_steps") -> None:
+  """Each device splits its share of the batch into `accum_steps` equal microbatches."""
+  if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps <= 0:
+    raise UserError(f"config key {what!r} must be a positive int, got {accum_steps!r}")
+  per_device = batch_size // devices if batch_size % devices == 0 else None
+  if per_device is None or per_device % accum_steps:
+    raise UserError(f"config key {what!r}={accum_steps} must divide the per-device batch "
+                    f"(input.batch_size={batch_size} over {devices} device"
+                    f"{'s' * (devices != 1)}); allowed: "
+                    + ", ".join(map(str, _divisors(per_device or batch_size))))
+
+
+def _divisors(n: int) -> list:
+  return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def make_optimizer(

@@ -67,6 +67,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str, *, start_step: 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   mesh = make_mesh(config.mesh)
   check_batch_size(config.input.batch_size, mesh, "input.batch_size")
+  optim.check_accum_steps(config.grad_accum_steps, config.input.batch_size, mesh.size)
   for eval_name, ev in config.evals.items():  # Eval batches are padded to the devices.
     bs = ev.get("batch_size", config.input.batch_size)
     if bs % jax.process_count():

@@ -20,7 +20,7 @@ def test_build_dispatches_on_type_and_passes_only_the_class_keys():
 
 
 @pytest.mark.parametrize("cfg,message", [
-    ({**OK, "type": "fewshot"}, r"evals.val.type='fewshot' is unknown; allowed: classification"),
+    ({**OK, "type": "fewshots"}, r"evals.val.type=.fewshots. is unknown; allowed: classification, fewshot"),
     ({**OK, "bs": 3}, r"unknown config key 'evals.val.bs'.*allowed there: batch_size, data"),
     ({"pp": "decode"}, r"evals.val needs 'data' and 'pp'"),
     ({**OK, "batch_size": 0}, r"evals.val.batch_size must be a positive int"),

@@ -15,10 +15,13 @@ def test_line_plots_write_whole_pngs_into_folders_made_as_needed(tmp_path):
       plots.plot_over_compute({"run": [(1.0, 0.5), (2.0, 0.7)]}, str(out / "flops.png")),
       plots.plot_accuracy_vs_gflops(
           {"run": [{"gflops": 0.01, "top1": 0.5, "patch": 16},
-                   {"gflops": None, "top1": 0.1, "patch": 4}]}, str(out / "gflops.png"))]
-  assert written == [str(out / n) for n in ("acc.png", "flops.png", "gflops.png")]
+                   {"gflops": None, "top1": 0.1, "patch": 4}]}, str(out / "gflops.png")),
+      plots.plot_accuracy_vs_cost(curves, {(("seqhw", 3),): 0.01, (("seqhw", 6),): 0.04},
+                                  str(out / "cost.png"), image_size=48)]
+  names = ("acc.png", "flops.png", "gflops.png", "cost.png")
+  assert written == [str(out / n) for n in names]
   assert all(open(p, "rb").read(4) == PNG for p in written)
-  assert sorted(p.name for p in out.iterdir()) == ["acc.png", "flops.png", "gflops.png"]
+  assert sorted(p.name for p in out.iterdir()) == sorted(names)
 
 
 def test_figures_drawn_by_their_callers_save_to_urls_too():

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # Every test here trains in subprocesses.
 TRAIN = ["-m", "flexivit_jax.train", "--config", f"{DEMO_CONFIG}:runlocal"]
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)  seqhw \d+  loss \d+\.\d{4}  grad_norm \S+  "
                        r"lr \S+  \d+ img/s(  ETA \S+)?$", re.M)
-TABLE = "Accuracy per patch size (image 16px):\nseqhw  patch  test prec@1\n"
+TABLE = "Accuracy per patch size (image 16px):\nseqhw  patch  test prec@1  GFLOPs/img\n"
 
 
 def run_in_pty(cmd, cwd, timeout=600):

@@ -19,6 +19,14 @@ def test_patch_keyed_evals_show_their_patch():
                                             ["12", "4", "70.00%"]]
 
 
+def test_forward_gflops_add_a_last_column_where_known():
+  curves = {"test": {(("seqhw", 3),): 0.5, (("seqhw", 6),): 0.9}}
+  lines = tables.format_table(curves, 48, gflops={(("seqhw", 6),): 0.01234}).splitlines()
+  assert lines[0].split() == ["seqhw", "patch", "test", "prec@1", "GFLOPs/img"]
+  assert [l.split() for l in lines[2:]] == [["3", "16", "50.00%", "-"],
+                                            ["6", "8", "90.00%", "0.01234"]]
+
+
 def test_eval_line_names_every_grid_of_every_evaluator():
   row = {"eval/test/seqhw=4/prec@1": 0.55, "eval/test/seqhw=2/prec@1": 0.412, "train/loss": 1}
   assert tables.format_eval_line(row) == "test prec@1  seqhw 2 41.20%  seqhw 4 55.00%"

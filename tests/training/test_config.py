@@ -164,3 +164,13 @@ def test_every_config_file_completes_and_builds(spec):
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)),
                                              **flexis[0]))
   assert "embedding" in shapes["params"]
+
+
+def test_teachers_run_in_the_students_dtype_mm_unless_set():
+  teacher = lambda **kw: {"model": dict(width=16, depth=1, num_heads=2, mlp_dim=32,  # noqa: E731
+                                        num_classes=10, **kw), "init": "/x.npz"}
+  c = load_config(**{"model.dtype_mm": "bfloat16",
+                     "distill.teachers": {"a": teacher(), "b": teacher(dtype_mm="float32")}})
+  assert c.distill.teachers.a.model.dtype_mm == "bfloat16"
+  assert c.distill.teachers.b.model.dtype_mm == "float32"
+  assert "dtype_mm" not in load_config(**{"distill.teachers": {"a": teacher()}}).distill.teachers.a.model

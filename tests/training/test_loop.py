@@ -39,9 +39,14 @@ COMPILES = CompileCounter()
 
 
 @pytest.mark.slow
-def test_end_to_end_run(digits_data_dir, tmp_path):
+def test_end_to_end_run(digits_data_dir, tmp_path, capsys):
   config = load_config(**{"progress_bar": False, "keep_ckpt": 1})
   out = loop.train_and_evaluate(config, str(tmp_path))
+  # The final table: prec@1 and forward GFLOPs per image, the finer size costing more.
+  table = capsys.readouterr().out.split("Accuracy per patch size")[1].splitlines()
+  assert table[1].split() == ["seqhw", "patch", "test", "prec@1", "GFLOPs/img"]
+  (_, _, _, coarse), (_, _, _, fine) = [line.split() for line in table[3:5]]
+  assert 0 < float(coarse) < float(fine)
   rows = runlog.read_metrics(str(tmp_path))
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [2, 4, 6, 8]

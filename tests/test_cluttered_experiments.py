@@ -1,0 +1,72 @@
+"""benchmarks/one_vs_many.py and its helpers (benchmarks/cluttered_runs.py), without training:
+the runs it builds, the check before an earlier run is adopted, and its table."""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import cluttered_runs  # noqa: E402
+import one_vs_many  # noqa: E402
+from flexivit_jax.training import config as config_lib  # noqa: E402
+
+
+def test_separate_vits_store_their_own_size_and_train_only_there():
+  c = config_lib.complete(cluttered_runs.vit_config(12, 400))
+  assert c.model.patch_size == (12, 12) and c.model.posemb_size == (5, 5)
+  assert c.flexi.seqhw.v == (5,) and c.eval_flexi["seqhw"]["v"] == (5,)
+
+
+def test_the_distilled_student_starts_from_the_teacher_and_learns_from_it_only(tmp_path):
+  c = config_lib.complete(one_vs_many.distill_config(400, str(tmp_path)))
+  teacher = c.distill.teachers.prof
+  assert c.model_init == teacher.init == str(tmp_path)
+  assert teacher.model.to_dict() == c.model.to_dict() and teacher.call.seqhw == 8
+  assert c.flexi.seqhw.v == one_vs_many.SEQHWS
+
+
+def _finished_run(path, config):
+  os.makedirs(path / "checkpoints" / "step_000000400")
+  with open(path / "config.json", "w") as f:
+    json.dump(config_lib.complete(config).to_dict(), f)
+  row = {"step": 400, "compute/gflops": 10.0, **{f"eval/test/seqhw={s}/prec@1": s / 10
+                                                 for s in one_vs_many.SEQHWS}}
+  (path / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def test_an_earlier_run_is_adopted_only_with_the_same_training_config(tmp_path):
+  _finished_run(tmp_path / "demo", cluttered_runs.demo_config("steps=400"))
+  with pytest.raises(SystemExit, match=r"\(differs in total_steps\)"):
+    cluttered_runs.adopt_copy(str(tmp_path / "demo"), str(tmp_path / "a"),
+                              cluttered_runs.demo_config("steps=500"))
+  assert not (tmp_path / "a").exists()
+  cluttered_runs.adopt_copy(str(tmp_path / "demo"), str(tmp_path / "b"),
+                            cluttered_runs.demo_config("steps=400"))
+  result = json.loads((tmp_path / "b" / "result.json").read_text())
+  assert result["adopted"] and cluttered_runs.test_acc(result, 8) == pytest.approx(80.0)
+
+
+def test_table_puts_each_separate_vit_at_its_own_patch():
+  run = lambda curve: {"curves": {"test": {f"seqhw={s}": a for s, a in curve.items()}}}
+  runs = {"teacher": run({s: 0.5 for s in one_vs_many.SEQHWS}),
+          "vit16": run({4: 0.1}), "vit12": run({5: 0.2}), "vit10": run({6: 0.3}),
+          "flexi_scratch": run({s: 0.4 for s in one_vs_many.SEQHWS}),
+          "flexi_distill": run({s: 0.45 for s in one_vs_many.SEQHWS})}
+  rows = {r["patch"]: r for r in one_vs_many.table(runs)}
+  assert rows[16]["separate_vit"] == pytest.approx(10.0) and rows[9]["separate_vit"] is None
+  assert rows[8]["separate_vit"] == pytest.approx(50.0)
+  assert rows[12]["flexi_distill"] == pytest.approx(45.0)
+
+
+def test_finetune_coarse_pretrains_on_0_4_and_finetunes_on_5_9_at_one_grid(tmp_path):
+  import finetune_coarse
+  pre = config_lib.complete(finetune_coarse.pretrain_config(True, 400))
+  assert pre.input.data.classes == (0, 1, 2, 3, 4) and pre.model.num_classes == 5
+  assert "onehot(5," in pre.input.pp and len(pre.flexi.seqhw.v) == 5
+  ft = config_lib.complete(finetune_coarse.finetune_config(str(tmp_path), 5, 100))
+  assert ft.evals.test.data.classes == (5, 6, 7, 8, 9) and ft.flexi.seqhw.v == (5,)
+  assert ft.eval_flexi["seqhw"]["v"] == finetune_coarse.SEQHWS
+  assert ft.model_init == str(tmp_path) and ft.model_load.dont_load == ("head/.*",)
