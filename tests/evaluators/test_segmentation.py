@@ -186,3 +186,38 @@ def test_evaluate_cli_reports_miou_and_gflops_per_grid(cluttered_dir, tmp_path, 
   assert all(0 < r["miou"] < 1 and 0 < r["pixel_acc"] <= 1 for r in rows)
   assert 0 < rows[0]["gflops"] < rows[1]["gflops"]
   assert (tmp_path / "out" / "eval_segmentation.png").exists()
+
+
+def test_one_registry_and_segmentation_logs_through_log_values():
+  """The merged registry holds every type; segmentation says what it logs the way the
+  others do (`output_name`, `log_values`): miou first, then pixel_acc."""
+  assert set(evaluators.TYPES) == {"classification", "fewshot", "fewshot_lsr", "retrieval",
+                                   "segmentation"}
+  cfg = dict(type="segmentation", data=dict(name="x", split="test"), pp="decode")
+  assert evaluators.output_name("evals.seg", cfg) == "logits"
+  flexi = (("seqhw", 4),)
+  logged = SegmentationEvaluator.log_values(
+      None, {flexi: {"miou": 0.25, "pixel_acc": 0.9, "loss": 1.0, "img_per_s": 3.0}})
+  assert logged == {(flexi, "miou"): 0.25, (flexi, "pixel_acc"): 0.9}
+  for kind in ("fewshot", "retrieval"):
+    assert evaluators.TYPES[kind].TASK == "classification"
+
+
+def test_eval_config_of_a_scanned_segmenter_runs_the_segmentation_sweep(cluttered_dir, tmp_path,
+                                                                        capsys):
+  """`--eval_config` with type segmentation scores a Segmenter whose backbone scans: the
+  per-block npz is restacked for the backbone, and the CLI routes to the mIoU sweep."""
+  from flexivit_jax import evaluate
+  from flexivit_jax.checkpoints import npz
+  from flexivit_jax.models import tasks
+  fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=[8, 8],
+                posemb_size=[4, 4], head_zeroinit=False)
+  model = tasks.from_config({**fields, "num_classes": 11}, "segmentation")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), seqhw=4)["params"]
+  npz.save_params(str(tmp_path / "seg.npz"), params)
+  cfg = dict(type="segmentation", data=dict(name=SMALL, split="test"), pp=PP)
+  evaluate.main(["--checkpoint", str(tmp_path / "seg.npz"), "--eval_config", repr(cfg),
+                 "--model", json.dumps({**fields, "scan": True}), "--data_dir", cluttered_dir,
+                 "--seqhw", "4", "--batch_size", "50", "--progress=none"])
+  printed = capsys.readouterr().out
+  assert "mIoU" in printed and "pixel acc" in printed
