@@ -55,7 +55,7 @@ CONFIG_CASES = [
     ("eval not a literal", ["--config.evals.fewshot={'type': 'fewshot', 'data': dict(name='x')}"],
      "'evals.fewshot': \"{'type'", 2),
     ("eval not a dict", ["--config.evals.fewshot=fewshot"], "'evals.fewshot' must be a dict", 2),
-    ("unknown eval type", ["--config.evals.fewshot={'type': 'fewshot'}"], "'fewshot'", 2),
+    ("unknown eval type", ["--config.evals.probe={'type': 'zero_shot'}"], "'zero_shot'", 2),
     ("missing workdir", ["--no_workdir"], "required: --workdir", 2),
 ]
 # Caught by the trainer (data, pp, devices, checkpoints, the loss).

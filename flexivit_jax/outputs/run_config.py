@@ -68,12 +68,13 @@ class RunConfig:
     return (self.values.get("input") or {}).get("data_dir")
 
   def evaluator(self, name: Optional[str] = None) -> Optional[Mapping[str, Any]]:
-    """`evals.<name>` ({data, pp, ...}); by default the first classification evaluator by
-    name (the one a checkpoint's accuracy is read with); None if absent."""
+    """`evals.<name>` ({data, pp, ...}); by default the first evaluator by name whose type is
+    the run's task (`classification`, or `segmentation`: the one a checkpoint's score is read
+    with, never a few-shot or retrieval probe); None if absent."""
     evals = self.values.get("evals") or {}
     if name is None:
-      names = [n for n in sorted(evals)
-               if evals[n].get("type", "classification") == "classification"]
+      task = self.values.get("task") or "classification"
+      names = [n for n in sorted(evals) if evals[n].get("type", "classification") == task]
       return evals[names[0]] if names else None
     return evals.get(name)
 

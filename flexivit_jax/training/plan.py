@@ -55,7 +55,9 @@ MARGIN = 0.9  # "Fits" means at most this fraction of the device's memory.
 # What a step of the config looks like: shapes, the costliest flexi value, the mesh.
 
 SIZE_OPS = ("resize", "inception_crop", "decode_jpeg_and_inception_crop", "central_crop",
-            "random_crop")
+            "random_crop",
+            # Segmentation's joint image/mask ops (data/ops_dense.py): the last one sets the size.
+            "dense_resize", "dense_random_crop", "dense_central_crop", "dense_pad")
 
 
 def image_sizes(pp: str) -> Dict[str, Tuple[int, int]]:

@@ -45,6 +45,17 @@ def test_readers_get_the_first_evaluator_and_the_evaluated_grids(tmp_path):
   assert config.eval_seqhws() == [2, 4, 8]  # eval_flexi unset: flexi's grids.
 
 
+def test_the_default_evaluator_is_the_first_of_the_runs_task_never_a_probe(tmp_path):
+  evals = {"a_probe": {"type": "fewshot", "datasets": {}},
+           "seg": {"type": "segmentation", "data": {"split": "test"}, "pp": "decode"},
+           "val": {"data": {"split": "val"}, "pp": "decode"}}
+  run_config.write(ml_collections.ConfigDict({"task": "segmentation", "evals": evals}),
+                   str(tmp_path / "seg"))
+  run_config.write(ml_collections.ConfigDict({"evals": evals}), str(tmp_path / "cls"))
+  assert run_config.read(str(tmp_path / "seg")).evaluator()["type"] == "segmentation"
+  assert run_config.read(str(tmp_path / "cls")).evaluator()["data"]["split"] == "val"
+
+
 def test_a_workdir_without_config_json_reads_none_and_bad_json_is_a_user_error(tmp_path):
   assert run_config.read(str(tmp_path)) is None
   assert run_config.read(str(tmp_path / "ckpt.npz")) is None
