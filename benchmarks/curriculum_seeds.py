@@ -177,11 +177,11 @@ def main():
   args = p.parse_args()
   if len(set(args.seeds)) < 2:
     p.error(f"--seeds needs at least two different seeds to show a spread, not {args.seeds}")
-  curves, wall = {}, {}
-  for arm, by_seed in configs(args.steps, args.seeds, args.eval_every).items():
-    curves[arm] = {}
-    for seed, config in by_seed.items():
-      result = common.train(config, os.path.join(args.root, f"{arm}_seed{seed}"))
+  curves, wall = {arm: {} for arm in ARMS}, {}
+  runs = configs(args.steps, args.seeds, args.eval_every)
+  for seed in args.seeds:  # Seed by seed: an interrupted experiment has whole pairs.
+    for arm in ARMS:
+      result = common.train(runs[arm][seed], os.path.join(args.root, f"{arm}_seed{seed}"))
       curves[arm][seed] = curve(result)
       wall[f"{arm}_seed{seed}"] = result["wall_s"]
   summary = summarize(curves)
