@@ -74,7 +74,7 @@ def configs(steps: int, seeds: Sequence[int], eval_every: int) -> Dict[str, Dict
 def curve(result: Mapping) -> List[dict]:
   """A run's evaluations at the target: [{step, gflops, acc (%)}], in step order."""
   label = f"seqhw={TARGET}"
-  return [dict(step=e["step"], gflops=e["compute/gflops"], acc=100.0 * e[label])
+  return [dict(step=e["step"], gflops=e["compute/gflops"], acc=round(100.0 * e[label], 2))
           for e in sorted(result["evals"], key=lambda e: e["step"]) if label in e]
 
 
@@ -139,8 +139,8 @@ def table(summary: Mapping, seeds: Sequence[int]) -> str:
               + [f"{summary['diff_of_means']:+.1f}"])
   rows.append(["min - max"] + [f"{arms[a]['min']:.1f} - {arms[a]['max']:.1f}" for a in ARMS]
               + [""])
-  rows.append(["at 1/2 compute, mean"] + [pct(arms[a]["at_half_compute_mean"]) for a in ARMS]
-              + [f"{arms['curriculum']['at_half_compute_mean'] - arms['vit8']['at_half_compute_mean']:+.1f}"])
+  half = [arms[a]["at_half_compute_mean"] for a in ARMS]
+  rows.append(["at 1/2 compute, mean"] + [pct(v) for v in half] + [f"{half[0] - half[1]:+.1f}"])
   rows.append(["training GFLOPs, mean"] + [f"{arms[a]['gflops']:.0f}" for a in ARMS]
               + [f"x{summary['gflops_ratio']:.3f}"])
   return tables.format_rows(["", LABELS["curriculum"], LABELS["vit8"], "difference"], rows)
