@@ -1,5 +1,6 @@
-"""benchmarks/one_vs_many.py and its helpers (benchmarks/cluttered_runs.py), without training:
-the runs it builds, the check before an earlier run is adopted, and its table."""
+"""benchmarks/one_vs_many.py, finetune_coarse.py, curriculum_seeds.py and their helpers
+(benchmarks/cluttered_runs.py), without training: the runs they build, the check before an
+earlier run is adopted, their tables."""
 import json
 import os
 import sys
@@ -70,3 +71,49 @@ def test_finetune_coarse_pretrains_on_0_4_and_finetunes_on_5_9_at_one_grid(tmp_p
   assert ft.evals.test.data.classes == (5, 6, 7, 8, 9) and ft.flexi.seqhw.v == (5,)
   assert ft.eval_flexi["seqhw"]["v"] == finetune_coarse.SEQHWS
   assert ft.model_init == str(tmp_path) and ft.model_load.dont_load == ("head/.*",)
+
+
+def _drawn_gflops(config, steps: int) -> float:
+  """Estimated training compute of the patch sizes a config's sampler actually draws."""
+  from flexivit_jax.training.curriculum import vit_image_flops
+  from flexivit_jax.training.flexi import FlexiSampler
+  sampler = FlexiSampler(config.flexi.to_dict(), seed=config.seed, total_steps=steps)
+  m = config.model
+  return sum(vit_image_flops(sampler(step)["seqhw"], width=m.width, depth=m.depth,
+                             mlp_dim=m.mlp_dim) for step in range(steps))
+
+
+def test_curriculum_arms_spend_equal_compute_end_at_the_target_and_differ_by_seed():
+  import curriculum_seeds as cs
+  arms = {arm: {s: config_lib.complete(c) for s, c in by.items()}
+          for arm, by in cs.configs(300, cs.SEEDS, 50).items()}
+  for seed in cs.SEEDS:
+    cur, base = arms["curriculum"][seed], arms["vit8"][seed]
+    assert cur.model.to_dict() == base.model.to_dict()  # Only the patch schedule differs.
+    assert base.flexi.seqhw.v == (cs.TARGET,) and base.total_steps == 300
+    stages = cur.flexi.seqhw
+    assert stages[-1]["until"] == 1.0 and stages[-1]["v"] == (cs.TARGET,)
+    assert max(stages[0]["v"]) < cs.TARGET and cur.total_steps > 400
+    assert cur.eval_flexi["seqhw"]["v"] == base.eval_flexi["seqhw"]["v"] == (cs.TARGET,)
+    assert cur.log_eval_steps == base.log_eval_steps == 50
+    ratio = _drawn_gflops(cur, cur.total_steps) / _drawn_gflops(base, base.total_steps)
+    assert ratio == pytest.approx(1.0, abs=0.02)
+  assert [arms["curriculum"][s].seed for s in cs.SEEDS] == list(cs.SEEDS)
+  assert len({arms["vit8"][s].seed for s in cs.SEEDS}) == len(cs.SEEDS)
+
+
+def test_curriculum_summary_says_whether_the_difference_exceeds_the_seed_spread(tmp_path):
+  import curriculum_seeds as cs
+  points = lambda accs, per: [dict(step=50 * (i + 1), gflops=per * (i + 1), acc=a)
+                              for i, a in enumerate(accs)]
+  apart = {"curriculum": {0: points([10, 30], 100), 1: points([12, 32], 100)},
+           "vit8": {0: points([10, 20], 100), 1: points([11, 21], 100)}}
+  s = cs.summarize(apart)
+  assert s["diff_of_means"] == pytest.approx(10.5) and s["largest_seed_spread"] == 2
+  assert s["exceeds_seed_spread"] and "exceeds the seed spread" in cs.verdict(s)
+  assert s["arms"]["curriculum"]["at_half_compute_mean"] == pytest.approx(11.0)
+  overlap = {"curriculum": apart["curriculum"], "vit8": {0: points([10, 29], 100),
+                                                        1: points([11, 35], 100)}}
+  assert "does not exceed" in cs.verdict(cs.summarize(overlap))
+  assert "seed 1" in cs.table(s, (0, 1))
+  assert os.path.getsize(cs.plot(apart, str(tmp_path / "c.png"), title="t")) > 0
