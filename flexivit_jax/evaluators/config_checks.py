@@ -16,3 +16,10 @@ def check_positive_batch_size(name: str, batch_size: Any) -> None:
   """`evals.<name>.batch_size`, when given, is an int above 0 (and not a bool)."""
   if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
     raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+
+
+def check_positive_ints(values: Any, where: str) -> None:
+  """`values` is a non-empty list (or tuple) of ints above 0 (and not bools)."""
+  if not isinstance(values, (list, tuple)) or not values or not all(
+      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    raise UserError(f"{where} must be a non-empty list of positive ints, got {values!r}")
