@@ -39,6 +39,13 @@ def pixel_labels(labels):
   return labels.astype(jnp.int32)
 
 
+def pixel_nll(logits, safe_labels):
+  """(N, H, W) float32 -log softmax(logits) at each pixel's class; `safe_labels` (N, H, W)
+  int32 ids of classes the logits have (ignored pixels set to any of them by the caller)."""
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_p, safe_labels[..., None], axis=-1)[..., 0]
+
+
 def segmentation_sums(logits, labels, mask, *, num_classes: int, ignore_label: int):
   """{confusion (C, C) int32 [true, predicted], loss (sum of xent), count}: one batch.
 
@@ -52,8 +59,7 @@ def segmentation_sums(logits, labels, mask, *, num_classes: int, ignore_label: i
   pairs = (safe * num_classes + pred).reshape(-1)
   confusion = jnp.zeros((num_classes * num_classes,), jnp.int32).at[pairs].add(
       valid.reshape(-1).astype(jnp.int32)).reshape(num_classes, num_classes)
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  nll = pixel_nll(logits, safe)
   return {"confusion": confusion, "loss": jnp.sum(jnp.where(valid, nll, 0.0)),
           "count": jnp.sum(valid)}
 
