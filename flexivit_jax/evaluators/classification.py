@@ -111,11 +111,6 @@ class ClassificationEvaluator(OnePassEvaluator):
   TASK = "classification"  # The models it scores (config.task).
 
   @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    del cfg
-    return "logits"
-
-  @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
     """The keys of `evals.<name>` this evaluator reads; no data, no devices."""
     check_data_and_pp(name, cfg)

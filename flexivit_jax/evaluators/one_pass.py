@@ -26,6 +26,12 @@ def on_default_device(local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
 class OnePassEvaluator:
   """The pass over the split that the classification and segmentation evaluators share."""
 
+  @staticmethod
+  def output_name(cfg: Mapping[str, Any]) -> str:
+    """Both score the model's logits, whatever their config."""
+    del cfg
+    return "logits"
+
   def eval_data(self):
     """The split's `data.EvalData` (built once per process, then replayed)."""
     from flexivit_jax.data import eval_data  # Here: checking a config needs no TensorFlow.

@@ -92,11 +92,6 @@ class SegmentationEvaluator(OnePassEvaluator):
   TASK = "segmentation"  # The models it scores (config.task).
 
   @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    del cfg
-    return "logits"
-
-  @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
     check_data_and_pp(name, cfg)
     batch_size = cfg.get("batch_size")
