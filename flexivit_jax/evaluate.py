@@ -201,9 +201,7 @@ def run(args) -> list[dict]:
     seqhws_of(args.seqhw, None, sys.maxsize)
   if args.label_mapping is not None:
     label_mapping_of(args, None)
-  from flexivit_jax import data
   from flexivit_jax.evaluators import loading, sweep
-  from flexivit_jax.outputs import console
   model, params, config = loading.load_model(args.checkpoint, args.model, args.task)
   data_cfg, pp = data_cfg_of(args, config), pp_of(args, config)
   if (args.task or (config.task if config else None)) == "segmentation":
@@ -219,17 +217,13 @@ def run(args) -> list[dict]:
   seqhws = seqhws_of(args.seqhw, config, h)
   if args.max_gflops is not None or args.max_ms is not None:
     seqhws = choose(args, model, params, h, c, seqhws)
-  num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
-  progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
-                              unit="batch", every_s=PROGRESS_EVERY_S)
-  progress.line(f"evaluating {args.checkpoint} on {data_cfg['name']}:{data_cfg['split']} "
-                f"at seqhw {','.join(map(str, seqhws))}: {num // len(seqhws)} batches "
-                f"of {args.batch_size} per grid")
-  try:
-    rows = sweep.evaluate_sizes(evaluator, predictor.params, seqhws,
-                                on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
-  finally:
-    progress.close()
+  rows, progress = _sweep_with_progress(
+      args, data_cfg, seqhws,
+      lambda per_grid: (f"evaluating {args.checkpoint} on {data_cfg['name']}:"
+                        f"{data_cfg['split']} at seqhw {','.join(map(str, seqhws))}: "
+                        f"{per_grid} batches of {args.batch_size} per grid"),
+      lambda on_batch: sweep.evaluate_sizes(evaluator, predictor.params, seqhws,
+                                            on_batch=on_batch))
   for row in rows:
     progress.line(tables.format_eval_row(row))
   return rows
@@ -237,9 +231,7 @@ def run(args) -> list[dict]:
 
 def run_segmentation(args, model, params, config, data_cfg, pp) -> list[dict]:
   """mIoU, pixel accuracy, loss, GFLOPs/image and img/s of a Segmenter at every grid."""
-  from flexivit_jax import data
   from flexivit_jax.evaluators import sweep
-  from flexivit_jax.outputs import console
   ignore = args.ignore_label
   if ignore is None:
     ignore = (config.values.get("ignore_label") if config else None)
@@ -252,17 +244,29 @@ def run_segmentation(args, model, params, config, data_cfg, pp) -> list[dict]:
     raise UserError("--max_gflops/--max_ms choose a grid for classification only; pass "
                     "--seqhw for segmentation")
   seqhws = seqhws_of(args.seqhw, config, min(shapes["image"][1:3]))
+  rows, _ = _sweep_with_progress(
+      args, data_cfg, seqhws,
+      lambda _: (f"evaluating segmentation of {args.checkpoint} on {data_cfg['name']}:"
+                 f"{data_cfg['split']} at seqhw {','.join(map(str, seqhws))}"),
+      lambda on_batch: sweep.evaluate_segmentation_sizes(evaluator, params, seqhws,
+                                                         on_batch=on_batch))
+  return rows
+
+
+def _sweep_with_progress(args, data_cfg: dict, seqhws, heading, sweep_sizes):
+  """(rows, progress) of `sweep_sizes(on_batch)` under one progress bar over every batch at
+  every seqhw, after the line `heading(batches per grid)`; the bar is closed either way."""
+  from flexivit_jax import data
+  from flexivit_jax.outputs import console
   num = data.num_eval_batches(data_cfg, args.batch_size) * len(seqhws)
   progress = console.Progress(num, mode=args.progress, batch_size=args.batch_size,
                               unit="batch", every_s=PROGRESS_EVERY_S)
-  progress.line(f"evaluating segmentation of {args.checkpoint} on {data_cfg['name']}:"
-                f"{data_cfg['split']} at seqhw {','.join(map(str, seqhws))}")
+  progress.line(heading(num // len(seqhws)))
   try:
-    rows = sweep.evaluate_segmentation_sizes(
-        evaluator, params, seqhws, on_batch=lambda s, _: progress.update(1, seqhw=str(s)))
+    rows = sweep_sizes(lambda s, _: progress.update(1, seqhw=str(s)))
   finally:
     progress.close()
-  return rows
+  return rows, progress
 
 
 def _workdir_config(checkpoint: str) -> Optional[run_config.RunConfig]:

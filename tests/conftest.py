@@ -87,6 +87,16 @@ def digits_data_dir(tmp_path_factory):
   return path
 
 
+CLUTTERED_SMALL = "cluttered_digits/small"  # The bundled cluttered digits at 16 px.
+
+
+@pytest.fixture(scope="session")
+def cluttered_small_dir(tmp_path_factory):
+  """A data dir holding the bundled `cluttered_digits/small`, built once for the session."""
+  from flexivit_jax.data import sources
+  return sources.ensure_built(CLUTTERED_SMALL, str(tmp_path_factory.mktemp("cluttered")))
+
+
 @pytest.fixture()
 def image_folder(tmp_path):
   """A tiny ImageFolder of PNGs: root/{train: 5, test: 3}/{cat, dog}/<i>.png, (10 + i) x 12."""

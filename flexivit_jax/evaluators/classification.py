@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
@@ -24,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators.config_checks import check_data_and_pp, check_positive_batch_size
+from flexivit_jax.evaluators.one_pass import OnePassEvaluator, on_default_device
 
 LabelMapping = Union[str, Sequence[int]]
 FlexiKey = Tuple[Tuple[str, Any], ...]  # (("seqhw", 8),): the model's call arguments.
@@ -95,11 +96,7 @@ def load_label_mapping(spec: Optional[LabelMapping], num_model_classes: Optional
   return out
 
 
-def _on_default_device(local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
-  return {k: jnp.asarray(v) for k, v in local.items()}
-
-
-class ClassificationEvaluator:
+class ClassificationEvaluator(OnePassEvaluator):
   """top-1, top-5 and loss of a predict function over one pass of an eval split.
 
   `predict_fn(params, images, flexi) -> logits` is the model as the caller runs
@@ -114,19 +111,11 @@ class ClassificationEvaluator:
   TASK = "classification"  # The models it scores (config.task).
 
   @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    del cfg
-    return "logits"
-
-  @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
     """The keys of `evals.<name>` this evaluator reads; no data, no devices."""
-    if "data" not in cfg or "pp" not in cfg:
-      raise UserError(f"{name} needs 'data' and 'pp'")
-    batch_size = cfg.get("batch_size")
-    if batch_size is not None and (not isinstance(batch_size, int)
-                                   or isinstance(batch_size, bool) or batch_size <= 0):
-      raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+    check_data_and_pp(name, cfg)
+    if cfg.get("batch_size") is not None:
+      check_positive_batch_size(name, cfg["batch_size"])
     load_label_mapping(cfg.get("label_mapping"), num_classes)
 
   def __init__(self, predict_fn: PredictFn, *, data: Mapping[str, Any], pp: str,
@@ -139,22 +128,12 @@ class ClassificationEvaluator:
     self.pp, self.batch_size = pp, batch_size
     self.name, self.num_classes = name, num_classes
     self.label_mapping = load_label_mapping(label_mapping, num_classes)
-    self._place = place_batch or _on_default_device
+    self._place = place_batch or on_default_device
     self._gflops_fn = gflops_fn
     mapping = self.label_mapping  # A constant of the jitted sums.
     # The sums of one batch (classification_sums, after the label map), jitted.
     self.batch_sums = jax.jit(lambda logits, labels, mask: classification_sums(
         logits if mapping is None else map_logits(logits, mapping), labels, mask))
-
-  def eval_data(self):
-    """The split's `data.EvalData` (built once per process, then replayed)."""
-    from flexivit_jax.data import eval_data
-    return eval_data(self.data_cfg, self.pp, self.batch_size)
-
-  def batch_shapes(self) -> Dict[str, Tuple[int, ...]]:
-    """{key: shape} of this process's eval batches, read without running the pipeline."""
-    spec = self.eval_data().dataset.element_spec
-    return {k: tuple(s.shape) for k, s in spec.items()}
 
   def check_batch_shapes(self, shapes: Mapping[str, Tuple[int, ...]]) -> None:
     """The pp must make labels, with one class per entry of the label map (if any)."""
@@ -187,33 +166,16 @@ class ClassificationEvaluator:
     shapes = self.batch_shapes()
     self.check_batch_shapes(shapes)
     totals = {f: dict.fromkeys(("top1", "top5", "loss", "count"), 0.0) for f in flexis}
-    seconds = dict.fromkeys(flexis, 0.0)
-    images_seen = 0
-    with self.eval_data().iterate() as batches:
-      for local in batches:
-        batch = self._place({k: local[k] for k in ("image", "labels", MASK_KEY)})
-        if timing and not images_seen:
-          for f in flexis:  # Compile + one warm-up call, outside the timing.
-            jax.block_until_ready(self.predict_fn(params, batch["image"], f))
-        for f in flexis:
-          start = time.perf_counter()
-          logits = self.predict_fn(params, batch["image"], f)
-          if timing:
-            jax.block_until_ready(logits)
-            seconds[f] += time.perf_counter() - start
-          for key, value in self.batch_sums(logits, batch["labels"], batch[MASK_KEY]).items():
-            totals[f][key] += float(value)
-          if on_batch:
-            on_batch(f, len(local[MASK_KEY]))
-        images_seen += len(local[MASK_KEY])
-    if not images_seen:
-      raise UserError(f"{self.name}: the eval split yielded no batches")
+
+    def add_batch(flexi, logits, batch):
+      for key, value in self.batch_sums(logits, batch["labels"], batch[MASK_KEY]).items():
+        totals[flexi][key] += float(value)
+    images_seen, seconds = self.predict_over_split(params, flexis, add_batch, timing=timing,
+                                                   on_batch=on_batch)
     results = {}
     for f in flexis:
       count = max(totals[f]["count"], 1.0)
-      results[f] = {m: totals[f][m] / count for m in METRICS}
-      if timing:
-        results[f]["img_per_s"] = images_seen / max(seconds[f], 1e-9)
-      if self._gflops_fn:
-        results[f]["gflops"] = self._gflops_fn(f, shapes["image"])
+      results[f] = self.add_speed_and_gflops(
+          {m: totals[f][m] / count for m in METRICS}, f, timing=timing,
+          images_seen=images_seen, seconds=seconds, image_shape=shapes["image"])
     return results

@@ -4,7 +4,8 @@ few-shot and retrieval evaluators.
 A predict function `(params, images, flexi) -> features` (the model's pre-logits or
 another named output) runs over one pass of an eval split; padded examples (mask False)
 are dropped, and on several processes every process gets every example (an allgather),
-so the host-side solvers see the same arrays whatever the device count.
+so the host-side solvers see the same arrays whatever the device count. `FeatureEvaluator`
+is what those two evaluators share.
 """
 from __future__ import annotations
 
@@ -75,3 +76,25 @@ def split_features(predict_fn: Callable, params, flexis: Sequence[FlexiKey], *, 
     raise UserError(f"{where}: the split {data.get('name')}:{data.get('split')} yielded no "
                     "examples")
   return {f: np.concatenate(c) for f, c in chunks.items()}, np.concatenate(labels)
+
+
+class FeatureEvaluator:
+  """What the few-shot and retrieval evaluators share: the model output they read (the
+  `representation_layer` of their config, default the pre-logits), the features of a
+  split through their `predict_fn`, `batch_size` and `_place`, and logging every metric."""
+
+  @staticmethod
+  def output_name(cfg: Mapping[str, Any]) -> str:
+    return cfg.get("representation_layer") or DEFAULT_REPRESENTATION
+
+  def features_of_split(self, params, flexis: Sequence[FlexiKey], data: Mapping, pp: str
+                        ) -> Tuple[Dict[FlexiKey, np.ndarray], np.ndarray]:
+    """`split_features` of one split, its errors naming this evaluator and the split."""
+    return split_features(
+        self.predict_fn, params, flexis, data=data, pp=pp, batch_size=self.batch_size,
+        place_batch=self._place, where=f"{self.name} ({data['name']}:{data['split']})")
+
+  def log_values(self, results: Mapping[FlexiKey, Mapping[str, float]]
+                 ) -> Dict[Tuple[FlexiKey, str], float]:
+    """{(flexi, metric): value} to log: every number of the results."""
+    return {(f, m): v for f, r in results.items() for m, v in r.items()}

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from flexivit_jax.errors import UserError
-from flexivit_jax.evaluators import features as features_lib
+from flexivit_jax.evaluators.config_checks import check_positive_ints
+from flexivit_jax.evaluators.features import FeatureEvaluator
 
 FlexiKey = Tuple[Tuple[str, Any], ...]
 BIAS_FEATURE = 100.0  # The constant appended feature: a bias the l2 penalty hardly touches.
@@ -112,13 +113,7 @@ def _split_configs(spec, where: str) -> Tuple[dict, dict]:
                   f"{{'train': {{name, split}}, 'test': {{name, split}}}}, got {spec!r}")
 
 
-def _check_positive_ints(values, where: str) -> None:
-  if not isinstance(values, (list, tuple)) or not values or not all(
-      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-    raise UserError(f"{where} must be a non-empty list of positive ints, got {values!r}")
-
-
-class FewshotEvaluator:
+class FewshotEvaluator(FeatureEvaluator):
   """Few-shot accuracies `{dataset}_{shots}shot` at every flexi value.
 
   `predict_fn(params, images, flexi) -> features` returns the representation the config
@@ -128,10 +123,6 @@ class FewshotEvaluator:
   KEYS = ("datasets", "shots", "l2_reg", "num_seeds", "pp_train", "pp_eval", "batch_size",
           "representation_layer", "data_dir")
   TASK = "classification"  # The models it scores (config.task): FlexiViT features.
-
-  @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    return cfg.get("representation_layer") or features_lib.DEFAULT_REPRESENTATION
 
   @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
@@ -145,9 +136,9 @@ class FewshotEvaluator:
     for key in ("pp_train", "pp_eval"):
       if not isinstance(cfg.get(key), str) or not cfg.get(key):
         raise UserError(f"{name} needs '{key}' (a pp string keeping 'image' and 'label')")
-    _check_positive_ints(list(cfg.get("shots", DEFAULT_SHOTS)), f"{name}.shots")
-    _check_positive_ints([cfg.get("num_seeds", DEFAULT_NUM_SEEDS)], f"{name}.num_seeds")
-    _check_positive_ints([cfg.get("batch_size", 1)], f"{name}.batch_size")
+    check_positive_ints(list(cfg.get("shots", DEFAULT_SHOTS)), f"{name}.shots")
+    check_positive_ints([cfg.get("num_seeds", DEFAULT_NUM_SEEDS)], f"{name}.num_seeds")
+    check_positive_ints([cfg.get("batch_size", 1)], f"{name}.batch_size")
     l2 = cfg.get("l2_reg", DEFAULT_L2_REG)
     if not isinstance(l2, (int, float)) or isinstance(l2, bool) or l2 < 0:
       raise UserError(f"{name}.l2_reg must be a number >= 0, got {l2!r}")
@@ -180,26 +171,16 @@ class FewshotEvaluator:
     self.representation = self.output_name(cfg)
     self._place = place_batch
 
-  def features(self, params, flexis: Sequence[FlexiKey], data: Mapping, pp: str):
-    return features_lib.split_features(
-        self.predict_fn, params, flexis, data=data, pp=pp, batch_size=self.batch_size,
-        place_batch=self._place, where=f"{self.name} ({data['name']}:{data['split']})")
-
   def run(self, params, flexis: Sequence[FlexiKey]) -> Dict[FlexiKey, Dict[str, float]]:
     """{flexi: {"{dataset}_{shots}shot": accuracy}}: one pass over each split, then the
     probes on the host."""
     results: Dict[FlexiKey, Dict[str, float]] = {f: {} for f in flexis}
     for key, (train, test) in self.splits.items():
-      train_x, train_y = self.features(params, flexis, train, self.pp_train)
-      test_x, test_y = self.features(params, flexis, test, self.pp_eval)
+      train_x, train_y = self.features_of_split(params, flexis, train, self.pp_train)
+      test_x, test_y = self.features_of_split(params, flexis, test, self.pp_eval)
       for f in flexis:
         for shots in self.shots:
           results[f][metric_name(key, shots)] = few_shot_accuracy(
               train_x[f], train_y, test_x[f], test_y, shots=shots, l2_reg=self.l2_reg,
               num_seeds=self.num_seeds)
     return results
-
-  def log_values(self, results: Mapping[FlexiKey, Mapping[str, float]]
-                 ) -> Dict[Tuple[FlexiKey, str], float]:
-    """{(flexi, metric): value} to log: every accuracy."""
-    return {(f, m): v for f, r in results.items() for m, v in r.items()}

@@ -17,7 +17,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from flexivit_jax.errors import UserError
-from flexivit_jax.evaluators import features as features_lib
+from flexivit_jax.evaluators.config_checks import (check_data_and_pp, check_positive_batch_size,
+                                                   check_positive_ints)
+from flexivit_jax.evaluators.features import FeatureEvaluator
 from flexivit_jax.outputs.eval_names import flexi_label
 
 FlexiKey = Tuple[Tuple[str, Any], ...]
@@ -53,7 +55,7 @@ def recall_matrix(results: Mapping[FlexiKey, Mapping[str, float]], flexis: Seque
   return np.array([[results[q][cross_metric(k, g)] for g in flexis] for q in flexis])
 
 
-class RetrievalEvaluator:
+class RetrievalEvaluator(FeatureEvaluator):
   """Recall@k of cosine retrieval at every flexi value and for every pair of them.
 
   `predict_fn(params, images, flexi) -> features` (the pre-logits, or
@@ -64,20 +66,11 @@ class RetrievalEvaluator:
   TASK = "classification"  # The models it scores (config.task): FlexiViT features.
 
   @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    return cfg.get("representation_layer") or features_lib.DEFAULT_REPRESENTATION
-
-  @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
     del num_classes
-    if "data" not in cfg or "pp" not in cfg:
-      raise UserError(f"{name} needs 'data' (the queries) and 'pp'")
-    ks = list(cfg.get("ks", DEFAULT_KS))
-    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in ks):
-      raise UserError(f"{name}.ks must be a non-empty list of positive ints, got {ks!r}")
-    batch_size = cfg.get("batch_size", 1)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-      raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+    check_data_and_pp(name, cfg, data_is=" (the queries)")
+    check_positive_ints(list(cfg.get("ks", DEFAULT_KS)), f"{name}.ks")
+    check_positive_batch_size(name, cfg.get("batch_size", 1))
     layer = cfg.get("representation_layer")
     if layer is not None and (not isinstance(layer, str) or not layer):
       raise UserError(f"{name}.representation_layer must be a model output name, got {layer!r}")
@@ -96,18 +89,14 @@ class RetrievalEvaluator:
     self.pp, self.batch_size, self.ks = pp, batch_size, tuple(ks)
     self._place = place_batch
 
-  def features(self, params, flexis, data):
-    return features_lib.split_features(
-        self.predict_fn, params, flexis, data=data, pp=self.pp, batch_size=self.batch_size,
-        place_batch=self._place, where=f"{self.name} ({data['name']}:{data['split']})")
-
   def run(self, params, flexis: Sequence[FlexiKey]) -> Dict[FlexiKey, Dict[str, float]]:
     """{query flexi: {recall@K, recall@K_vs_<gallery flexi label>}}."""
-    queries, query_labels = self.features(params, flexis, self.query_data)
+    queries, query_labels = self.features_of_split(params, flexis, self.query_data, self.pp)
     if self.gallery_data is None:
       gallery, gallery_labels = queries, query_labels
     else:
-      gallery, gallery_labels = self.features(params, flexis, self.gallery_data)
+      gallery, gallery_labels = self.features_of_split(params, flexis, self.gallery_data,
+                                                        self.pp)
     results: Dict[FlexiKey, Dict[str, float]] = {f: {} for f in flexis}
     for q in flexis:
       for g in flexis:
@@ -118,7 +107,3 @@ class RetrievalEvaluator:
           if q == g:
             results[q][f"recall@{k}"] = value
     return results
-
-  def log_values(self, results: Mapping[FlexiKey, Mapping[str, float]]
-                 ) -> Dict[Tuple[FlexiKey, str], float]:
-    return {(f, m): v for f, r in results.items() for m, v in r.items()}

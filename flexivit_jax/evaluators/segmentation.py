@@ -16,7 +16,6 @@ ignore label) are refused when the first batch is checked.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -24,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flexivit_jax.errors import UserError
+from flexivit_jax.evaluators.config_checks import check_data_and_pp, check_positive_batch_size
+from flexivit_jax.evaluators.one_pass import OnePassEvaluator, on_default_device
 
 FlexiKey = Tuple[Tuple[str, Any], ...]
 PredictFn = Callable[[Any, Any, FlexiKey], jax.Array]  # -> logits (N, H, W, C)
@@ -36,6 +37,13 @@ def pixel_labels(labels):
   if labels.ndim == 4:
     labels = labels[..., 0]
   return labels.astype(jnp.int32)
+
+
+def pixel_nll(logits, safe_labels):
+  """(N, H, W) float32 -log softmax(logits) at each pixel's class; `safe_labels` (N, H, W)
+  int32 ids of classes the logits have (ignored pixels set to any of them by the caller)."""
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_p, safe_labels[..., None], axis=-1)[..., 0]
 
 
 def segmentation_sums(logits, labels, mask, *, num_classes: int, ignore_label: int):
@@ -51,8 +59,7 @@ def segmentation_sums(logits, labels, mask, *, num_classes: int, ignore_label: i
   pairs = (safe * num_classes + pred).reshape(-1)
   confusion = jnp.zeros((num_classes * num_classes,), jnp.int32).at[pairs].add(
       valid.reshape(-1).astype(jnp.int32)).reshape(num_classes, num_classes)
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  nll = pixel_nll(logits, safe)
   return {"confusion": confusion, "loss": jnp.sum(jnp.where(valid, nll, 0.0)),
           "count": jnp.sum(valid)}
 
@@ -68,16 +75,12 @@ def metrics_from_confusion(confusion: np.ndarray) -> Dict[str, float]:
           "pixel_acc": float(inter.sum() / total) if total else np.nan}
 
 
-def _on_default_device(local: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
-  return {k: jnp.asarray(v) for k, v in local.items()}
-
-
 def _check_int(name: str, key: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, int):
     raise UserError(f"{name}.{key} must be an int, got {value!r}")
 
 
-class SegmentationEvaluator:
+class SegmentationEvaluator(OnePassEvaluator):
   """mIoU, pixel accuracy and loss of a predict function over one pass of an eval split.
 
   `predict_fn(params, images, flexi) -> logits (N, H, W, num_classes)`: the trainer's
@@ -89,19 +92,12 @@ class SegmentationEvaluator:
   TASK = "segmentation"  # The models it scores (config.task).
 
   @staticmethod
-  def output_name(cfg: Mapping[str, Any]) -> str:
-    del cfg
-    return "logits"
-
-  @staticmethod
   def check_config(name: str, cfg: Mapping[str, Any], num_classes: Optional[int]) -> None:
-    if "data" not in cfg or "pp" not in cfg:
-      raise UserError(f"{name} needs 'data' and 'pp'")
+    check_data_and_pp(name, cfg)
     batch_size = cfg.get("batch_size")
     if batch_size is not None:
       _check_int(name, "batch_size", batch_size)
-      if batch_size <= 0:
-        raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+      check_positive_batch_size(name, batch_size)
     if "ignore_label" in cfg:
       _check_int(name, "ignore_label", cfg["ignore_label"])
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
@@ -118,18 +114,10 @@ class SegmentationEvaluator:
     self.predict_fn, self.data_cfg = predict_fn, dict(data)
     self.pp, self.batch_size, self.name = pp, batch_size, name
     self.num_classes, self.ignore_label = int(num_classes), int(ignore_label)
-    self._place = place_batch or _on_default_device
+    self._place = place_batch or on_default_device
     self._gflops_fn = gflops_fn
     self.batch_sums = jax.jit(lambda logits, labels, mask: segmentation_sums(
         logits, labels, mask, num_classes=self.num_classes, ignore_label=self.ignore_label))
-
-  def eval_data(self):
-    from flexivit_jax.data import eval_data
-    return eval_data(self.data_cfg, self.pp, self.batch_size)
-
-  def batch_shapes(self) -> Dict[str, Tuple[int, ...]]:
-    spec = self.eval_data().dataset.element_spec
-    return {k: tuple(s.shape) for k, s in spec.items()}
 
   def check_batch_shapes(self, shapes: Mapping[str, Tuple[int, ...]]) -> None:
     """The pp must make per-pixel `labels` with the image's height and width."""
@@ -167,36 +155,18 @@ class SegmentationEvaluator:
     confusion = {f: np.zeros((c, c), np.int64) for f in flexis}
     loss = dict.fromkeys(flexis, 0.0)
     count = dict.fromkeys(flexis, 0)
-    seconds = dict.fromkeys(flexis, 0.0)
-    images_seen = 0
-    with self.eval_data().iterate() as batches:
-      for local in batches:
-        if not images_seen:
-          self.check_labels(local["labels"][local[MASK_KEY]])
-        batch = self._place({k: local[k] for k in ("image", "labels", MASK_KEY)})
-        if timing and not images_seen:
-          for f in flexis:  # Compile + one warm-up call, outside the timing.
-            jax.block_until_ready(self.predict_fn(params, batch["image"], f))
-        for f in flexis:
-          start = time.perf_counter()
-          logits = self.predict_fn(params, batch["image"], f)
-          if timing:
-            jax.block_until_ready(logits)
-            seconds[f] += time.perf_counter() - start
-          sums = jax.device_get(self.batch_sums(logits, batch["labels"], batch[MASK_KEY]))
-          confusion[f] += np.asarray(sums["confusion"], np.int64)
-          loss[f] += float(sums["loss"])
-          count[f] += int(sums["count"])
-          if on_batch:
-            on_batch(f, len(local[MASK_KEY]))
-        images_seen += len(local[MASK_KEY])
-    if not images_seen:
-      raise UserError(f"{self.name}: the eval split yielded no batches")
+
+    def add_batch(flexi, logits, batch):
+      sums = jax.device_get(self.batch_sums(logits, batch["labels"], batch[MASK_KEY]))
+      confusion[flexi] += np.asarray(sums["confusion"], np.int64)
+      loss[flexi] += float(sums["loss"])
+      count[flexi] += int(sums["count"])
+    images_seen, seconds = self.predict_over_split(
+        params, flexis, add_batch, timing=timing, on_batch=on_batch,
+        check_first_batch=lambda local: self.check_labels(local["labels"][local[MASK_KEY]]))
     results = {}
     for f in flexis:
-      results[f] = {**metrics_from_confusion(confusion[f]), "loss": loss[f] / max(count[f], 1)}
-      if timing:
-        results[f]["img_per_s"] = images_seen / max(seconds[f], 1e-9)
-      if self._gflops_fn:
-        results[f]["gflops"] = self._gflops_fn(f, shapes["image"])
+      results[f] = self.add_speed_and_gflops(
+          {**metrics_from_confusion(confusion[f]), "loss": loss[f] / max(count[f], 1)}, f,
+          timing=timing, images_seen=images_seen, seconds=seconds, image_shape=shapes["image"])
     return results

@@ -24,6 +24,20 @@ def _size_label(patch: Tuple[int, int]) -> Any:
   return patch[0] if patch[0] == patch[1] else list(patch)
 
 
+def _rows_per_size(evaluator, params: Mapping, seqhws: Sequence[int], metrics: Sequence[str],
+                   on_batch: Optional[Callable[[int, int], None]]) -> list[dict]:
+  """One timed pass of `evaluator` at every seqhw -> one row per seqhw: seqhw, patch,
+  tokens, `metrics`, gflops (None when not counted), img_per_s."""
+  flexis = [(("seqhw", s),) for s in seqhws]
+  progress = (lambda flexi, n: on_batch(flexi[0][1], n)) if on_batch else None
+  results = evaluator.run(params, flexis, timing=True, on_batch=progress)
+  image_hw = evaluator.batch_shapes()["image"][1:3]
+  return [{"seqhw": s, "patch": _size_label((image_hw[0] // s, image_hw[1] // s)),
+           "tokens": s * s, **{k: r[k] for k in metrics},
+           "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
+          for s, r in zip(seqhws, (results[f] for f in flexis))]
+
+
 def size_evaluator(model: FlexiViT, params: Mapping, *, data: Mapping, pp: str,
                    batch_size: int, label_mapping=None, count_flops: bool = True,
                    name: str = "evaluate") -> Tuple[ClassificationEvaluator, Predictor]:
@@ -48,14 +62,7 @@ def evaluate_sizes(evaluator: ClassificationEvaluator, params: Mapping, seqhws: 
   and img_per_s (the forward pass only). `on_batch(seqhw, images)` after each
   batch at each size (progress).
   """
-  flexis = [(("seqhw", s),) for s in seqhws]
-  progress = (lambda flexi, n: on_batch(flexi[0][1], n)) if on_batch else None
-  results = evaluator.run(params, flexis, timing=True, on_batch=progress)
-  image_hw = evaluator.batch_shapes()["image"][1:3]
-  return [{"seqhw": s, "patch": _size_label((image_hw[0] // s, image_hw[1] // s)),
-           "tokens": s * s, **{k: r[k] for k in ("top1", "top5", "loss")},
-           "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
-          for s, r in zip(seqhws, (results[f] for f in flexis))]
+  return _rows_per_size(evaluator, params, seqhws, ("top1", "top5", "loss"), on_batch)
 
 
 def evaluate_model(model: FlexiViT, params: Mapping, seqhws: Sequence[int], **eval_cfg
@@ -110,14 +117,7 @@ def evaluate_segmentation_sizes(evaluator: SegmentationEvaluator, params: Mappin
                                 ) -> list[dict]:
   """One pass at every seqhw -> rows of seqhw, patch, tokens, miou, pixel_acc, loss,
   gflops (None when not counted), img_per_s (the forward pass only)."""
-  flexis = [(("seqhw", s),) for s in seqhws]
-  progress = (lambda flexi, n: on_batch(flexi[0][1], n)) if on_batch else None
-  results = evaluator.run(params, flexis, timing=True, on_batch=progress)
-  image_hw = evaluator.batch_shapes()["image"][1:3]
-  return [{"seqhw": s, "patch": _size_label((image_hw[0] // s, image_hw[1] // s)),
-           "tokens": s * s, **{k: r[k] for k in ("miou", "pixel_acc", "loss")},
-           "gflops": r.get("gflops"), "img_per_s": r["img_per_s"]}
-          for s, r in zip(seqhws, (results[f] for f in flexis))]
+  return _rows_per_size(evaluator, params, seqhws, ("miou", "pixel_acc", "loss"), on_batch)
 def feature_evaluator(model: FlexiViT, params: Mapping, name: str, cfg: Mapping[str, Any], *,
                       batch_size: int = 64, data_dir: Optional[str] = None):
   """(evaluator, predictor) of a few-shot or retrieval config (`evals.<name>`'s keys) on one

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 from flexivit_jax.errors import UserError
 from flexivit_jax.outputs import atomic, plots, tables
@@ -22,29 +22,31 @@ SEG_KEYS = ("seqhw", "patch", "tokens", "miou", "pixel_acc", "loss", "gflops", "
 SEG_NAME = "eval_segmentation"  # .json, .csv, .png
 
 
-def write_eval(out_dir: str, rows: Sequence[Mapping]) -> list[str]:
-  """Writes eval.json and eval.csv into `out_dir`, each atomically; returns their paths."""
-  rows = [{k: row[k] for k in EVAL_KEYS} for row in rows]
+def _write_json_and_csv(json_path: str, csv_path: str, rows: Sequence[Mapping],
+                        keys: Sequence[str]) -> Tuple[list[dict], list[str]]:
+  """(the rows cut to `keys`, [json_path, csv_path]): the rows as a JSON list and as a CSV
+  table with `keys` for columns (a list cell as JSON), each file written atomically."""
+  rows = [{k: row[k] for k in keys} for row in rows]
   text = io.StringIO()
-  writer = csv.DictWriter(text, fieldnames=EVAL_KEYS)
+  writer = csv.DictWriter(text, fieldnames=keys)
   writer.writeheader()
   writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
                    for r in rows)
-  return [atomic.write_atomic(os.path.join(out_dir, EVAL_JSON), json.dumps(rows, indent=1)),
-          atomic.write_atomic(os.path.join(out_dir, EVAL_CSV), text.getvalue())]
+  return rows, [atomic.write_atomic(json_path, json.dumps(rows, indent=1)),
+                atomic.write_atomic(csv_path, text.getvalue())]
+
+
+def write_eval(out_dir: str, rows: Sequence[Mapping]) -> list[str]:
+  """Writes eval.json and eval.csv into `out_dir`, each atomically; returns their paths."""
+  _, paths = _write_json_and_csv(os.path.join(out_dir, EVAL_JSON),
+                                 os.path.join(out_dir, EVAL_CSV), rows, EVAL_KEYS)
+  return paths
 
 
 def write_segmentation_eval(out_dir: str, rows: Sequence[Mapping], label: str) -> list[str]:
   """eval_segmentation.json/.csv (SEG_KEYS) and .png (mIoU vs GFLOPs/image) in `out_dir`."""
-  rows = [{k: row[k] for k in SEG_KEYS} for row in rows]
-  text = io.StringIO()
-  writer = csv.DictWriter(text, fieldnames=SEG_KEYS)
-  writer.writeheader()
-  writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
-                   for r in rows)
   base = os.path.join(out_dir, SEG_NAME)
-  paths = [atomic.write_atomic(base + ".json", json.dumps(rows, indent=1)),
-           atomic.write_atomic(base + ".csv", text.getvalue())]
+  rows, paths = _write_json_and_csv(base + ".json", base + ".csv", rows, SEG_KEYS)
   counted = sorted((r for r in rows if r["gflops"]), key=lambda r: r["gflops"])
   if counted:
     paths.append(plots.plot_lines(

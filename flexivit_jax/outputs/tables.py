@@ -6,7 +6,7 @@ its progress lines (eval.json rows), and the analyses' tables.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from flexivit_jax.outputs.eval_names import (FlexiKey, final_eval_curves,
                                              final_eval_metrics, flexi_label,
@@ -80,24 +80,26 @@ def format_eval_row(row: Mapping) -> str:
           f"loss {row['loss']:.4f}{gflops}  {row['img_per_s']:.0f} img/s")
 
 
-def format_eval_table(rows: Sequence[Mapping]) -> str:
-  """The evaluate CLI's table of eval.json rows: one line per grid size, coarse to fine."""
+def _grid_sizes_table(rows: Sequence[Mapping], percentages: Sequence[Tuple[str, str]]) -> str:
+  """The evaluate CLI's rows, one line per grid size, coarse to fine: seqhw, patch, tokens,
+  each (column header, row key) of `percentages` as a percentage, loss, GFLOPs/img, img/s."""
   fmt = lambda v, spec: "-" if v is None else format(v, spec)
   return format_rows(
-      ["seqhw", "patch", "tokens", "top-1", "top-5", "loss", "GFLOPs/img", "img/s"],
-      [[r["seqhw"], r["patch"], r["tokens"], f"{r['top1'] * 100:.2f}%",
-        f"{r['top5'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
-        fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])
+      ["seqhw", "patch", "tokens", *[header for header, _ in percentages], "loss",
+       "GFLOPs/img", "img/s"],
+      [[r["seqhw"], r["patch"], r["tokens"], *[f"{r[key] * 100:.2f}%" for _, key in percentages],
+        f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"), fmt(r["img_per_s"], ".0f")]
+       for r in sorted(rows, key=lambda r: r["tokens"])])
+
+
+def format_eval_table(rows: Sequence[Mapping]) -> str:
+  """The evaluate CLI's table of eval.json rows: one line per grid size, coarse to fine."""
+  return _grid_sizes_table(rows, (("top-1", "top1"), ("top-5", "top5")))
 
 
 def format_segmentation_table(rows: Sequence[Mapping]) -> str:
   """The evaluate CLI's table of a segmentation checkpoint: one line per grid size."""
-  fmt = lambda v, spec: "-" if v is None else format(v, spec)
-  return format_rows(
-      ["seqhw", "patch", "tokens", "mIoU", "pixel acc", "loss", "GFLOPs/img", "img/s"],
-      [[r["seqhw"], r["patch"], r["tokens"], f"{r['miou'] * 100:.2f}%",
-        f"{r['pixel_acc'] * 100:.2f}%", f"{r['loss']:.4f}", fmt(r["gflops"], ".4g"),
-        fmt(r["img_per_s"], ".0f")] for r in sorted(rows, key=lambda r: r["tokens"])])
+  return _grid_sizes_table(rows, (("mIoU", "miou"), ("pixel acc", "pixel_acc")))
 
 
 def format_fewshot_table(rows: Sequence[Mapping]) -> str:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from flexivit_jax.errors import UserError, did_you_mean
+from flexivit_jax.evaluators.segmentation import pixel_labels, pixel_nll
 from flexivit_jax.models import vit
 
 LossFn = Callable[..., jax.Array]
@@ -53,13 +54,9 @@ def pixel_softmax_xent(logits: jax.Array, labels: jax.Array, ignore_label: int) 
   mean is over every labelled pixel of the batch (as Segmenter / mmseg), so an image
   with more labelled pixels weighs more; an all-ignored batch gives 0, not NaN.
   """
-  if labels.ndim == logits.ndim:
-    labels = labels[..., 0]
-  labels = labels.astype(jnp.int32)
+  labels = pixel_labels(labels)
   valid = labels != ignore_label
-  safe = jnp.where(valid, labels, 0)
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+  nll = pixel_nll(logits, jnp.where(valid, labels, 0))
   total = jnp.sum(jnp.where(valid, nll, 0.0))
   return total / jnp.maximum(jnp.sum(valid), 1)
 

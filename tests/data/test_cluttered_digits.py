@@ -5,20 +5,14 @@ import itertools
 import os
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
+from conftest import CLUTTERED_SMALL as SMALL
 from flexivit_jax import data
 from flexivit_jax.data import cluttered_digits, digits, sources
 
-SMALL = "cluttered_digits/small"
 PP = ('decode|value_range(-1, 1)|onehot(10, key="label", key_result="labels")|'
       'keep("image", "labels")')
-
-
-@pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-  return sources.ensure_built(SMALL, str(tmp_path_factory.mktemp("cluttered")))
 
 
 def read_split(data_dir, split):
@@ -26,7 +20,7 @@ def read_split(data_dir, split):
   return [src[i] for i in range(len(src))]
 
 
-def test_two_builds_store_identical_bytes(small_dir, tmp_path):
+def test_two_builds_store_identical_bytes(cluttered_small_dir, tmp_path):
   again = sources.ensure_built(SMALL, str(tmp_path))
 
   def records(root):
@@ -34,7 +28,7 @@ def test_two_builds_store_identical_bytes(small_dir, tmp_path):
                                           "*.array_record*")))
     return {os.path.basename(f): open(f, "rb").read() for f in files}
 
-  first = records(small_dir)
+  first = records(cluttered_small_dir)
   assert len(first) == 2  # train and test
   assert records(again) == first
 
@@ -49,9 +43,9 @@ def test_examples_do_not_depend_on_build_order():
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_masks_mark_exactly_the_target_digit(small_dir):
+def test_masks_mark_exactly_the_target_digit(cluttered_small_dir):
   grey, _ = digits.load_arrays()
-  for ex in read_split(small_dir, "test"):
+  for ex in read_split(cluttered_small_dir, "test"):
     image, mask, label = ex["image"], ex["mask"][..., 0], int(ex["label"])
     assert image.shape == (64, 64, 3) and ex["mask"].shape == (64, 64, 1)
     assert (image == image[..., :1]).all()  # grey
@@ -65,8 +59,8 @@ def test_masks_mark_exactly_the_target_digit(small_dir):
     assert set(np.unique(mask)) == {0, label + 1}
 
 
-def test_classes_uniform_and_splits_disjoint(small_dir):
-  train, test = read_split(small_dir, "train"), read_split(small_dir, "test")
+def test_classes_uniform_and_splits_disjoint(cluttered_small_dir):
+  train, test = read_split(cluttered_small_dir, "train"), read_split(cluttered_small_dir, "test")
   assert (len(train), len(test)) == (200, 100)
   for split, n in ((train, 20), (test, 10)):
     assert np.bincount([int(ex["label"]) for ex in split], minlength=10).tolist() == [n] * 10
@@ -77,12 +71,12 @@ def test_classes_uniform_and_splits_disjoint(small_dir):
   assert len({int(ex["index"]) for ex in train}) == 200
 
 
-def test_pipeline_reads_it(small_dir):
-  it = data.train_iterator(dict(name=SMALL, split="train", data_dir=small_dir), PP, 8, seed=0)
+def test_pipeline_reads_it(cluttered_small_dir):
+  it = data.train_iterator(dict(name=SMALL, split="train", data_dir=cluttered_small_dir), PP, 8, seed=0)
   batches = list(itertools.islice(it, 2))
   it.close()
   for b in batches:
     assert b["image"].shape == (8, 64, 64, 3) and b["labels"].shape == (8, 10)
     assert -1 <= b["image"].min() and b["image"].max() <= 1
-  evals = list(data.eval_iterator(dict(name=SMALL, split="test", data_dir=small_dir), PP, 32))
+  evals = list(data.eval_iterator(dict(name=SMALL, split="test", data_dir=cluttered_small_dir), PP, 32))
   assert sum(int(b[data.MASK_KEY].sum()) for b in evals) == 100

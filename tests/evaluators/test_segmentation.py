@@ -1,9 +1,6 @@
 """The segmentation evaluator: mIoU and pixel accuracy against hand computations, a full
 pass over the bundled data (padding excluded), config checks, and 8 devices = 1 device."""
 import json
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import REPO
+from conftest import CLUTTERED_SMALL as SMALL, REPO
+from sharded_eval import eval_on_1_and_8_devices
 from flexivit_jax import evaluators
-from flexivit_jax.data import sources
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators.segmentation import (SegmentationEvaluator, metrics_from_confusion,
                                                   segmentation_sums)
@@ -72,21 +69,15 @@ def test_labels_with_a_channel_axis_and_the_loss():
   assert float(a["loss"]) == pytest.approx(expected, rel=1e-5) and int(a["count"]) == 3
 
 
-SMALL = "cluttered_digits/small"
 PP = 'decode|value_range(-1, 1)|seg_labels()|keep("image", "labels")'
 
 
-@pytest.fixture(scope="module")
-def cluttered_dir(tmp_path_factory):
-  return sources.ensure_built(SMALL, str(tmp_path_factory.mktemp("cluttered")))
-
-
-def test_a_pass_over_the_split_scores_every_real_pixel_once(cluttered_dir):
+def test_a_pass_over_the_split_scores_every_real_pixel_once(cluttered_small_dir):
   """A model that calls every pixel background: its mIoU is the background IoU over the
   classes present, computed here from the stored masks (100 images, batches of 16: the
   last batch holds 12 padding images, which must not count)."""
   masks = np.stack([ex["mask"][..., 0] for ex in tfds.data_source(
-      SMALL, split="test", data_dir=cluttered_dir, download=False, try_gcs=False)])
+      SMALL, split="test", data_dir=cluttered_small_dir, download=False, try_gcs=False)])
   background = np.mean(masks == 0)
   present = len(np.unique(masks))
   seen = []
@@ -95,7 +86,7 @@ def test_a_pass_over_the_split_scores_every_real_pixel_once(cluttered_dir):
     seen.append(dict(flexi)["seqhw"])
     return jnp.zeros((*images.shape[:3], 11)).at[..., 0].set(params["bias"])
 
-  ev = SegmentationEvaluator(predict, data=dict(name=SMALL, split="test", data_dir=cluttered_dir),
+  ev = SegmentationEvaluator(predict, data=dict(name=SMALL, split="test", data_dir=cluttered_small_dir),
                              pp=PP, batch_size=16, num_classes=11, name="evals.seg")
   out = ev.run({"bias": 1.0}, [(("seqhw", 4),), (("seqhw", 8),)])
   for result in out.values():
@@ -119,44 +110,20 @@ def test_registered_by_type_and_checked_against_the_task():
     evaluators.check_config("evals.seg", dict(cfg, label_mapping=[1]), 11)
 
 
-def test_labels_outside_the_classes_are_refused(cluttered_dir):
+def test_labels_outside_the_classes_are_refused(cluttered_small_dir):
   ev = SegmentationEvaluator(lambda p, x, f: jnp.zeros((*x.shape[:3], 5)),
-                             data=dict(name=SMALL, split="test", data_dir=cluttered_dir),
+                             data=dict(name=SMALL, split="test", data_dir=cluttered_small_dir),
                              pp=PP, batch_size=16, num_classes=5, name="evals.seg")
   with pytest.raises(UserError, match="evals.seg: the labels hold [5-9].*0..4"):
     ev.run({}, [(("seqhw", 4),)])
 
 
-EVAL_ON_8 = textwrap.dedent("""
-    import json, sys
-    import jax
-    jax.config.update("jax_num_cpu_devices", 8)
-    import numpy as np
-    from flexivit_jax.models import tasks
-    from flexivit_jax.training import config as config_lib, evals, sharding
-    c = config_lib.load_config_file(sys.argv[1]).to_dict()
-    c["evals"]["test"]["batch_size"] = 20
-    config = config_lib.complete(c)
-    model = tasks.from_config(dict(config.model, head_zeroinit=False), config.task)
-    params = model.init(jax.random.key(1), np.zeros((1, 32, 32, 3)), seqhw=2)["params"]
-    flexis = [(("seqhw", 2),), (("seqhw", 4),)]
-    out = {}
-    for n in (1, 8):
-      mesh = sharding.make_mesh(dict(data=-1), devices=jax.devices()[:n])
-      out[n] = evals.evaluate(evals.build_evaluators(config, model, mesh), params, flexis)
-    print(json.dumps({"devices": jax.device_count(), **{str(k): v for k, v in out.items()}}))
-""")
-
-
 @pytest.mark.slow
-def test_sharded_eval_on_8_devices_equals_one_device(cluttered_dir):
+def test_sharded_eval_on_8_devices_equals_one_device(cluttered_small_dir):
   """Batches of 20 on 8 devices: each padded to 24; the 100 test images, counted once."""
-  env_cmd = [sys.executable, "-c", EVAL_ON_8, f"{REPO}/configs/seg_cluttered.py:runlocal"]
-  import os
-  proc = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "FLEXIVIT_DATA_DIR": cluttered_dir})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = eval_on_1_and_8_devices(f"{REPO}/configs/seg_cluttered.py:runlocal", batch_size=20,
+                                image_side=32, model_fields=dict(head_zeroinit=False),
+                                data_dir=cluttered_small_dir)
   assert out["devices"] == 8
   assert set(out["8"]) == {f"eval/test/seqhw={s}/{m}" for s in (2, 4)
                            for m in ("miou", "pixel_acc")}
@@ -165,19 +132,30 @@ def test_sharded_eval_on_8_devices_equals_one_device(cluttered_dir):
   assert 0 < out["1"]["eval/test/seqhw=4/miou"] < 1
 
 
-def test_evaluate_cli_reports_miou_and_gflops_per_grid(cluttered_dir, tmp_path, capsys):
-  """`python -m flexivit_jax.evaluate --task segmentation` on a Segmenter npz."""
-  from flexivit_jax import evaluate
+# A tiny Segmenter backbone (add its depth) for the evaluate CLI's `--model`.
+SEGMENTER_FIELDS = dict(width=16, num_heads=2, mlp_dim=32, patch_size=[8, 8],
+                        posemb_size=[4, 4], head_zeroinit=False)
+
+
+def save_segmenter(path, fields) -> str:
+  """A Segmenter of the 11 cluttered-digits pixel classes on a FlexiViT of `fields`,
+  initialised at 64 px, saved as an npz at `path` (returned as a string)."""
   from flexivit_jax.checkpoints import npz
   from flexivit_jax.models import tasks
-  fields = dict(width=16, depth=1, num_heads=2, mlp_dim=32, patch_size=[8, 8],
-                posemb_size=[4, 4], head_zeroinit=False)
   model = tasks.from_config({**fields, "num_classes": 11}, "segmentation")
   params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), seqhw=4)["params"]
-  npz.save_params(str(tmp_path / "seg.npz"), params)
-  evaluate.main(["--checkpoint", str(tmp_path / "seg.npz"), "--task", "segmentation",
+  npz.save_params(str(path), params)
+  return str(path)
+
+
+def test_evaluate_cli_reports_miou_and_gflops_per_grid(cluttered_small_dir, tmp_path, capsys):
+  """`python -m flexivit_jax.evaluate --task segmentation` on a Segmenter npz."""
+  from flexivit_jax import evaluate
+  fields = dict(SEGMENTER_FIELDS, depth=1)
+  checkpoint = save_segmenter(tmp_path / "seg.npz", fields)
+  evaluate.main(["--checkpoint", checkpoint, "--task", "segmentation",
                  "--model", json.dumps(fields), "--data", f"{SMALL}:test",
-                 "--data_dir", cluttered_dir, "--pp", PP, "--seqhw", "4,8",
+                 "--data_dir", cluttered_small_dir, "--pp", PP, "--seqhw", "4,8",
                  "--batch_size", "50", "--out", str(tmp_path / "out"), "--progress=none"])
   printed = capsys.readouterr().out
   assert "mIoU" in printed and "pixel acc" in printed
@@ -203,21 +181,16 @@ def test_one_registry_and_segmentation_logs_through_log_values():
     assert evaluators.TYPES[kind].TASK == "classification"
 
 
-def test_eval_config_of_a_scanned_segmenter_runs_the_segmentation_sweep(cluttered_dir, tmp_path,
+def test_eval_config_of_a_scanned_segmenter_runs_the_segmentation_sweep(cluttered_small_dir, tmp_path,
                                                                         capsys):
   """`--eval_config` with type segmentation scores a Segmenter whose backbone scans: the
   per-block npz is restacked for the backbone, and the CLI routes to the mIoU sweep."""
   from flexivit_jax import evaluate
-  from flexivit_jax.checkpoints import npz
-  from flexivit_jax.models import tasks
-  fields = dict(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=[8, 8],
-                posemb_size=[4, 4], head_zeroinit=False)
-  model = tasks.from_config({**fields, "num_classes": 11}, "segmentation")
-  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), seqhw=4)["params"]
-  npz.save_params(str(tmp_path / "seg.npz"), params)
+  fields = dict(SEGMENTER_FIELDS, depth=2)
+  checkpoint = save_segmenter(tmp_path / "seg.npz", fields)
   cfg = dict(type="segmentation", data=dict(name=SMALL, split="test"), pp=PP)
-  evaluate.main(["--checkpoint", str(tmp_path / "seg.npz"), "--eval_config", repr(cfg),
-                 "--model", json.dumps({**fields, "scan": True}), "--data_dir", cluttered_dir,
+  evaluate.main(["--checkpoint", checkpoint, "--eval_config", repr(cfg),
+                 "--model", json.dumps({**fields, "scan": True}), "--data_dir", cluttered_small_dir,
                  "--seqhw", "4", "--batch_size", "50", "--progress=none"])
   printed = capsys.readouterr().out
   assert "mIoU" in printed and "pixel acc" in printed

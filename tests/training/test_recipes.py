@@ -5,13 +5,13 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
 from conftest import REPO, load_config
+from sharded_eval import eval_on_1_and_8_devices
 from flexivit_jax import compare
 from flexivit_jax.checkpoints import sources, step_dirs
 from flexivit_jax.outputs import runlog
@@ -126,36 +126,10 @@ def test_pad_batch_masks_the_padding():
   assert sharding.pad_batch(local, 5)["image"].shape == (5, 2, 2, 3)
 
 
-EVAL_ON_8 = textwrap.dedent("""
-    import json, sys
-    import jax
-    jax.config.update("jax_num_cpu_devices", 8)
-    import numpy as np
-    from flexivit_jax.training import config as config_lib
-    from flexivit_jax.training import evals
-    from flexivit_jax.models import vit
-    from flexivit_jax.training import loop
-    from flexivit_jax.training import sharding
-    c = config_lib.load_config_file(sys.argv[1]).to_dict()
-    c["evals"]["test"]["batch_size"] = 100
-    config = config_lib.complete(c)
-    model = vit.from_config(config.model)
-    params = model.init(jax.random.key(1), np.zeros((1, 16, 16, 3)), seqhw=2)["params"]
-    flexis = [(("seqhw", 2),), (("seqhw", 4),)]
-    out = {}
-    for n in (1, 8):
-      mesh = sharding.make_mesh(dict(data=-1), devices=jax.devices()[:n])
-      out[n] = evals.evaluate(evals.build_evaluators(config, model, mesh), params, flexis)
-    print(json.dumps({"devices": jax.device_count(), **{str(k): v for k, v in out.items()}}))
-""")
-
-
 @pytest.mark.slow
 def test_eval_batch_of_100_runs_on_8_devices(digits_data_dir):
-  proc = subprocess.run([sys.executable, "-c", EVAL_ON_8, f"{REPO}/configs/demo_digits.py:runlocal"],
-                        cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = eval_on_1_and_8_devices(f"{REPO}/configs/demo_digits.py:runlocal", batch_size=100,
+                                image_side=16)
   assert out["devices"] == 8
   assert out["1"] == out["8"] and len(out["8"]) == 2
   # Prec@1 over the 300 test digits: a multiple of 1/300, so padding was not counted.

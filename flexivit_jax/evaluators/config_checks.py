@@ -1,0 +1,25 @@
+"""Checks of the config keys that several evaluators read, so each says the same thing."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flexivit_jax.errors import UserError
+
+
+def check_data_and_pp(name: str, cfg: Mapping[str, Any], data_is: str = "") -> None:
+  """`evals.<name>` must give `data` (described by `data_is`, e.g. " (the queries)") and `pp`."""
+  if "data" not in cfg or "pp" not in cfg:
+    raise UserError(f"{name} needs 'data'{data_is} and 'pp'")
+
+
+def check_positive_batch_size(name: str, batch_size: Any) -> None:
+  """`evals.<name>.batch_size`, when given, is an int above 0 (and not a bool)."""
+  if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+    raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+
+
+def check_positive_ints(values: Any, where: str) -> None:
+  """`values` is a non-empty list (or tuple) of ints above 0 (and not bools)."""
+  if not isinstance(values, (list, tuple)) or not values or not all(
+      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    raise UserError(f"{where} must be a non-empty list of positive ints, got {values!r}")
