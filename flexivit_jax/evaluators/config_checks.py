@@ -12,10 +12,15 @@ def check_data_and_pp(name: str, cfg: Mapping[str, Any], data_is: str = "") -> N
     raise UserError(f"{name} needs 'data'{data_is} and 'pp'")
 
 
+def check_positive_int(value: Any, where: str) -> None:
+  """`value` (the config key `where`) is an int above 0 (and not a bool)."""
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise UserError(f"{where} must be a positive int, got {value!r}")
+
+
 def check_positive_batch_size(name: str, batch_size: Any) -> None:
   """`evals.<name>.batch_size`, when given, is an int above 0 (and not a bool)."""
-  if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-    raise UserError(f"{name}.batch_size must be a positive int, got {batch_size!r}")
+  check_positive_int(batch_size, f"{name}.batch_size")
 
 
 def check_positive_ints(values: Any, where: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from flexivit_jax.errors import UserError
-from flexivit_jax.evaluators.config_checks import check_positive_ints
+from flexivit_jax.evaluators.config_checks import check_positive_int, check_positive_ints
 from flexivit_jax.evaluators.features import FeatureEvaluator
 
 FlexiKey = Tuple[Tuple[str, Any], ...]
@@ -137,8 +137,8 @@ class FewshotEvaluator(FeatureEvaluator):
       if not isinstance(cfg.get(key), str) or not cfg.get(key):
         raise UserError(f"{name} needs '{key}' (a pp string keeping 'image' and 'label')")
     check_positive_ints(list(cfg.get("shots", DEFAULT_SHOTS)), f"{name}.shots")
-    check_positive_ints([cfg.get("num_seeds", DEFAULT_NUM_SEEDS)], f"{name}.num_seeds")
-    check_positive_ints([cfg.get("batch_size", 1)], f"{name}.batch_size")
+    check_positive_int(cfg.get("num_seeds", DEFAULT_NUM_SEEDS), f"{name}.num_seeds")
+    check_positive_int(cfg.get("batch_size", 1), f"{name}.batch_size")
     l2 = cfg.get("l2_reg", DEFAULT_L2_REG)
     if not isinstance(l2, (int, float)) or isinstance(l2, bool) or l2 < 0:
       raise UserError(f"{name}.l2_reg must be a number >= 0, got {l2!r}")
