@@ -8,7 +8,7 @@ kept under --root and reused when they finished (result.json), like the other
 cluttered_digits experiments.
 
   python benchmarks/precision_demo.py [--demo digits|cluttered] [--steps N] [--seed 0]
-      [--root workdirs/precision_demo] [--out docs/figures/precision_demo.json]
+      [--root workdirs/precision_demo] [--out docs/figures/precision_demo_seed0.json]
 """
 from __future__ import annotations
 
@@ -56,17 +56,19 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=1200)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--root", default="workdirs/precision_demo")
-  p.add_argument("--out", default="docs/figures/precision_demo.json")
+  p.add_argument("--out", default=None, help="default: docs/figures/precision_demo_seedN.json")
   args = p.parse_args(argv)
   results = {}
   for dtype in DTYPES:
     config = demo_config(args.demo, dtype, args.steps, args.seed)
-    results[dtype] = runs.train(config, os.path.join(args.root, f"{args.demo}_{dtype}"))
+    run_dir = os.path.join(args.root, f"{args.demo}_{dtype}_seed{args.seed}")
+    results[dtype] = runs.train(config, run_dir)
     print(f"{dtype}: {results[dtype]['wall_s']:.0f} s", flush=True)
   seqhws = config_lib.complete(config).eval_flexi["seqhw"]["v"]
   rows = table(results, args.demo, seqhws)
   worst = max(abs(r["delta"]) for r in rows)
-  runs.write_json(args.out, dict(demo=args.demo, steps=args.steps, seed=args.seed, rows=rows,
+  out = args.out or f"docs/figures/precision_demo_seed{args.seed}.json"
+  runs.write_json(out, dict(demo=args.demo, steps=args.steps, seed=args.seed, rows=rows,
                                  wall_s={d: results[d]["wall_s"] for d in DTYPES},
                                  max_abs_delta_points=worst))
   print(markdown(rows))
