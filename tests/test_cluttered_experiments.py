@@ -117,3 +117,17 @@ def test_curriculum_summary_says_whether_the_difference_exceeds_the_seed_spread(
   assert "does not exceed" in cs.verdict(cs.summarize(overlap))
   assert "seed 1" in cs.table(s, (0, 1))
   assert os.path.getsize(cs.plot(apart, str(tmp_path / "c.png"), title="t")) > 0
+
+
+def test_precision_demo_runs_differ_only_in_dtype_mm_and_the_table_subtracts_float32():
+  import precision_demo
+  f32, bf16 = (config_lib.complete(precision_demo.demo_config("digits", d, 100, 1)).to_dict()
+               for d in precision_demo.DTYPES)
+  assert f32["model"].pop("dtype_mm") == "float32" and bf16["model"].pop("dtype_mm") == "bfloat16"
+  assert f32 == bf16 and f32["seed"] == 1 and f32["total_steps"] == 100
+  run = lambda acc: {"curves": {"test": {f"seqhw={s}": a for s, a in acc.items()}}}
+  rows = precision_demo.table({"float32": run({3: 0.9, 6: 0.95}),
+                               "bfloat16": run({3: 0.92, 6: 0.94})}, "digits", (3, 6))
+  assert [r["patch"] for r in rows] == [16, 8]
+  assert [round(r["delta"], 6) for r in rows] == [2.0, -1.0]
+  assert "| 16 | 3 | 90.0 | 92.0 | +2.0 |" in precision_demo.markdown(rows)
