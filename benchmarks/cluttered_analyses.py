@@ -5,7 +5,9 @@ cosine, batch 64, `--steps` steps each, seed 0), trained into `--root` or read
 back from there (the same folders and configs as benchmarks/one_vs_many.py, so
 the default `--root` shares them):
   teacher        a plain ViT at patch 8 (seqhw 8): `demo_cluttered.py:baseline`;
-  flexi_scratch  the README demo's FlexiViT (a random patch per step, seqhw 4..8).
+  flexi_scratch  the README demo's FlexiViT (a random patch per step, seqhw 4..8);
+  flexi_distill  with `--distilled`: the paper's recipe (one_vs_many.py's), a FlexiViT
+                 initialised from the teacher and distilled from it at patch 8.
 Then, on the test split (1,000 images):
   resize methods  the ViT with its 8 px kernel resized by vanilla / area / norm / PI-resize
                   (flexivit_jax.analysis.resize_methods), (a) as in the paper: image and
@@ -16,10 +18,12 @@ Then, on the test split (1,000 images):
                   representations at the finest grid (8, patch 8) and each coarser one
                   (7, 6, 5, 4 = patches 9, 10, 12, 16), patch tokens (area-averaged onto
                   the coarser grid) and the cls token, on the first `--num_images` test
-                  images; and the arc-cosine distance between their final representations.
+                  images; the arc-cosine distance between their final representations,
+                  and how often the predicted class at a coarser grid is the one at grid 8.
 Writes OUT_DIR/cluttered_resize_methods.{json,png} and OUT_DIR/cluttered_cka.{json,png}.
 
-  python benchmarks/cluttered_analyses.py --root workdirs/one_vs_many --out_dir docs/figures
+  python benchmarks/cluttered_analyses.py --root workdirs/one_vs_many --out_dir docs/figures \
+      [--distilled]
 """
 from __future__ import annotations
 
@@ -27,20 +31,28 @@ import argparse
 import os
 import time
 
+import numpy as np
+
 import cluttered_runs as common  # benchmarks/cluttered_runs.py; puts the repo on sys.path.
+import one_vs_many  # benchmarks/one_vs_many.py: the distilled FlexiViT's config.
 from flexivit_jax.analysis import cka, resize_methods, subjects
 from flexivit_jax.outputs import plots, tables
 
 FINEST, COARSER = 8, (7, 6, 5, 4)  # seqhw; patches 8 | 9, 10, 12, 16 px at 64 px.
 PATCHES = (4, 6, 8, 9, 10, 12, 16)  # Resize methods: the ViT's 8 px kernel resized to these.
 TEST = {"name": "cluttered_digits", "split": "test"}
-MODELS = {"flexi_scratch": "FlexiViT (README demo)", "teacher": "ViT trained at patch 8"}
+MODELS = {"flexi_scratch": "FlexiViT (README demo)", "flexi_distill": "FlexiViT, distilled",
+          "teacher": "ViT trained at patch 8"}
 
 
-def train_runs(root: str, steps: int, adopt: dict) -> dict:
-  """{name: result} of the two runs, trained (or read back) in `root`."""
+def train_runs(root: str, steps: int, adopt: dict, distilled: bool = False) -> dict:
+  """{name: result} of the runs, trained (or read back) in `root`; the teacher first (the
+  distilled FlexiViT starts from it)."""
   configs = {"teacher": common.demo_config(f"baseline,steps={steps}"),
              "flexi_scratch": common.demo_config(f"steps={steps}")}
+  if distilled:
+    configs["flexi_distill"] = one_vs_many.distill_config(
+        steps, os.path.abspath(os.path.join(root, "teacher")))
   for name, source in adopt.items():
     common.adopt_copy(source, os.path.join(root, name), configs[name])
   return {name: common.train(common.quiet(c), os.path.join(root, name))
@@ -70,7 +82,11 @@ def cka_analysis(workdir: str, images) -> dict:
            for g in COARSER}
   grids = sorted((FINEST,) + COARSER)
   distance, _ = cka.arccos_distances(model, params, images, grids)
-  return dict(per_layer=pairs, arccos=dict(grids=grids, distance=distance))
+  predicted = {g: np.asarray(subjects.forward(model, params, images, seqhw=g)[0]).argmax(-1)
+               for g in (FINEST,) + COARSER}
+  same = {str(g): 100 * float(np.mean(predicted[g] == predicted[FINEST])) for g in COARSER}
+  return dict(per_layer=pairs, arccos=dict(grids=grids, distance=distance),
+              same_prediction_as_finest=same)
 
 
 def resize_tables(resize: dict, acc: dict) -> str:
@@ -91,11 +107,13 @@ def cka_table(results: dict, acc: dict) -> str:
   rows = []
   for name, r in results.items():
     for g, layers in r["per_layer"].items():
+      same = r.get("same_prediction_as_finest", {}).get(g)
       rows.append([MODELS[name], f"8 vs {g}", f"{acc[name][int(g)]:.1f}",
+                   "-" if same is None else f"{same:.1f}",
                    *(f"{x['patch_tokens']:.2f}/{x['pooled_token']:.2f}" for x in layers)])
   depth = len(next(iter(results.values()))["per_layer"][str(COARSER[0])])
-  return tables.format_rows(["model", "seqhw", "top-1 at coarser", *(f"block {i} patch/cls"
-                                                                     for i in range(depth))], rows)
+  return tables.format_rows(["model", "seqhw", "top-1 at coarser", "same class as at 8 (%)",
+                             *(f"block {i} patch/cls" for i in range(depth))], rows)
 
 
 def plot_resize(resize: dict, path: str) -> str:
@@ -111,8 +129,9 @@ def plot_resize(resize: dict, path: str) -> str:
 
 
 def plot_cka(results: dict, path: str) -> str:
-  fig, axes = plots.new_figure((14, 3.6), ncols=4)
-  panels = [(n, k) for n in MODELS for k in ("patch_tokens", "pooled_token")]
+  """Per-block CKA curves: a patch-token and a cls-token panel per model."""
+  panels = [(n, k) for n in MODELS if n in results for k in ("patch_tokens", "pooled_token")]
+  fig, axes = plots.new_figure((3.5 * len(panels), 3.6), ncols=len(panels))
   for ax, (name, key) in zip(axes, panels):
     for g, layers in results[name]["per_layer"].items():
       ax.plot([x["block"] for x in layers], [x[key] for x in layers], marker="o",
@@ -135,13 +154,17 @@ def main():
                  help="teacher=DIR (demo_cluttered.py:baseline) or flexi_scratch=DIR "
                       "(demo_cluttered.py): use that finished run (checked to be the same "
                       "training config) instead of training it again")
+  p.add_argument("--distilled", action="store_true",
+                 help="also train (or read back) one_vs_many.py's distilled FlexiViT and "
+                      "include it in the CKA analysis")
   args = p.parse_args()
   adopt = dict(a.split("=", 1) for a in args.adopt)
-  if set(adopt) - set(MODELS):
-    p.error(f"--adopt names teacher or flexi_scratch, not {sorted(set(adopt) - set(MODELS))}")
-  runs = train_runs(args.root, args.steps, adopt)
+  if set(adopt) - {"teacher", "flexi_scratch"}:
+    p.error(f"--adopt names teacher or flexi_scratch, not "
+            f"{sorted(set(adopt) - {'teacher', 'flexi_scratch'})}")
+  runs = train_runs(args.root, args.steps, adopt, args.distilled)
   acc = {n: {s: common.test_acc(r, s) for s in (FINEST,) + COARSER} for n, r in runs.items()}
-  workdirs = {n: os.path.join(args.root, n) for n in MODELS}
+  workdirs = {n: os.path.join(args.root, n) for n in MODELS if n in runs}
 
   start = time.time()
   resize = resize_analysis(workdirs["teacher"])
@@ -151,7 +174,7 @@ def main():
   start = time.time()
   images, _ = subjects.eval_images(TEST, subjects.eval_pp(subjects.DIGITS_PP, common.IMAGE),
                                    args.num_images)
-  similarity = {n: cka_analysis(workdirs[n], images) for n in MODELS}
+  similarity = {n: cka_analysis(workdirs[n], images) for n in workdirs}
   cka_s = round(time.time() - start, 1)
   print(cka_table(similarity, acc))
   for n, r in similarity.items():

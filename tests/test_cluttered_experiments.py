@@ -82,10 +82,13 @@ def test_cluttered_analyses_share_one_vs_many_runs_and_write_tables_and_plots(tm
   monkeypatch.setattr(cluttered_runs, "train",
                       lambda c, wd: trained.setdefault(os.path.basename(wd), c) and {})
   ca.train_runs(str(tmp_path), 400, adopt={})
+  assert list(trained) == ["teacher", "flexi_scratch"]
   assert trained["teacher"].flexi.seqhw.v == (8,)
   assert trained["flexi_scratch"].flexi.seqhw.v == one_vs_many.SEQHWS
   assert trained["teacher"].to_dict() == cluttered_runs.quiet(
       cluttered_runs.demo_config("baseline,steps=400")).to_dict()
+  ca.train_runs(str(tmp_path), 400, adopt={}, distilled=True)
+  assert trained["flexi_distill"].model_init == str(tmp_path / "teacher")
 
   methods = ("vanilla", "area", "norm", "pi")
   resize = {"fixed_grid": {m: {str(p): 50.0 for p in ca.PATCHES} for m in methods},
@@ -94,9 +97,12 @@ def test_cluttered_analyses_share_one_vs_many_runs_and_write_tables_and_plots(tm
   printed = ca.resize_tables(resize, acc)
   assert "128px" in printed and "(b) image kept at 64 px" in printed
   layers = [{"block": b, "patch_tokens": 0.5, "pooled_token": 0.9} for b in range(4)]
-  similarity = {n: {"per_layer": {str(g): layers for g in ca.COARSER}} for n in ca.MODELS}
+  similarity = {n: {"per_layer": {str(g): layers for g in ca.COARSER},
+                    "same_prediction_as_finest": {str(g): 25.0 for g in ca.COARSER}}
+                for n in ("flexi_scratch", "teacher")}  # Without --distilled.
   printed = ca.cka_table(similarity, acc)
   assert "8 vs 4" in printed and "block 3 patch/cls" in printed and "0.50/0.90" in printed
+  assert "25.0" in printed and "distilled" not in printed
   for path in (ca.plot_resize(resize, str(tmp_path / "r.png")),
                ca.plot_cka(similarity, str(tmp_path / "c.png"))):
     assert os.path.getsize(path) > 1000
