@@ -110,7 +110,8 @@ def fixed_image(model: FlexiViT, params: Mapping, image_size: int, *, data_cfg: 
                 batch_size: int = 100) -> dict[str, dict[str, float]]:
   """{method: {patch: top1}} with the image kept at `image_size`: the token grid changes
   with the patch (the position embedding is resampled to it), as when a ViT trained at one
-  patch size is deployed at another; the contrast to `resize_methods`' fixed grid."""
+  patch size is deployed at another; the contrast to `resize_methods`' fixed grid. At the
+  model's own patch nothing is resized, so every method shares the plain model's number."""
   grids = {p: image_size // p for p in patches}
   bad = [p for p, g in grids.items() if g < 1 or image_size // g != p]
   if bad:
@@ -119,8 +120,12 @@ def fixed_image(model: FlexiViT, params: Mapping, image_size: int, *, data_cfg: 
   pp = subjects.eval_pp(pp_template, image_size)
   images, _ = subjects.eval_images(data_cfg, pp, 256)
   norm = mean_token_norm(model, params, images)
-  return {m: {str(p): subjects.top1(method_model(model, m, norm), params, data_cfg, pp, g,
-                                    batch_size) for p, g in grids.items()} for m in methods}
+  own = model.hparams()["patch_size"][0]
+  base = {p: subjects.top1(model, params, data_cfg, pp, g, batch_size)
+          for p, g in grids.items() if p == own}
+  return {m: {str(p): base[p] if p in base else subjects.top1(
+      method_model(model, m, norm), params, data_cfg, pp, g, batch_size)
+              for p, g in grids.items()} for m in methods}
 
 
 def table(results: Mapping[str, Mapping[str, float]], image_size: int, patch: int) -> str:

@@ -234,9 +234,10 @@ def test_fixed_image_changes_the_grid_with_the_patch(digits_data_dir):
   model, params = small_subject()
   results = resize_methods.fixed_image(
       model, params, 16, data_cfg=subjects.DIGITS_TEST, pp_template=subjects.DIGITS_PP,
-      patches=(4, 8), methods=("vanilla", "pi"))
-  assert set(results) == {"vanilla", "pi"} and set(results["pi"]) == {"4", "8"}
-  assert results["vanilla"]["4"] == results["pi"]["4"]  # The stored patch: nothing resized.
+      patches=(4, 8), methods=("vanilla", "norm", "pi"))
+  assert set(results) == {"vanilla", "norm", "pi"} and set(results["pi"]) == {"4", "8"}
+  # The stored patch: nothing resized (norm's rescaling included), one number.
+  assert results["vanilla"]["4"] == results["norm"]["4"] == results["pi"]["4"]
   with pytest.raises(UserError, match=r"patches \[7\] are not image_size // seqhw"):
     resize_methods.fixed_image(model, params, 16, data_cfg=subjects.DIGITS_TEST,
                                pp_template=subjects.DIGITS_PP, patches=(7,))
