@@ -131,3 +131,39 @@ def test_precision_demo_runs_differ_only_in_dtype_mm_and_the_table_subtracts_flo
   assert [r["patch"] for r in rows] == [16, 8]
   assert [round(r["delta"], 6) for r in rows] == [2.0, -1.0]
   assert "| 16 | 3 | 90.0 | 92.0 | +2.0 |" in precision_demo.markdown(rows)
+
+
+def test_cluttered_analyses_share_one_vs_many_runs_and_write_tables_and_plots(tmp_path,
+                                                                             monkeypatch):
+  """benchmarks/cluttered_analyses.py without training: the runs it trains are one_vs_many's
+  teacher and FlexiViT from scratch (same folder names, same configs), and its tables and
+  plots take the analyses' results."""
+  import cluttered_analyses as ca
+  trained = {}
+  monkeypatch.setattr(cluttered_runs, "train",
+                      lambda c, wd: trained.setdefault(os.path.basename(wd), c) and {})
+  ca.train_runs(str(tmp_path), 400, adopt={})
+  assert list(trained) == ["teacher", "flexi_scratch"]
+  assert trained["teacher"].flexi.seqhw.v == (8,)
+  assert trained["flexi_scratch"].flexi.seqhw.v == one_vs_many.SEQHWS
+  assert trained["teacher"].to_dict() == cluttered_runs.quiet(
+      cluttered_runs.demo_config("baseline,steps=400")).to_dict()
+  ca.train_runs(str(tmp_path), 400, adopt={}, distilled=True)
+  assert trained["flexi_distill"].model_init == str(tmp_path / "teacher")
+
+  methods = ("vanilla", "area", "norm", "pi")
+  resize = {"fixed_grid": {m: {str(p): 50.0 for p in ca.PATCHES} for m in methods},
+            "fixed_image": {m: {str(p): 40.0 for p in ca.PATCHES if p >= 8} for m in methods}}
+  acc = {n: {s: 30.0 for s in one_vs_many.SEQHWS} for n in ca.MODELS}
+  printed = ca.resize_tables(resize, acc)
+  assert "128px" in printed and "(b) image kept at 64 px" in printed
+  layers = [{"block": b, "patch_tokens": 0.5, "pooled_token": 0.9} for b in range(4)]
+  similarity = {n: {"per_layer": {str(g): layers for g in ca.COARSER},
+                    "same_prediction_as_finest": {str(g): 25.0 for g in ca.COARSER}}
+                for n in ("flexi_scratch", "teacher")}  # Without --distilled.
+  printed = ca.cka_table(similarity, acc)
+  assert "8 vs 4" in printed and "block 3 patch/cls" in printed and "0.50/0.90" in printed
+  assert "25.0" in printed and "distilled" not in printed
+  for path in (ca.plot_resize(resize, str(tmp_path / "r.png")),
+               ca.plot_cka(similarity, str(tmp_path / "c.png"))):
+    assert os.path.getsize(path) > 1000

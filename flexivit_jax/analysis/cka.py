@@ -1,12 +1,18 @@
 """How similar are a FlexiViT's representations at two grid sizes? (paper Sec. 5)
 
 Linear CKA between every block's output at grid A and every block's output at
-grid B, for the patch tokens (both brought to a common grid by area-averaging)
+grid B, for the patch tokens (the finer grid's area-averaged onto the coarser
+grid: each coarse cell the overlap-weighted mean of the fine tokens it covers)
 and, separately, for the pooled token (cls token, or the mean token for gap/map
 heads). Plus the arc-cosine distance between the final representations of the
 same images at different grids, and a t-SNE of them (scikit-learn).
 
   python -m flexivit_jax.analysis.cka --out OUT [--checkpoint CKPT] [--grids 12,6]
+  python -m flexivit_jax.analysis.cka --out OUT --dataset cluttered_digits [--grids 8,4]
+
+`--dataset` picks the subject's bundled data and the defaults: sklearn_digits
+(48 px, grids 12 vs 6, arc-cosine over 3..12) or cluttered_digits (the README
+demo's FlexiViT: 64 px, grids 8 vs 4, arc-cosine over 4..8).
 
 results.json holds the per-layer CKA, both CKA matrices (rows: blocks at grid A)
 and the arc-cosine distance matrix; plots cka.png (heatmaps) and tsne.png.
@@ -14,7 +20,6 @@ and the arc-cosine distance matrix; plots cka.png (heatmaps) and tsne.png.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -27,7 +32,13 @@ from flexivit_jax.models.vit import FlexiViT
 from flexivit_jax.outputs import plots, tables
 
 IMAGE_SIZE, GRIDS, ALL_GRIDS = 48, (12, 6), (3, 4, 6, 8, 12)
-RUNLOCAL = dict(image_size=16, grids=(4, 2), all_grids=(2, 4))
+# {dataset: defaults}; posemb: the stored position-embedding grid of a trained subject.
+FULL = {"sklearn_digits": dict(image_size=IMAGE_SIZE, grids=GRIDS, all_grids=ALL_GRIDS,
+                               posemb=6),
+        "cluttered_digits": dict(image_size=64, grids=(8, 4), all_grids=(4, 5, 6, 7, 8),
+                                 posemb=8)}
+RUNLOCAL = {"sklearn_digits": dict(image_size=16, grids=(4, 2), all_grids=(2, 4), posemb=2),
+            "cluttered_digits": dict(image_size=16, grids=(4, 2), all_grids=(2, 4), posemb=4)}
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -38,12 +49,23 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
   return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
+def area_weights(fine: int, coarse: int) -> np.ndarray:
+  """(coarse, fine) weights: row i averages the fine cells over coarse cell i of the same
+  extent, each weighted by its overlap (rows sum to 1; h/grid blocks when it divides)."""
+  edges_f = np.arange(fine + 1) / fine
+  edges_c = np.arange(coarse + 1) / coarse
+  lo = np.maximum(edges_c[:-1, None], edges_f[None, :-1])
+  hi = np.minimum(edges_c[1:, None], edges_f[None, 1:])
+  return np.clip(hi - lo, 0.0, None) * coarse
+
+
 def area_average(tokens: np.ndarray, grid: int) -> np.ndarray:
-  """(n, h, w, d) patch tokens -> (n, grid, grid, d), averaging each h/grid block."""
+  """(n, h, w, d) patch tokens -> (n, grid, grid, d), area-averaged (grid <= h, w)."""
   n, h, w, d = tokens.shape
-  if h % grid or w % grid:
-    raise UserError(f"cannot area-average a {h}x{w} token grid to {grid}x{grid}")
-  return tokens.reshape(n, grid, h // grid, grid, w // grid, d).mean(axis=(2, 4))
+  if grid > h or grid > w or grid < 1:
+    raise UserError(f"cannot area-average a {h}x{w} token grid to {grid}x{grid}; "
+                     f"allowed: 1..{min(h, w)}")
+  return np.einsum("ih,jw,nhwd->nijd", area_weights(h, grid), area_weights(w, grid), tokens)
 
 
 def block_features(model: FlexiViT, params: Mapping, images, seqhw: int
@@ -63,7 +85,7 @@ def block_features(model: FlexiViT, params: Mapping, images, seqhw: int
 def cka_between_grids(model: FlexiViT, params: Mapping, images, grid_a: int, grid_b: int
                       ) -> dict:
   """CKA matrices (blocks at grid_a x blocks at grid_b) for patch and pooled tokens."""
-  common_grid = math.gcd(grid_a, grid_b)
+  common_grid = min(grid_a, grid_b)
   pa, qa, _ = block_features(model, params, images, grid_a)
   pb, qb, _ = block_features(model, params, images, grid_b)
   flat = lambda t: area_average(t, common_grid).reshape(-1, t.shape[-1])
@@ -146,6 +168,14 @@ def analyse(model, params, images, labels, grids, all_grids, out: str) -> dict:
   return results
 
 
+def check_grids(grids: Sequence[int], image_size: int) -> None:
+  """Every grid must fit the image (at least one pixel per patch)."""
+  bad = [g for g in grids if g > image_size]
+  if bad:
+    raise UserError(f"grids {bad} are larger than the {image_size} px image; "
+                     f"allowed: 1..{image_size} tokens per side")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(__doc__, "flexivit_jax.analysis.cka")
   p.add_argument("--checkpoint", default=None, help="a FlexiViT (default: train one)")
@@ -161,23 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
   cli.quiet_libraries()
-  d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, grids=GRIDS,
-                                                       all_grids=ALL_GRIDS))
-  ints = lambda s, flag: [int(v) for v in common.float_list(s, flag)]
-  grids = ints(args.grids, "--grids") if args.grids else list(d["grids"])
+  d, image_size = common.setting(args, RUNLOCAL, FULL)
+  grids = common.int_list(args.grids, "--grids") if args.grids else list(d["grids"])
   if len(grids) != 2:
     raise UserError(f"--grids takes two grids, got {args.grids!r}")
-  all_grids = ints(args.all_grids, "--all_grids") if args.all_grids else list(d["all_grids"])
+  all_grids = (common.int_list(args.all_grids, "--all_grids") if args.all_grids
+               else list(d["all_grids"]))
+  check_grids(grids + all_grids, image_size)
+  if args.num_images < 2:
+    raise UserError(f"--num_images must be at least 2 (CKA centres over images), "
+                     f"got {args.num_images}")
   if args.checkpoint:
     model, params = subjects.load_subject(args.checkpoint, args.model)
   else:
     model, params = subjects.train_subject(
         os.path.join(args.out, "subject"), image_size=image_size,
-        train_seqhws=sorted(set(all_grids) | set(grids)),
-        posemb=2 if args.runlocal else max(all_grids) // 2,
-        steps=None if args.runlocal else args.steps, runlocal=args.runlocal,
-        progress=args.progress)
-  images, labels = subjects.eval_images(common.data_cfg(args.data),
+        train_seqhws=sorted(set(all_grids) | set(grids)), posemb=d["posemb"],
+        steps=None if args.runlocal else common.steps(args), runlocal=args.runlocal,
+        progress=args.progress, dataset=args.dataset)
+  images, labels = subjects.eval_images(common.eval_data(args),
                                         subjects.eval_pp(args.pp, image_size), args.num_images)
   common.progress(args, 1, "analysis").line(
       f"CKA between seqhw {grids[0]} and {grids[1]}, arc-cosine distances and t-SNE over seqhw "

@@ -1,10 +1,12 @@
-"""The models the analyses study: a given checkpoint, or a small one trained on digits.
+"""The models the analyses study: a given checkpoint, or a small one trained on bundled data.
 
 Subjects are trained by the trainer itself (`loop.train_and_evaluate`) with
-the demo config adjusted to the analysis: image size, grids and steps. The
-config comes from `demos.digits_config` (what configs/demo_digits.py returns),
-so an installed package, which has no configs/ folder, can build it.
-`runlocal=True` trains the demo's tiny smoke-test model.
+a demo config adjusted to the analysis: image size, grids and steps. The
+config comes from the package's demos (`demos.digits_config`, what
+configs/demo_digits.py returns, for `sklearn_digits`; `demos.cluttered_config`,
+the README demo's, for `cluttered_digits`), so an installed package, which has
+no configs/ folder, can build it. `runlocal=True` trains the demo's tiny
+smoke-test model (on `cluttered_digits/small` for cluttered_digits).
 """
 from __future__ import annotations
 
@@ -25,6 +27,22 @@ from flexivit_jax.training import demos, loop
 DIGITS_PP = ("decode|resize({size})|value_range(-1, 1)|"
              "onehot(10, key='label', key_result='labels')")
 DIGITS_TEST = {"name": "sklearn_digits", "split": "test"}
+# The bundled datasets a subject can be trained on: their demo configs. Both demos'
+# models store an 8 px kernel (4 px under runlocal) and read 10 classes.
+DEMO_CONFIGS = {"sklearn_digits": demos.digits_config, "cluttered_digits": demos.cluttered_config}
+
+
+def check_dataset(name: str) -> str:
+  if name not in DEMO_CONFIGS:
+    raise UserError(f"unknown dataset {name!r} for an analysis subject; allowed: "
+                    f"{', '.join(DEMO_CONFIGS)}")
+  return name
+
+
+def test_data(dataset: str, runlocal: bool = False) -> dict:
+  """The test split a subject of `dataset` is evaluated on (its demo's test split)."""
+  c = DEMO_CONFIGS[check_dataset(dataset)]("runlocal" if runlocal else None)
+  return {"name": c.evals.test.data.name, "split": "test"}
 
 
 def eval_pp(template: str, size: int) -> str:
@@ -35,12 +53,15 @@ def eval_pp(template: str, size: int) -> str:
 
 
 def subject_config(*, image_size: int, train_seqhws: Sequence[int], posemb: int,
-                   steps: Optional[int], runlocal: bool = False, progress: str = "none"):
-  """The demo config, trained at `image_size` on `train_seqhws`, no evals (analyses evaluate).
+                   steps: Optional[int], runlocal: bool = False, progress: str = "none",
+                   dataset: str = "sklearn_digits"):
+  """`dataset`'s demo config, trained at `image_size` on `train_seqhws`, no evals (analyses
+  evaluate).
 
   `progress`: what its training shows (config.progress; the analysis CLIs pass theirs).
   """
-  c = demos.digits_config("runlocal" if runlocal else (f"steps={steps}" if steps else None))
+  demo = DEMO_CONFIGS[check_dataset(dataset)]
+  c = demo("runlocal" if runlocal else (f"steps={steps}" if steps else None))
   if steps:
     c.total_steps = steps
   if c.schedule.warmup_steps >= c.total_steps:  # Very short runs (notebook tests).

@@ -5,6 +5,7 @@ side by side with a FlexiViT of the same architecture trained for the same
 number of steps on random patch sizes, both evaluated at every grid.
 
   python -m flexivit_jax.analysis.zero_shot --out OUT [--vit CKPT] [--flexivit CKPT]
+      [--dataset cluttered_digits]
 
 results.json is {"vit": {seqhw: top1}, "flexivit": {seqhw: top1}, "gflops": {seqhw: g},
 "vit_seqhw": s}; also a table and zero_shot.png.
@@ -23,7 +24,13 @@ from flexivit_jax.outputs import plots, tables
 
 # The demo's setting: 48 px digits, grids 3..12 (patches 16..4 px), the ViT at 6 (8 px).
 IMAGE_SIZE, SEQHWS, VIT_SEQHW = 48, (3, 4, 6, 8, 12), 6
-RUNLOCAL = dict(image_size=16, seqhws=(2, 4), vit_seqhw=2)
+# {dataset: defaults} (--dataset); posemb: the stored position-embedding grid of both
+# trained subjects. On cluttered_digits the README demo's: 64 px, grids 4..8, ViT at 8.
+FULL = {"sklearn_digits": dict(image_size=IMAGE_SIZE, seqhws=SEQHWS, vit_seqhw=VIT_SEQHW,
+                               posemb=6),
+        "cluttered_digits": dict(image_size=64, seqhws=(4, 5, 6, 7, 8), vit_seqhw=8, posemb=8)}
+RUNLOCAL = {"sklearn_digits": dict(image_size=16, seqhws=(2, 4), vit_seqhw=2, posemb=2),
+            "cluttered_digits": dict(image_size=16, seqhws=(2, 4), vit_seqhw=4, posemb=4)}
 
 
 def per_seqhw(model: FlexiViT, params: Mapping, *, data_cfg: Mapping, pp: str,
@@ -73,8 +80,8 @@ def _subject(ckpt, args, name, image_size, train_seqhws, posemb):
     return subjects.load_subject(ckpt, args.model)
   return subjects.train_subject(
       os.path.join(args.out, name), image_size=image_size, train_seqhws=train_seqhws,
-      posemb=posemb, steps=None if args.runlocal else args.steps, runlocal=args.runlocal,
-      progress=args.progress)
+      posemb=posemb, steps=None if args.runlocal else common.steps(args),
+      runlocal=args.runlocal, progress=args.progress, dataset=args.dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,15 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = build_parser().parse_args(argv)
   cli.quiet_libraries()
-  d, image_size = common.setting(args, RUNLOCAL, dict(image_size=IMAGE_SIZE, seqhws=SEQHWS,
-                                                       vit_seqhw=VIT_SEQHW))
-  seqhws = [int(s) for s in common.float_list(args.seqhw, "--seqhw")] if args.seqhw \
-      else list(d["seqhws"])
+  d, image_size = common.setting(args, RUNLOCAL, FULL)
+  seqhws = common.int_list(args.seqhw, "--seqhw") if args.seqhw else list(d["seqhws"])
   vit_seqhw = args.vit_seqhw or d["vit_seqhw"]
-  posemb = max(seqhws) // 2 if not args.runlocal else 2
+  posemb = d["posemb"]
   vit = _subject(args.vit, args, "vit", image_size, [vit_seqhw], posemb)
   flexi = _subject(args.flexivit, args, "flexivit", image_size, seqhws, posemb)
-  results = zero_shot(vit, flexi, data_cfg=common.data_cfg(args.data),
+  results = zero_shot(vit, flexi, data_cfg=common.eval_data(args),
                       pp=subjects.eval_pp(args.pp, image_size), seqhws=seqhws,
                       batch_size=args.batch_size,
                       progress=common.progress(args, 2 * len(seqhws), "grid"))
