@@ -132,3 +132,43 @@ def test_train_still_needs_a_workdir(capsys):
     train.main(["--config", str(REPO / "configs" / "demo_digits.py") + ":runlocal"])
   assert exit_info.value.code == 2
   assert "--workdir" in capsys.readouterr().err
+
+
+def test_baseline_turns_off_bf16_and_remat_for_student_and_teachers():
+  """The table's "before": float32 student and teachers, no remat, one microbatch; the
+  plan prints the teachers' dtype beside the student's settings."""
+  config = load_config("i1k_deit3_distill.py:variant=S")
+  assert plan.model_settings(config) == {"dtype_mm": "bfloat16", "remat_policy": "none",
+                                         "scan": False}
+  assert plan.teacher_settings(config) == {"prof": {"dtype_mm": "bfloat16"}}
+  before = plan.with_overrides(config, plan.baseline_overrides(config))
+  assert plan.model_settings(before)["dtype_mm"] == "float32"
+  assert plan.teacher_settings(before) == {"prof": {"dtype_mm": "float32"}}
+  assert before.grad_accum_steps == 1 and config.grad_accum_steps > 1
+
+
+def test_candidates_skip_the_settings_the_config_already_has():
+  topo = parse_topology("v3-8")
+  bf16 = load_config(**{"model.dtype_mm": "bfloat16"})
+  steps = {tuple(sorted((k, v) for k, v in c.items() if k.startswith("model.")))
+           for c in plan.candidates(bf16, topo)}
+  assert steps == {(), (("model.remat_policy", "nothing_saveable"),)}
+  assert len({tuple(sorted(c.items())) for c in plan.candidates(load_config(), topo)}) == len(
+      plan.candidates(load_config(), topo))
+
+
+def test_a_setting_spelled_out_at_its_default_is_the_same_measurement():
+  config = load_config()
+  spelled = plan.with_overrides(config, {"model.dtype_mm": "float32",
+                                         "model.remat_policy": "none"})
+  assert plan._cost_key(config) == plan._cost_key(spelled)  # pylint: disable=protected-access
+  remat = plan.with_overrides(config, {"model.remat_policy": "nothing_saveable"})
+  assert plan._cost_key(config) != plan._cost_key(remat)  # pylint: disable=protected-access
+
+
+def test_a_segmentation_plan_compiles_the_segmenter_with_pixel_labels():
+  config = load_config("seg_ade20k.py:runlocal")
+  flexi = plan.costliest_flexi(config)
+  _, state, _, shapes = plan._abstract_step(config, 1, 2, flexi)  # pylint: disable=protected-access
+  assert "decoder" in state["params"] and "backbone" in state["params"]
+  assert shapes["labels"].shape == (2, 32, 32) and shapes["labels"].dtype == jnp.int32
