@@ -91,18 +91,22 @@ def _load(spec: str):
   return _CONFIGS[spec]
 
 
+REMAT = {"model.dtype_mm": "bfloat16", "model.remat_policy": "nothing_saveable"}
+POINTS = 1  # Compile each plan at its own microbatch only (plan.batches_for): half the time.
+
+
 def plan_dict(config, p: plan.Plan, measured_at: Optional[Tuple[int, int]] = None
               ) -> Dict[str, Any]:
   """One plan as JSON: settings, memory per device (GiB), fits, FLOPs, time, and the batch
   pair its compiles were made at (`measured_at`; None: at its own microbatch, exact)."""
   micro = p.per_device_batch // p.accum_steps
-  pair = measured_at or plan.batches_for(micro)
+  pair = measured_at or plan.batches_for(micro, POINTS)
   return {
       "settings": p.settings(), "per_device_batch": p.per_device_batch, "microbatch": micro,
       "memory_gib": {k: v / GIB for k, v in p.memory.items()},
       "total_gib": p.total / GIB, "fits": p.fits,
       "tflop_per_step": p.flops_per_step / 1e12, "step_s": p.step_seconds,
-      "measured_at": list(pair), "exact": tuple(pair) == plan.batches_for(micro),
+      "measured_at": list(pair), "exact": pair[1] == micro,
       "compile_s": plan.measure(config, p.flexi, pair).compile_seconds,
   }
 
@@ -125,15 +129,21 @@ def plan_row(config_spec: str, topology: Optional[str], mfu: float = plan.MFU,
   flexi = plan.costliest_flexi(config)
   before_cfg = plan.with_overrides(config, plan.baseline_overrides(config))
   before_at = _pair(before_cfg, flexi, exact)
-  before = plan.make_plan(before_cfg, topo, mfu, measure_at=before_at)
+  before = plan.make_plan(before_cfg, topo, mfu, measure_at=before_at, points=POINTS)
   defaults_at = _pair(config, flexi, exact)
-  defaults = plan.make_plan(config, topo, mfu, measure_at=defaults_at)
+  defaults = plan.make_plan(config, topo, mfu, measure_at=defaults_at, points=POINTS)
   one = plan.with_overrides(config, {"grad_accum_steps": 1})
-  screen = defaults_at or plan.batches_for(defaults.per_device_batch // defaults.accum_steps)
+  screen = defaults_at or plan.batches_for(defaults.per_device_batch // defaults.accum_steps,
+                                           POINTS)
   confirm = mode == "confirm"
-  overrides, fewest = plan.recommend(one, topo, mfu, extrapolate_from=screen, exact=confirm)
+  overrides, fewest = plan.recommend(one, topo, mfu, extrapolate_from=screen, exact=confirm,
+                                     points=POINTS)
   fewest_cfg = plan.with_overrides(one, overrides) if overrides is not None else None
   fewest_at = None if confirm else screen  # Where recommend() measured it.
+  remat = None
+  if confirm:  # What rematerialisation alone buys: bf16 + remat, one microbatch.
+    remat_cfg = plan.with_overrides(one, REMAT)
+    remat = plan_dict(remat_cfg, plan.make_plan(remat_cfg, topo, mfu, points=POINTS))
   if defaults.fits:
     after, after_cfg, after_at = defaults, config, defaults_at
   else:
@@ -148,6 +158,7 @@ def plan_row(config_spec: str, topology: Optional[str], mfu: float = plan.MFU,
       "fewest_overrides": overrides,
       "after": plan_dict(after_cfg, after, after_at) if after is not None else None,
       "after_is": "defaults" if defaults.fits else ("fewest" if fewest else None),
+      "remat": remat,
       "row_wall_s": time.perf_counter() - start,
   }
 
@@ -236,6 +247,21 @@ def markdown(rows: Sequence[Dict[str, Any]], header: bool = True) -> str:
   return "\n".join(lines) + "\n"
 
 
+def markdown_remat(rows: Sequence[Dict[str, Any]]) -> str:
+  """The confirmed rows (B and L on v3-32 and v4-64): before, after, and bf16 + remat."""
+  lines = ["| recipe | topology | before (GiB/device) | after: settings | after (GiB/device) | "
+           "bf16 + remat (nothing_saveable), 1 microbatch (GiB/device) |",
+           "|---|---|---|---|---|---|"]
+  for row in rows:
+    if row.get("remat") is None:
+      continue
+    after = row["after"]
+    lines.append(f"| {_name(row)} | {row['topology']} ({row['hbm_gib']:.0f} GiB) | "
+                 f"{_mem(row['before'])} | {'-' if after is None else _short(after['settings'])} "
+                 f"| {_mem(after)} | {_mem(row['remat'])} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rows", nargs="*", default=None,
@@ -249,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = p.parse_args(argv)
   if args.render:
     with open(args.render) as f:
-      print(markdown(json.load(f)["rows"]), end="")
+      rows = json.load(f)["rows"]
+    print(markdown(rows) + "\n" + markdown_remat(rows), end="")
     return
   rows = [parse_row(r) for r in args.rows] if args.rows else default_rows()
   start = time.perf_counter()
@@ -262,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared",
                  "rows": result}, f, indent=1)
   print(f"\n{len(result)} rows in {wall:.0f} s")
-  print(markdown(result), end="")
+  print(markdown(result) + "\n" + markdown_remat(result), end="")
 
 
 if __name__ == "__main__":

@@ -215,11 +215,17 @@ def measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
   return _MEASURED[key]
 
 
-def batches_for(microbatch: int) -> Tuple[int, int]:
+def batches_for(microbatch: int, points: int = 2) -> Tuple[int, int]:
   """The batch sizes to compile at: the microbatch itself and half of it. A step's peak
   memory is the larger of its activations and its gradient/update buffers, so it is linear
   in the batch only once activations dominate: measured at the microbatch it is exact, and
-  other microbatches (recommendations) are extrapolated from there, then measured."""
+  other microbatches (recommendations) are extrapolated from there, then measured.
+
+  `points=1`: the microbatch only, (m, m): half the compiles; memory at m is as exact, the
+  FLOPs count the optimizer update once per microbatch (a fraction of a percent of a ViT
+  step's), and other batch sizes are extrapolated in proportion (the fixed part unknown)."""
+  if points == 1:
+    return (microbatch, microbatch)
   return (max(1, microbatch // 2), microbatch) if microbatch > 1 else (1, 2)
 
 
@@ -228,7 +234,7 @@ def _measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
   b1, b2 = batches
   start = time.perf_counter()
   for depth in (1, 2):
-    for batch in batches:
+    for batch in sorted(set(batches)):
       compiled = _compiled(config, depth, batch, flexi)
       temp[depth, batch] = compiled.memory_analysis().temp_size_in_bytes
       fl[depth, batch] = flops_lib.gflops(compiled) * 1e9
@@ -236,10 +242,14 @@ def _measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
   full_depth = tasks.from_config(config.model, config.task).hparams()["depth"]
 
   def in_depth(values):  # f(D) = f(1) + (D - 1) * (f(2) - f(1)), per batch size.
-    return {b: values[1, b] + (full_depth - 1) * (values[2, b] - values[1, b]) for b in batches}
+    return {b: values[1, b] + (full_depth - 1) * (values[2, b] - values[1, b])
+            for b in set(batches)}
 
   t, f = in_depth(temp), in_depth(fl)
-  slope_t, slope_f = (t[b2] - t[b1]) / (b2 - b1), (f[b2] - f[b1]) / (b2 - b1)
+  if b1 == b2:  # One point: in proportion to the batch (exact at b2).
+    slope_t, slope_f = t[b2] / b2, f[b2] / b2
+  else:
+    slope_t, slope_f = (t[b2] - t[b1]) / (b2 - b1), (f[b2] - f[b1]) / (b2 - b1)
   _, state, tparams, batch_shapes = _abstract_step(config, None, 1, flexi)
   return StepCost(
       temp_fixed=t[b2] - slope_t * b2, temp_per_example=slope_t,
@@ -365,9 +375,10 @@ def baseline_overrides(config) -> Dict[str, Any]:
 
 
 def make_plan(config, topology: Any, mfu: float = MFU,
-              measure_at: Optional[Tuple[int, int]] = None) -> Plan:
+              measure_at: Optional[Tuple[int, int]] = None, points: int = 2) -> Plan:
   """The plan of `config` as it is on `topology` (a name or a Topology); `measure_at`: the
-  two batch sizes to measure at (default: at the microbatch, exact; others extrapolate)."""
+  two batch sizes to measure at (default: `batches_for(microbatch, points)`, exact at the
+  microbatch; others extrapolate)."""
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
   if not 0 < mfu <= 1:
     raise UserError(f"mfu={mfu!r} must be in (0, 1]")
@@ -380,7 +391,7 @@ def make_plan(config, topology: Any, mfu: float = MFU,
   optim.check_accum_steps(config.grad_accum_steps, batch, topo.devices)
   flexi = costliest_flexi(config)
   micro = per_device // config.grad_accum_steps
-  cost = measure(config, flexi, measure_at or batches_for(micro))
+  cost = measure(config, flexi, measure_at or batches_for(micro, points))
   fsdp, mode = mesh["fsdp"], config.param_sharding
   grads_full = sum(int(np.prod(s)) * 4 for s, _ in cost.param_leaves)  # float32 gradients.
   params = sharded_bytes(cost.param_leaves, fsdp, mode)
@@ -438,8 +449,8 @@ def missing_settings() -> List[str]:
 
 
 def recommend(config, topology: Any, mfu: float = MFU,
-              extrapolate_from: Optional[Tuple[int, int]] = None, exact: bool = True
-              ) -> Tuple[Optional[Dict[str, Any]], Optional[Plan]]:
+              extrapolate_from: Optional[Tuple[int, int]] = None, exact: bool = True,
+              points: int = 2) -> Tuple[Optional[Dict[str, Any]], Optional[Plan]]:
   """(overrides, plan) of the first candidate that fits with margin, or (None, None).
 
   Candidates are screened by extrapolating from compiles at `extrapolate_from` (default:
@@ -449,7 +460,7 @@ def recommend(config, topology: Any, mfu: float = MFU,
   more for it (cheaper, less sure: a table marks such rows)."""
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
   measured_at = extrapolate_from or batches_for(
-      config.input.batch_size // topo.devices // config.grad_accum_steps)
+      config.input.batch_size // topo.devices // config.grad_accum_steps, points)
   for overrides in candidates(config, topo):
     candidate = with_overrides(config, overrides)
     # Extrapolated from the compiles at the config's own microbatch first (cheap), then
@@ -461,7 +472,7 @@ def recommend(config, topology: Any, mfu: float = MFU,
       continue
     if screened.total > 1.25 * MARGIN * topo.chip.hbm_bytes:
       continue
-    plan = make_plan(candidate, topo, mfu)
+    plan = make_plan(candidate, topo, mfu, points=points)
     if plan.fits:
       return overrides, plan
   return None, None

@@ -35,9 +35,13 @@ def test_rows_have_every_field_and_reuse_the_cache(tmp_path, monkeypatch):
   assert exact["before"]["exact"] and exact["before"]["compile_s"] > 0
   assert extrapolated["topology"] == "1xH100" and extrapolated["devices"] == 1
   assert extrapolated["before"]["per_device_batch"] == 8 and not extrapolated["before"]["exact"]
-  assert extrapolated["before"]["measured_at"] == [1, 2]  # v3-8's compiles, none of its own.
+  assert extrapolated["before"]["measured_at"] == [1, 1]  # v3-8's compiles, none of its own.
+  # A confirmed row also plans bf16 + remat with one microbatch (its own compile).
+  assert exact["remat"]["settings"]["model.remat_policy"] == "nothing_saveable"
+  assert exact["remat"]["exact"] and extrapolated["remat"] is None
   text = plan_table.markdown(rows)
   assert text.count("\n") == 4 and "| i21k_sup:runlocal | 1xH100 (80 GiB) | ~" in text
+  assert plan_table.markdown_remat(rows).count("\n") == 3
 
   # A new process (empty cache in memory) reads the file and compiles nothing.
   monkeypatch.setattr(plan, "_MEASURED", {})
