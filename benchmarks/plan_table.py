@@ -34,10 +34,15 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from flexivit_jax.errors import UserError
-from flexivit_jax.training import plan
-from flexivit_jax.training.config import load_config_file
-from flexivit_jax.training.topologies import GIB, parse_topology
+from flexivit_jax import xla_env
+
+# The XLA:CPU flags `train --plan` runs with (before JAX starts), so the table is its numbers.
+xla_env.apply_cpu_defaults()
+
+from flexivit_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flexivit_jax.training import plan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flexivit_jax.training.config import load_config_file  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flexivit_jax.training.topologies import GIB, parse_topology  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("i21k_sup.py", "i21k_curriculum.py", "i21k_distill.py",
@@ -104,6 +109,7 @@ def plan_dict(config, p: plan.Plan, measured_at: Optional[Tuple[int, int]] = Non
   return {
       "settings": p.settings(), "per_device_batch": p.per_device_batch, "microbatch": micro,
       "memory_gib": {k: v / GIB for k, v in p.memory.items()},
+      "residuals_gib": p.residuals / GIB,  # JAX's, per microbatch (plan.residual_bytes...).
       "total_gib": p.total / GIB, "fits": p.fits,
       "tflop_per_step": p.flops_per_step / 1e12, "step_s": p.step_seconds,
       "measured_at": list(pair), "exact": pair[1] == micro,
@@ -111,11 +117,16 @@ def plan_dict(config, p: plan.Plan, measured_at: Optional[Tuple[int, int]] = Non
   }
 
 
-def _pair(config, flexi, exact: bool) -> Optional[Tuple[int, int]]:
-  """Where to measure: None (the plan's own microbatch) for an exact row, else the largest
-  batch pair this step was already measured at (None if it never was)."""
-  pairs = [] if exact else plan.measured_batches(config, flexi)
-  return max(pairs, key=lambda b: b[1]) if pairs else None
+def _pair(config, flexi, topo, exact: bool) -> Optional[Tuple[int, int]]:
+  """Where to measure: None (the plan's own microbatch) for an exact row; else a batch pair
+  this step was already measured at: the one at this row's microbatch if there is one
+  (then the row is exact after all), else the largest (None if it never was measured)."""
+  if exact:
+    return None
+  pairs = plan.measured_batches(config, flexi)
+  micro = config.input.batch_size // topo.devices // config.grad_accum_steps
+  same = [b for b in pairs if b[1] == micro]
+  return (same or sorted(pairs, key=lambda b: b[1]))[-1] if pairs else None
 
 
 def plan_row(config_spec: str, topology: Optional[str], mfu: float = plan.MFU,
@@ -128,9 +139,9 @@ def plan_row(config_spec: str, topology: Optional[str], mfu: float = plan.MFU,
   start = time.perf_counter()
   flexi = plan.costliest_flexi(config)
   before_cfg = plan.with_overrides(config, plan.baseline_overrides(config))
-  before_at = _pair(before_cfg, flexi, exact)
+  before_at = _pair(before_cfg, flexi, topo, exact)
   before = plan.make_plan(before_cfg, topo, mfu, measure_at=before_at, points=POINTS)
-  defaults_at = _pair(config, flexi, exact)
+  defaults_at = _pair(config, flexi, topo, exact)
   defaults = plan.make_plan(config, topo, mfu, measure_at=defaults_at, points=POINTS)
   one = plan.with_overrides(config, {"grad_accum_steps": 1})
   screen = defaults_at or plan.batches_for(defaults.per_device_batch // defaults.accum_steps,
@@ -165,10 +176,16 @@ def plan_row(config_spec: str, topology: Optional[str], mfu: float = plan.MFU,
 
 def table(rows: Sequence[Row], mfu: float = plan.MFU, cache: Optional[str] = None,
           log=print) -> List[Dict[str, Any]]:
-  """Every row; with `cache`, measurements are read from and written back to that file."""
+  """Every row; with `cache`, measurements are read from and written back to that file
+  (only those made under this process's XLA_FLAGS, which change XLA:CPU's buffers)."""
+  flags = os.environ.get("XLA_FLAGS", "")
   if cache and os.path.exists(cache):
     with open(cache) as f:
-      log(f"reusing {plan.load_measurements(json.load(f))} measurements from {cache}")
+      kept = json.load(f)
+    if kept.get("xla_flags") == flags:
+      log(f"reusing {plan.load_measurements(kept['measurements'])} measurements from {cache}")
+    else:
+      log(f"not reusing {cache}: made under XLA_FLAGS={kept.get('xla_flags')!r}")
   out = []
   for config, topology, mode in rows:
     try:
@@ -183,7 +200,7 @@ def table(rows: Sequence[Row], mfu: float = plan.MFU, cache: Optional[str] = Non
     if cache:
       os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
       with open(cache, "w") as f:
-        json.dump(plan.measurements(), f)
+        json.dump({"xla_flags": flags, "measurements": plan.measurements()}, f)
   return out
 
 
@@ -212,7 +229,8 @@ def _mem(p: Optional[Dict[str, Any]]) -> str:
   if p is None:
     return "nothing fits"
   approx = "" if p["exact"] else "~"
-  return (f"{approx}{p['total_gib']:.2f} (act. {p['memory_gib']['activations']:.2f}): "
+  return (f"{approx}{p['total_gib']:.2f} (act. {p['memory_gib']['activations']:.2f}, "
+          f"res. {p['residuals_gib']:.2f}): "
           f"{'fits' if p['fits'] else '**does not fit**'}")
 
 
@@ -286,6 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with open(args.out, "w") as f:
       json.dump({"command": "python benchmarks/plan_table.py " + " ".join(argv or sys.argv[1:]),
                  "mfu": args.mfu, "margin": plan.MARGIN, "wall_s": wall,
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared",
                  "rows": result}, f, indent=1)
   print(f"\n{len(result)} rows in {wall:.0f} s")

@@ -293,6 +293,35 @@ def measured_batches(config, flexi) -> List[Tuple[int, int]]:
   return sorted(b for k, f, b in _MEASURED if k == key and f == flexi)
 
 
+_RESIDUALS: Dict[Tuple[str, Any], int] = {}
+
+
+def residual_bytes_per_example(config, flexi) -> int:
+  """Bytes per example the student's backward keeps from its forward: the residuals of
+  `jax.vjp` of its forward (full depth, abstract: traced, not compiled), at batch 2 less
+  batch 1. They follow `dtype_mm` (bf16 residuals are 2 bytes) and `remat_policy` (a
+  rematerialised block keeps its input only) as JAX hands them to any backend; XLA:CPU's
+  compiled temporaries do not show either saving (docs/scaling.md), so the plan prints
+  both. Not counted: a block's working set while it is recomputed, the teachers."""
+  key = (_cost_key(config), flexi)
+  if key not in _RESIDUALS:
+    model = tasks.from_config(config.model, config.task)
+    image = (*image_sizes(config.input.pp)["image"], 3)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image)),
+                                               **dict(flexi))["params"])
+
+    def forward(p, x):
+      return model.apply({"params": p}, x, **dict(flexi), train=True,
+                         rngs={"dropout": jax.random.key(0)})[0]
+
+    def residuals(batch: int) -> int:
+      images = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
+      return _nbytes(jax.eval_shape(lambda p, x: jax.vjp(forward, p, x)[1], params, images))
+
+    _RESIDUALS[key] = max(0, residuals(2) - residuals(1))
+  return _RESIDUALS[key]
+
+
 def sharded_bytes(leaves, fsdp: int, mode: str) -> int:
   """Bytes per device of arrays (shape, itemsize) under the trainer's sharding rule."""
   total = 0
@@ -322,6 +351,12 @@ class Plan:
   flops_per_step: float  # All devices.
   mfu: float
   teacher_settings: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+  residuals_per_example: int = 0  # JAX's, by dtype_mm and remat_policy (not in `memory`).
+
+  @property
+  def residuals(self) -> int:
+    """The student's residuals for one microbatch (see residual_bytes_per_example)."""
+    return self.residuals_per_example * (self.per_device_batch // self.accum_steps)
 
   @property
   def total(self) -> int:
@@ -410,7 +445,8 @@ def make_plan(config, topology: Any, mfu: float = MFU,
   update = cost.flops_fixed
   flops = (update + cost.flops_per_example * per_device) * topo.devices
   return Plan(topo, flexi, mesh, mode, batch, per_device, config.grad_accum_steps,
-              model_settings(config), memory, flops, mfu, teacher_settings(config))
+              model_settings(config), memory, flops, mfu, teacher_settings(config),
+              residual_bytes_per_example(config, flexi))
 
 
 def with_overrides(config, overrides: Mapping[str, Any]):
@@ -506,6 +542,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
       f"  total {_gib(plan.total)} GiB of {_gib(topo.chip.hbm_bytes)} GiB: "
       + (f"fits (at most {MARGIN:.0%} used)" if plan.fits else
          f"does not fit (needs at most {MARGIN:.0%}: {_gib(MARGIN * topo.chip.hbm_bytes)} GiB)"),
+      f"  the student's residuals for the backward (JAX's, by dtype_mm and remat_policy, which "
+      f"XLA:CPU's activations above do not shrink with): {_size(plan.residuals)} per microbatch",
       f"  FLOPs per step {plan.flops_per_step / 1e12:.1f} TFLOP (all devices); predicted step "
       f"{plan.step_seconds:.3f} s at {plan.mfu:.0%} MFU of {topo.chip.peak_flops / 1e12:.1f} "
       f"TFLOP/s per device",

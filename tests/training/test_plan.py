@@ -61,6 +61,10 @@ def test_composed_memory_matches_a_direct_compile():
   assert p.per_device_batch == 8 and p.flexi == (("seqhw", 4),)
   direct = _direct_bytes(config, 8)
   assert abs(p.total - direct) <= 0.1 * direct, (p.memory, direct)
+  # Compiled at the microbatch only (half the compiles): the same plan at that microbatch.
+  one_point = plan.make_plan(config, "v3-8", points=1)
+  assert one_point.memory == pytest.approx(p.memory, abs=2)
+  assert one_point.flops_per_step == pytest.approx(p.flops_per_step, rel=1e-6)
   # Accumulation: the same per-device batch in 4 microbatches holds less.
   accumulated = plan.make_plan(load_config(**{**dict(config.items()), "grad_accum_steps": 4}),
                                "v3-8")
@@ -172,3 +176,21 @@ def test_a_segmentation_plan_compiles_the_segmenter_with_pixel_labels():
   _, state, _, shapes = plan._abstract_step(config, 1, 2, flexi)  # pylint: disable=protected-access
   assert "decoder" in state["params"] and "backbone" in state["params"]
   assert shapes["labels"].shape == (2, 32, 32) and shapes["labels"].dtype == jnp.int32
+
+
+def test_residuals_follow_bf16_and_remat():
+  """JAX's residuals per example (traced, not compiled): bf16 about halves them, remat
+  keeps only each block's input; the plan carries them beside XLA:CPU's activations."""
+  config = load_config(**{"model": dict(num_classes=10, width=64, depth=4, num_heads=2,
+                                        mlp_dim=128, patch_size=(4, 4), posemb_size=(4, 4)),
+                          "flexi": dict(seqhw=dict(v=(4,)))})
+  flexi = (("seqhw", 4),)
+  f32 = plan.residual_bytes_per_example(config, flexi)
+  bf16 = plan.residual_bytes_per_example(
+      plan.with_overrides(config, {"model.dtype_mm": "bfloat16"}), flexi)
+  remat = plan.residual_bytes_per_example(
+      plan.with_overrides(config, {"model.remat_policy": "nothing_saveable"}), flexi)
+  assert 0.4 * f32 < bf16 < 0.7 * f32
+  assert remat < 0.25 * f32
+  block_inputs = 4 * (4 * 4 + 1) * 64 * 4  # depth x tokens (+cls) x width x f32 bytes.
+  assert remat >= block_inputs
