@@ -41,7 +41,7 @@ xla_env.apply_cpu_defaults()
 
 from flexivit_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flexivit_jax.training import plan  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flexivit_jax.training.config import load_config_file  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flexivit_jax.training.config import complete, load_config_file  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flexivit_jax.training.topologies import GIB, parse_topology  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -92,7 +92,7 @@ _CONFIGS: Dict[str, Any] = {}
 def _load(spec: str):
   if spec not in _CONFIGS:
     path = spec if os.sep in spec.split(":")[0] else str(CONFIGS / spec)
-    _CONFIGS[spec] = load_config_file(path)
+    _CONFIGS[spec] = complete(load_config_file(path))  # As `train` completes it.
   return _CONFIGS[spec]
 
 
