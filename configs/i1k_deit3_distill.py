@@ -49,9 +49,10 @@ def get_config(arg=None):
   c.input.batch_size = 1024
   # The pod it is written for (`train --plan`'s default; docs/scaling.md).
   c.topology = {"S": "v3-32", "B": "v4-64", "L": "v4-128"}[arg.variant]
-  # 32 per device in 2 microbatches of 16 fit at seqhw 30: S a v3 core's 16 GiB, B a v4
-  # chip's 32 GiB (`train --plan`, docs/scaling.md). L is not planned yet.
-  c.grad_accum_steps = {"S": 2, "B": 2}.get(arg.variant, 1)
+  # The fewest microbatches that fit seqhw 30 with a 10% margin (`train --plan`,
+  # docs/scaling.md): S 32 per v3 core in 2 of 16; B 32 per v4 chip in 2 of 16; L 16 per
+  # v4 chip in 4 of 4.
+  c.grad_accum_steps = {"S": 2, "B": 2, "L": 4}[arg.variant]
   pp_label = '|onehot(1000, key="{lbl}", key_result="labels")|keep("image", "prof", "labels")'
   c.input.pp = (
       'decode|inception_crop|flip_lr|copy("image", "prof")'

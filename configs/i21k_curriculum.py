@@ -46,4 +46,6 @@ def get_config(arg=None):
     c.flexi = dict(seqhw=[dict(s, p="uniform") for s in stages])
     if not arg.runlocal:
       c.total_epochs = equal_compute_steps(stages, target, arg.epochs, **B)
+  if not arg.runlocal:  # At most seqhw 15: 4 microbatches of 32 fit a v3 core (`train --plan`).
+    c.grad_accum_steps = 4
   return c

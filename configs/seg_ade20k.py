@@ -51,6 +51,8 @@ def get_config(arg=None):
   labels = f'|value_range(-1, 1)|seg_labels(offset=1, key="{ANNOTATION}")|keep("image", "labels")'
   c.input.data = dict(name="scene_parse150", split="train")
   c.input.batch_size = arg.batch
+  # One 512 px crop per TPU v3 core: written for a v3-8 (`train --plan`, docs/scaling.md).
+  c.topology = "v3-8"
   c.input.pp = (f"decode|dense_resize_small({crop}, 0.5, 2.0, {mask})|"
                 f"dense_random_crop({crop}, {mask})|dense_flip_lr({mask})|"
                 f"dense_pad({crop}, mask_value=255, {mask})" + labels)
@@ -58,6 +60,7 @@ def get_config(arg=None):
   # FlexiViT-B's released layout: 32x32 kernel, 7x7 posemb, token pooling (head dropped).
   c.model = dict(variant=arg.variant, pool_type="tok", patch_size=(32, 32), posemb_size=(7, 7),
                  num_classes=NUM_CLASSES)
+  c.model.dtype_mm = "bfloat16"  # bf16 matmuls/activations on TPU/GPU; params stay f32.
   c.model_init = arg.init
   c.total_steps = arg.steps
   c.flexi = dict(seqhw=dict(v=(arg.seqhw,) if arg.seqhw else SEQHW, p="uniform"))

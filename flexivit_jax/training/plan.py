@@ -25,11 +25,19 @@ one huge one. Per device:
 Settings (model fields `dtype_mm`, `remat_policy`, `scan`; `grad_accum_steps`; fsdp) are
 config overrides: `recommend` tries them in order of cost when the config does not fit,
 and a model field this model does not have is reported as unavailable, not guessed.
+`baseline_overrides` gives the step without any of them (float32 student and teachers, no
+rematerialisation, one microbatch): the "before" of a plan table.
+
+The model is the task's (`models.tasks`: a FlexiViT, or a Segmenter whose labels are int
+class ids per pixel), so a segmentation config is planned with its decoder and its
+full-resolution logits.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import time
 import types
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,7 +47,7 @@ import numpy as np
 
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import flops as flops_lib
-from flexivit_jax.models import vit
+from flexivit_jax.models import tasks, vit
 from flexivit_jax.models.vit import resolve_patch
 from flexivit_jax.training import compiled_steps, initial_state, optim, sharding
 from flexivit_jax.training import config as config_lib
@@ -112,6 +120,7 @@ class StepCost:
   input_bytes_per_example: int
   state_leaves: Tuple[Tuple[Tuple[int, ...], int], ...]  # (shape, itemsize) of params + opt.
   param_leaves: Tuple[Tuple[Tuple[int, ...], int], ...]
+  compile_seconds: float = 0.0  # Wall time of the four compiles behind these numbers.
 
 
 def _with_depth(model_cfg: Mapping[str, Any], depth: int) -> dict:
@@ -122,7 +131,7 @@ def _abstract_step(config, depth: Optional[int], batch: int, flexi):
   """(jitted step, abstract state, teacher params, batch) of `config` on one device."""
   model_cfg = dict(config.model) if depth is None else _with_depth(
       config.model, depth)
-  model = vit.from_config(model_cfg)
+  model = tasks.from_config(model_cfg, config.task)
   tx, _ = optim.make_optimizer(config, max(config.total_steps or 0, 1_000_000))
   teachers = initial_state.teachers_of(types.SimpleNamespace(teachers={
       name: dict(t, model=dict(t["model"]) if depth is None else _with_depth(t["model"], depth))
@@ -133,7 +142,7 @@ def _abstract_step(config, depth: Optional[int], batch: int, flexi):
                                                     config.init_head_bias), jax.random.key(0))
   teacher_params = {}
   batch_shapes = {"image": jax.ShapeDtypeStruct((batch, *image), jnp.float32),
-                  "labels": jax.ShapeDtypeStruct((batch, model.num_classes), jnp.float32)}
+                  "labels": _labels_shape(config, model, batch, sizes["image"])}
   for t in teachers:
     if t.input_key not in sizes:
       raise UserError(f"cannot tell the size of teacher {t.name!r}'s input {t.input_key!r} "
@@ -150,6 +159,13 @@ def _abstract_step(config, depth: Optional[int], batch: int, flexi):
   return jitted, state, teacher_params, batch_shapes
 
 
+def _labels_shape(config, model, batch: int, image_hw) -> jax.ShapeDtypeStruct:
+  """Segmentation: int class ids per pixel (as `seg_labels` makes); else one-hot rows."""
+  if config.task == "segmentation":
+    return jax.ShapeDtypeStruct((batch, *image_hw), jnp.int32)
+  return jax.ShapeDtypeStruct((batch, model.num_classes), jnp.float32)
+
+
 def _nbytes(tree) -> int:
   return int(sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree)))
 
@@ -158,17 +174,33 @@ def _leaves(tree) -> Tuple[Tuple[Tuple[int, ...], int], ...]:
   return tuple((tuple(a.shape), a.dtype.itemsize) for a in jax.tree.leaves(tree))
 
 
+# Buffer assignment and the FLOP count are made on the optimised HLO, before LLVM generates
+# code, so the plan asks LLVM for no optimisation: the same memory and cost analysis in
+# about half the compile time (checked for FlexiViT-B at seqhw 30: equal temp bytes and
+# FLOPs, 35 s instead of 63 s on a loaded 2-core VM).
+PLAN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
+                         "xla_llvm_disable_expensive_passes": True}
+
+
 def _compiled(config, depth: int, batch: int, flexi):
   jitted, state, tparams, batch_shapes = _abstract_step(config, depth, batch, flexi)
-  return jitted.lower(state, tparams, batch_shapes, flexi=flexi).compile()
+  lowered = jitted.lower(state, tparams, batch_shapes, flexi=flexi)
+  if jax.default_backend() == "cpu":
+    return lowered.compile(PLAN_COMPILER_OPTIONS)
+  return lowered.compile()
 
 
 def _cost_key(config) -> str:
   """What a measurement depends on: models, teachers, loss, mixup, optimizer, shapes."""
-  keys = ("model", "distill", "loss", "mixup", "optax_name", "optax", "grad_clip_norm",
-          "init_head_bias")
-  return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                     for k in keys} | {"pp": config.input.pp}, sort_keys=True, default=str)
+  keys = ("task", "model", "distill", "loss", "mixup", "optax_name", "optax", "grad_clip_norm",
+          "init_head_bias", "ignore_label")
+  parts = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
+  # A setting left at its default and the same setting spelled out are the same step.
+  defaults = {k: v for k, v in SETTING_FIELDS.items() if k in vit.MODEL_FIELDS}
+  parts["model"] = {**defaults, **parts["model"]}
+  for teacher in parts["distill"].get("teachers", {}).values():
+    teacher["model"] = {**defaults, **teacher["model"]}
+  return json.dumps(parts | {"pp": config.input.pp}, sort_keys=True, default=str)
 
 
 _MEASURED: Dict[Tuple[str, Any], StepCost] = {}  # Per process: the plan writes no files.
@@ -183,36 +215,111 @@ def measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
   return _MEASURED[key]
 
 
-def batches_for(microbatch: int) -> Tuple[int, int]:
+def batches_for(microbatch: int, points: int = 2) -> Tuple[int, int]:
   """The batch sizes to compile at: the microbatch itself and half of it. A step's peak
   memory is the larger of its activations and its gradient/update buffers, so it is linear
   in the batch only once activations dominate: measured at the microbatch it is exact, and
-  other microbatches (recommendations) are extrapolated from there, then measured."""
+  other microbatches (recommendations) are extrapolated from there, then measured.
+
+  `points=1`: the microbatch only, (m, m): half the compiles; memory at m is as exact, the
+  FLOPs count the optimizer update once per microbatch (a fraction of a percent of a ViT
+  step's), and other batch sizes are extrapolated in proportion (the fixed part unknown)."""
+  if points == 1:
+    return (microbatch, microbatch)
   return (max(1, microbatch // 2), microbatch) if microbatch > 1 else (1, 2)
 
 
 def _measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
   temp, fl = {}, {}
   b1, b2 = batches
+  start = time.perf_counter()
   for depth in (1, 2):
-    for batch in batches:
+    for batch in sorted(set(batches)):
       compiled = _compiled(config, depth, batch, flexi)
       temp[depth, batch] = compiled.memory_analysis().temp_size_in_bytes
       fl[depth, batch] = flops_lib.gflops(compiled) * 1e9
-  full_depth = vit.from_config(config.model).hparams()["depth"]
+  seconds = time.perf_counter() - start
+  full_depth = tasks.from_config(config.model, config.task).hparams()["depth"]
 
   def in_depth(values):  # f(D) = f(1) + (D - 1) * (f(2) - f(1)), per batch size.
-    return {b: values[1, b] + (full_depth - 1) * (values[2, b] - values[1, b]) for b in batches}
+    return {b: values[1, b] + (full_depth - 1) * (values[2, b] - values[1, b])
+            for b in set(batches)}
 
   t, f = in_depth(temp), in_depth(fl)
-  slope_t, slope_f = (t[b2] - t[b1]) / (b2 - b1), (f[b2] - f[b1]) / (b2 - b1)
+  if b1 == b2:  # One point: in proportion to the batch (exact at b2).
+    slope_t, slope_f = t[b2] / b2, f[b2] / b2
+  else:
+    slope_t, slope_f = (t[b2] - t[b1]) / (b2 - b1), (f[b2] - f[b1]) / (b2 - b1)
   _, state, tparams, batch_shapes = _abstract_step(config, None, 1, flexi)
   return StepCost(
       temp_fixed=t[b2] - slope_t * b2, temp_per_example=slope_t,
       flops_fixed=f[b2] - slope_f * b2, flops_per_example=slope_f,
       param_bytes=_nbytes(state["params"]), opt_bytes=_nbytes(state["opt_state"]),
       teacher_bytes=_nbytes(tparams), input_bytes_per_example=_nbytes(batch_shapes),
-      state_leaves=_leaves(state), param_leaves=_leaves(state["params"]))
+      state_leaves=_leaves(state), param_leaves=_leaves(state["params"]),
+      compile_seconds=seconds)
+
+
+def measurements() -> List[Dict[str, Any]]:
+  """This process's measurements as JSON-able dicts (a table keeps them between runs)."""
+  return [{"key": key, "flexi": repr(flexi), "batches": list(batches),
+           "cost": dataclasses.asdict(cost)}
+          for (key, flexi, batches), cost in _MEASURED.items()]
+
+
+def _tuples(x):
+  return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def load_measurements(entries: Sequence[Mapping[str, Any]]) -> int:
+  """Adds `measurements()` entries (e.g. read back from a file) to this process's cache;
+  a later `make_plan` of the same step (same cost key, flexi and batches) compiles nothing.
+  Returns how many were added."""
+  added = 0
+  for e in entries:
+    key = (e["key"], ast.literal_eval(e["flexi"]), tuple(e["batches"]))
+    if key not in _MEASURED:
+      cost = dict(e["cost"])
+      cost["state_leaves"], cost["param_leaves"] = (_tuples(cost["state_leaves"]),
+                                                    _tuples(cost["param_leaves"]))
+      _MEASURED[key] = StepCost(**cost)
+      added += 1
+  return added
+
+
+def measured_batches(config, flexi) -> List[Tuple[int, int]]:
+  """The batch pairs this process has measured `config`'s step at (same cost key, flexi)."""
+  key = _cost_key(config)
+  return sorted(b for k, f, b in _MEASURED if k == key and f == flexi)
+
+
+_RESIDUALS: Dict[Tuple[str, Any], int] = {}
+
+
+def residual_bytes_per_example(config, flexi) -> int:
+  """Bytes per example the student's backward keeps from its forward: the residuals of
+  `jax.vjp` of its forward (full depth, abstract: traced, not compiled), at batch 2 less
+  batch 1. They follow `dtype_mm` (bf16 residuals are 2 bytes) and `remat_policy` (a
+  rematerialised block keeps its input only) as JAX hands them to any backend; XLA:CPU's
+  compiled temporaries do not show either saving (docs/scaling.md), so the plan prints
+  both. Not counted: a block's working set while it is recomputed, the teachers."""
+  key = (_cost_key(config), flexi)
+  if key not in _RESIDUALS:
+    model = tasks.from_config(config.model, config.task)
+    image = (*image_sizes(config.input.pp)["image"], 3)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image)),
+                                               **dict(flexi))["params"])
+
+    def forward(p, x):
+      return model.apply({"params": p}, x, **dict(flexi), train=True,
+                         rngs={"dropout": jax.random.key(0)})[0]
+
+    def residuals(batch: int) -> int:
+      images = jax.ShapeDtypeStruct((batch, *image), jnp.float32)
+      return _nbytes(jax.eval_shape(lambda p, x: jax.vjp(forward, p, x)[1], params, images))
+
+    _RESIDUALS[key] = max(0, residuals(2) - residuals(1))
+  return _RESIDUALS[key]
 
 
 def sharded_bytes(leaves, fsdp: int, mode: str) -> int:
@@ -243,6 +350,13 @@ class Plan:
   memory: Dict[str, int]
   flops_per_step: float  # All devices.
   mfu: float
+  teacher_settings: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+  residuals_per_example: int = 0  # JAX's, by dtype_mm and remat_policy (not in `memory`).
+
+  @property
+  def residuals(self) -> int:
+    """The student's residuals for one microbatch (see residual_bytes_per_example)."""
+    return self.residuals_per_example * (self.per_device_batch // self.accum_steps)
 
   @property
   def total(self) -> int:
@@ -259,7 +373,9 @@ class Plan:
 
   def settings(self) -> Dict[str, Any]:
     """The settings this plan used, as config keys."""
-    return {**{f"model.{k}": v for k, v in self.model_settings.items()},
+    teachers = {f"distill.teachers.{name}.model.{k}": v
+                for name, fields in self.teacher_settings.items() for k, v in fields.items()}
+    return {**{f"model.{k}": v for k, v in self.model_settings.items()}, **teachers,
             "grad_accum_steps": self.accum_steps, "mesh.fsdp": self.mesh["fsdp"],
             "param_sharding": self.param_sharding}
 
@@ -267,16 +383,37 @@ class Plan:
 SETTING_FIELDS = {"dtype_mm": "float32", "remat_policy": "none", "scan": False}
 
 
-def model_settings(config) -> Dict[str, Any]:
+def model_settings(config, model_cfg=None) -> Dict[str, Any]:
   """The model's memory settings as the config sets them (their defaults where unset)."""
-  return {k: config.model.get(k, default) for k, default in SETTING_FIELDS.items()
+  model_cfg = config.model if model_cfg is None else model_cfg
+  return {k: model_cfg.get(k, default) for k, default in SETTING_FIELDS.items()
           if k in vit.MODEL_FIELDS}
 
 
+def teacher_settings(config) -> Dict[str, Dict[str, Any]]:
+  """{teacher: {"dtype_mm": ...}}: a teacher only runs forward, so only its dtype matters."""
+  return {name: {k: v for k, v in model_settings(config, t["model"]).items() if k == "dtype_mm"}
+          for name, t in sorted(config.distill.teachers.items())}
+
+
+def baseline_overrides(config) -> Dict[str, Any]:
+  """The step without the memory options: float32 matmuls and activations (student and
+  teachers), no rematerialisation, one microbatch (a table's "before")."""
+  out: Dict[str, Any] = {"grad_accum_steps": 1}
+  if "dtype_mm" in vit.MODEL_FIELDS:
+    out["model.dtype_mm"] = "float32"
+    out.update({f"distill.teachers.{name}.model.dtype_mm": "float32"
+                for name in config.distill.teachers})
+  if "remat_policy" in vit.MODEL_FIELDS:
+    out["model.remat_policy"] = "none"
+  return out
+
+
 def make_plan(config, topology: Any, mfu: float = MFU,
-              measure_at: Optional[Tuple[int, int]] = None) -> Plan:
+              measure_at: Optional[Tuple[int, int]] = None, points: int = 2) -> Plan:
   """The plan of `config` as it is on `topology` (a name or a Topology); `measure_at`: the
-  two batch sizes to measure at (default: at the microbatch, exact; others extrapolate)."""
+  two batch sizes to measure at (default: `batches_for(microbatch, points)`, exact at the
+  microbatch; others extrapolate)."""
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
   if not 0 < mfu <= 1:
     raise UserError(f"mfu={mfu!r} must be in (0, 1]")
@@ -289,7 +426,7 @@ def make_plan(config, topology: Any, mfu: float = MFU,
   optim.check_accum_steps(config.grad_accum_steps, batch, topo.devices)
   flexi = costliest_flexi(config)
   micro = per_device // config.grad_accum_steps
-  cost = measure(config, flexi, measure_at or batches_for(micro))
+  cost = measure(config, flexi, measure_at or batches_for(micro, points))
   fsdp, mode = mesh["fsdp"], config.param_sharding
   grads_full = sum(int(np.prod(s)) * 4 for s, _ in cost.param_leaves)  # float32 gradients.
   params = sharded_bytes(cost.param_leaves, fsdp, mode)
@@ -308,7 +445,8 @@ def make_plan(config, topology: Any, mfu: float = MFU,
   update = cost.flops_fixed
   flops = (update + cost.flops_per_example * per_device) * topo.devices
   return Plan(topo, flexi, mesh, mode, batch, per_device, config.grad_accum_steps,
-              model_settings(config), memory, flops, mfu)
+              model_settings(config), memory, flops, mfu, teacher_settings(config),
+              residual_bytes_per_example(config, flexi))
 
 
 def with_overrides(config, overrides: Mapping[str, Any]):
@@ -325,10 +463,11 @@ def candidates(config, topo: Topology) -> List[Dict[str, Any]]:
   (it saves only the train state, which is small next to the activations of a ViT).
   """
   per_device = config.input.batch_size // topo.devices
-  model_steps = [{}]
-  if "dtype_mm" in vit.MODEL_FIELDS:
+  current = model_settings(config)
+  model_steps = [{}]  # The config's own model settings, then bf16, then bf16 + remat.
+  if "dtype_mm" in vit.MODEL_FIELDS and current["dtype_mm"] != "bfloat16":
     model_steps.append({"model.dtype_mm": "bfloat16"})
-  if "remat_policy" in vit.MODEL_FIELDS:
+  if "remat_policy" in vit.MODEL_FIELDS and current["remat_policy"] != "nothing_saveable":
     model_steps.append({**model_steps[-1], "model.remat_policy": "nothing_saveable"})
   fsdps = [f for f in (1, 2, 4, 8, 16, 32, 64) if topo.devices % f == 0]
   out = []
@@ -345,19 +484,31 @@ def missing_settings() -> List[str]:
   return [f"model.{k}" for k in ("dtype_mm", "remat_policy") if k not in vit.MODEL_FIELDS]
 
 
-def recommend(config, topology: Any, mfu: float = MFU) -> Tuple[Optional[Dict[str, Any]],
-                                                                 Optional[Plan]]:
-  """(overrides, plan) of the first candidate that fits with margin, or (None, None)."""
+def recommend(config, topology: Any, mfu: float = MFU,
+              extrapolate_from: Optional[Tuple[int, int]] = None, exact: bool = True,
+              points: int = 2) -> Tuple[Optional[Dict[str, Any]], Optional[Plan]]:
+  """(overrides, plan) of the first candidate that fits with margin, or (None, None).
+
+  Candidates are screened by extrapolating from compiles at `extrapolate_from` (default:
+  the config's own microbatch and half of it), so a table that already measured another
+  microbatch of the same step screens from that one and compiles only the winner;
+  `exact=False` takes the first candidate whose extrapolation fits, compiling nothing
+  more for it (cheaper, less sure: a table marks such rows)."""
   topo = topology if isinstance(topology, Topology) else parse_topology(topology)
-  measured_at = batches_for(config.input.batch_size // topo.devices // config.grad_accum_steps)
+  measured_at = extrapolate_from or batches_for(
+      config.input.batch_size // topo.devices // config.grad_accum_steps, points)
   for overrides in candidates(config, topo):
     candidate = with_overrides(config, overrides)
     # Extrapolated from the compiles at the config's own microbatch first (cheap), then
     # measured at the candidate's microbatch before it is recommended.
-    if make_plan(candidate, topo, mfu, measure_at=measured_at).total > 1.25 * MARGIN * \
-        topo.chip.hbm_bytes:
+    screened = make_plan(candidate, topo, mfu, measure_at=measured_at)
+    if not exact:
+      if screened.fits:
+        return overrides, screened
       continue
-    plan = make_plan(candidate, topo, mfu)
+    if screened.total > 1.25 * MARGIN * topo.chip.hbm_bytes:
+      continue
+    plan = make_plan(candidate, topo, mfu, points=points)
     if plan.fits:
       return overrides, plan
   return None, None
@@ -379,6 +530,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
   topo = plan.topology
   flexi = ", ".join(f"{k}={v}" for k, v in plan.flexi)
   settings = " ".join(f"{k}={v}" for k, v in plan.model_settings.items()) or "(none)"
+  settings += "".join(f"; teacher {name} " + " ".join(f"{k}={v}" for k, v in fields.items())
+                      for name, fields in plan.teacher_settings.items() if fields)
   lines = [
       f"plan {title + ' ' if title else ''}on {topo.describe()}",
       f"  mesh data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} ({plan.param_sharding}); "
@@ -389,6 +542,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
       f"  total {_gib(plan.total)} GiB of {_gib(topo.chip.hbm_bytes)} GiB: "
       + (f"fits (at most {MARGIN:.0%} used)" if plan.fits else
          f"does not fit (needs at most {MARGIN:.0%}: {_gib(MARGIN * topo.chip.hbm_bytes)} GiB)"),
+      f"  the student's residuals for the backward (JAX's, by dtype_mm and remat_policy, which "
+      f"XLA:CPU's activations above do not shrink with): {_size(plan.residuals)} per microbatch",
       f"  FLOPs per step {plan.flops_per_step / 1e12:.1f} TFLOP (all devices); predicted step "
       f"{plan.step_seconds:.3f} s at {plan.mfu:.0%} MFU of {topo.chip.peak_flops / 1e12:.1f} "
       f"TFLOP/s per device",

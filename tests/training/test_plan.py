@@ -61,6 +61,10 @@ def test_composed_memory_matches_a_direct_compile():
   assert p.per_device_batch == 8 and p.flexi == (("seqhw", 4),)
   direct = _direct_bytes(config, 8)
   assert abs(p.total - direct) <= 0.1 * direct, (p.memory, direct)
+  # Compiled at the microbatch only (half the compiles): the same plan at that microbatch.
+  one_point = plan.make_plan(config, "v3-8", points=1)
+  assert one_point.memory == pytest.approx(p.memory, abs=2)
+  assert one_point.flops_per_step == pytest.approx(p.flops_per_step, rel=1e-6)
   # Accumulation: the same per-device batch in 4 microbatches holds less.
   accumulated = plan.make_plan(load_config(**{**dict(config.items()), "grad_accum_steps": 4}),
                                "v3-8")
@@ -132,3 +136,61 @@ def test_train_still_needs_a_workdir(capsys):
     train.main(["--config", str(REPO / "configs" / "demo_digits.py") + ":runlocal"])
   assert exit_info.value.code == 2
   assert "--workdir" in capsys.readouterr().err
+
+
+def test_baseline_turns_off_bf16_and_remat_for_student_and_teachers():
+  """The table's "before": float32 student and teachers, no remat, one microbatch; the
+  plan prints the teachers' dtype beside the student's settings."""
+  config = load_config("i1k_deit3_distill.py:variant=S")
+  assert plan.model_settings(config) == {"dtype_mm": "bfloat16", "remat_policy": "none",
+                                         "scan": False}
+  assert plan.teacher_settings(config) == {"prof": {"dtype_mm": "bfloat16"}}
+  before = plan.with_overrides(config, plan.baseline_overrides(config))
+  assert plan.model_settings(before)["dtype_mm"] == "float32"
+  assert plan.teacher_settings(before) == {"prof": {"dtype_mm": "float32"}}
+  assert before.grad_accum_steps == 1 and config.grad_accum_steps > 1
+
+
+def test_candidates_skip_the_settings_the_config_already_has():
+  topo = parse_topology("v3-8")
+  bf16 = load_config(**{"model.dtype_mm": "bfloat16"})
+  steps = {tuple(sorted((k, v) for k, v in c.items() if k.startswith("model.")))
+           for c in plan.candidates(bf16, topo)}
+  assert steps == {(), (("model.remat_policy", "nothing_saveable"),)}
+  assert len({tuple(sorted(c.items())) for c in plan.candidates(load_config(), topo)}) == len(
+      plan.candidates(load_config(), topo))
+
+
+def test_a_setting_spelled_out_at_its_default_is_the_same_measurement():
+  config = load_config()
+  spelled = plan.with_overrides(config, {"model.dtype_mm": "float32",
+                                         "model.remat_policy": "none"})
+  assert plan._cost_key(config) == plan._cost_key(spelled)  # pylint: disable=protected-access
+  remat = plan.with_overrides(config, {"model.remat_policy": "nothing_saveable"})
+  assert plan._cost_key(config) != plan._cost_key(remat)  # pylint: disable=protected-access
+
+
+def test_a_segmentation_plan_compiles_the_segmenter_with_pixel_labels():
+  config = load_config("seg_ade20k.py:runlocal")
+  flexi = plan.costliest_flexi(config)
+  _, state, _, shapes = plan._abstract_step(config, 1, 2, flexi)  # pylint: disable=protected-access
+  assert "decoder" in state["params"] and "backbone" in state["params"]
+  assert shapes["labels"].shape == (2, 32, 32) and shapes["labels"].dtype == jnp.int32
+
+
+def test_residuals_follow_bf16_and_remat():
+  """JAX's residuals per example (traced, not compiled): bf16 about halves them, remat
+  keeps only each block's input; the plan carries them beside XLA:CPU's activations."""
+  config = load_config(**{"model": dict(num_classes=10, width=64, depth=4, num_heads=2,
+                                        mlp_dim=128, patch_size=(4, 4), posemb_size=(4, 4)),
+                          "flexi": dict(seqhw=dict(v=(4,)))})
+  flexi = (("seqhw", 4),)
+  f32 = plan.residual_bytes_per_example(config, flexi)
+  bf16 = plan.residual_bytes_per_example(
+      plan.with_overrides(config, {"model.dtype_mm": "bfloat16"}), flexi)
+  remat = plan.residual_bytes_per_example(
+      plan.with_overrides(config, {"model.remat_policy": "nothing_saveable"}), flexi)
+  assert 0.4 * f32 < bf16 < 0.7 * f32
+  assert remat < 0.25 * f32
+  block_inputs = 4 * (4 * 4 + 1) * 64 * 4  # depth x tokens (+cls) x width x f32 bytes.
+  assert remat >= block_inputs
