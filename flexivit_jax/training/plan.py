@@ -22,6 +22,12 @@ one huge one. Per device:
 - inputs: the per-device batch (images, labels, teacher images) and the teachers' params;
 - activations: the compiled step's temporaries at the microbatch, less the gradients.
 
+XLA:CPU keeps float32-sized, unrematerialised activations whatever `dtype_mm` and
+`remat_policy` say (measured: docs/scaling.md), so `activations` is an upper bound for
+bf16 or remat runs; beside it the plan gives the student's residuals for the backward
+from JAX (`residual_bytes_per_example`), which do follow both settings. `fits` is
+decided on the compiled (upper-bound) total.
+
 Settings (model fields `dtype_mm`, `remat_policy`, `scan`; `grad_accum_steps`; fsdp) are
 config overrides: `recommend` tries them in order of cost when the config does not fit,
 and a model field this model does not have is reported as unavailable, not guessed.
@@ -120,7 +126,7 @@ class StepCost:
   input_bytes_per_example: int
   state_leaves: Tuple[Tuple[Tuple[int, ...], int], ...]  # (shape, itemsize) of params + opt.
   param_leaves: Tuple[Tuple[Tuple[int, ...], int], ...]
-  compile_seconds: float = 0.0  # Wall time of the four compiles behind these numbers.
+  compile_seconds: float = 0.0  # Wall time of the compiles behind these numbers.
 
 
 def _with_depth(model_cfg: Mapping[str, Any], depth: int) -> dict:
@@ -207,7 +213,8 @@ _MEASURED: Dict[Tuple[str, Any], StepCost] = {}  # Per process: the plan writes 
 
 
 def measure(config, flexi, batches: Tuple[int, int]) -> StepCost:
-  """The step's costs at `flexi`, from compiles at two batch sizes; cached per model,
+  """The step's costs at `flexi`, from compiles at two batch sizes (or one: (m, m),
+  `batches_for(m, points=1)`); cached per model,
   teacher, loss, optimizer, shapes and batches (a table of topologies reuses them)."""
   key = (_cost_key(config), flexi, batches)
   if key not in _MEASURED:
