@@ -95,10 +95,11 @@ def resize_tables(resize: dict, acc: dict) -> str:
       ["patch", "image", *methods],
       [[p, f"{8 * p}px", *(f"{resize['fixed_grid'][m][str(p)]:.1f}" for m in methods)]
        for p in PATCHES])
+  seqhw = lambda p: common.IMAGE // int(p)
   image = tables.format_rows(
       ["patch", "seqhw", *methods, "FlexiViT"],
-      [[p, common.IMAGE // int(p), *(f"{resize['fixed_image'][m][p]:.1f}" for m in methods),
-        f"{acc['flexi_scratch'][common.IMAGE // int(p)]:.1f}"] for p in resize["fixed_image"]["pi"]])
+      [[p, seqhw(p), *(f"{resize['fixed_image'][m][p]:.1f}" for m in methods),
+        f"{acc['flexi_scratch'][seqhw(p)]:.1f}"] for p in resize["fixed_image"]["pi"]])
   return f"(a) grid kept at 8x8, image and patch scaled:\n{grid}\n" \
          f"(b) image kept at 64 px, grid changes:\n{image}"
 
@@ -142,8 +143,8 @@ def plot_cka(results: dict, path: str) -> str:
               label=f"8 vs {g} (patch {common.IMAGE // int(g)})")
     ax.set_xticks([x["block"] for x in layers])
     ax.set_ylim(0, 1.02)
-    plots.label_axes(ax, xlabel="block", ylabel="linear CKA",
-                     title=f"{MODELS[name]}: {'patch tokens' if key == 'patch_tokens' else 'cls token'}")
+    tokens = "patch tokens" if key == "patch_tokens" else "cls token"
+    plots.label_axes(ax, xlabel="block", ylabel="linear CKA", title=f"{MODELS[name]}: {tokens}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
   return plots.save_figure(fig, path)
