@@ -95,10 +95,11 @@ def resize_tables(resize: dict, acc: dict) -> str:
       ["patch", "image", *methods],
       [[p, f"{8 * p}px", *(f"{resize['fixed_grid'][m][str(p)]:.1f}" for m in methods)]
        for p in PATCHES])
+  seqhw = lambda p: common.IMAGE // int(p)
   image = tables.format_rows(
       ["patch", "seqhw", *methods, "FlexiViT"],
-      [[p, common.IMAGE // int(p), *(f"{resize['fixed_image'][m][p]:.1f}" for m in methods),
-        f"{acc['flexi_scratch'][common.IMAGE // int(p)]:.1f}"] for p in resize["fixed_image"]["pi"]])
+      [[p, seqhw(p), *(f"{resize['fixed_image'][m][p]:.1f}" for m in methods),
+        f"{acc['flexi_scratch'][seqhw(p)]:.1f}"] for p in resize["fixed_image"]["pi"]])
   return f"(a) grid kept at 8x8, image and patch scaled:\n{grid}\n" \
          f"(b) image kept at 64 px, grid changes:\n{image}"
 
@@ -130,15 +131,20 @@ def plot_resize(resize: dict, path: str) -> str:
 
 def plot_cka(results: dict, path: str) -> str:
   """Per-block CKA curves: a patch-token and a cls-token panel per model."""
-  panels = [(n, k) for n in MODELS if n in results for k in ("patch_tokens", "pooled_token")]
-  fig, axes = plots.new_figure((3.5 * len(panels), 3.6), ncols=len(panels))
-  for ax, (name, key) in zip(axes, panels):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = [n for n in MODELS if n in results]
+  fig, axes = plt.subplots(len(names), 2, figsize=(8, 3 * len(names)), squeeze=False)
+  panels = [(n, k) for n in names for k in ("patch_tokens", "pooled_token")]
+  for ax, (name, key) in zip(axes.flat, panels):
     for g, layers in results[name]["per_layer"].items():
       ax.plot([x["block"] for x in layers], [x[key] for x in layers], marker="o",
               label=f"8 vs {g} (patch {common.IMAGE // int(g)})")
+    ax.set_xticks([x["block"] for x in layers])
     ax.set_ylim(0, 1.02)
-    plots.label_axes(ax, xlabel="block", ylabel="linear CKA",
-                     title=f"{MODELS[name]}: {'patch tokens' if key == 'patch_tokens' else 'cls token'}")
+    tokens = "patch tokens" if key == "patch_tokens" else "cls token"
+    plots.label_axes(ax, xlabel="block", ylabel="linear CKA", title=f"{MODELS[name]}: {tokens}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
   return plots.save_figure(fig, path)
@@ -163,7 +169,8 @@ def main():
     p.error(f"--adopt names teacher or flexi_scratch, not "
             f"{sorted(set(adopt) - {'teacher', 'flexi_scratch'})}")
   runs = train_runs(args.root, args.steps, adopt, args.distilled)
-  acc = {n: {s: common.test_acc(r, s) for s in (FINEST,) + COARSER} for n, r in runs.items()}
+  acc = {n: {s: round(common.test_acc(r, s), 2) for s in (FINEST,) + COARSER}
+         for n, r in runs.items()}
   workdirs = {n: os.path.join(args.root, n) for n in MODELS if n in runs}
 
   start = time.time()

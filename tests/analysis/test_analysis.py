@@ -241,3 +241,17 @@ def test_fixed_image_changes_the_grid_with_the_patch(digits_data_dir):
   with pytest.raises(UserError, match=r"patches \[7\] are not image_size // seqhw"):
     resize_methods.fixed_image(model, params, 16, data_cfg=subjects.DIGITS_TEST,
                                pp_template=subjects.DIGITS_PP, patches=(7,))
+
+
+def test_subject_steps_and_eval_data_follow_the_dataset():
+  from flexivit_jax.analysis import common
+  parse = lambda *argv: resize_methods.build_parser().parse_args(["--out", "x", *argv])
+  assert common.steps(parse()) == 1000  # resize_methods' digits subject.
+  assert common.steps(parse("--dataset", "cluttered_digits")) == 2400  # The README demo's.
+  assert common.steps(parse("--dataset", "cluttered_digits", "--steps", "300")) == 300
+  with pytest.raises(UserError, match="--steps must be a positive number of steps, got 0"):
+    common.steps(parse("--steps", "0"))
+  assert common.eval_data(parse("--dataset", "cluttered_digits")) == {
+      "name": "cluttered_digits", "split": "test"}
+  assert common.eval_data(parse("--dataset", "cluttered_digits", "--data", "sklearn_digits:train")
+                          ) == {"name": "sklearn_digits", "split": "train"}
