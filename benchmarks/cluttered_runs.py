@@ -18,6 +18,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from flexivit_jax import xla_env  # noqa: E402
+xla_env.apply_cpu_defaults()  # The train CLI's XLA:CPU flags: runs here train as `train` does.
 from flexivit_jax.data import cluttered_digits  # noqa: E402
 from flexivit_jax.evaluators import predict  # noqa: E402
 from flexivit_jax.models.vit import FlexiViT  # noqa: E402

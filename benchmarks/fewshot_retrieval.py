@@ -23,6 +23,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from flexivit_jax import xla_env  # noqa: E402
+xla_env.apply_cpu_defaults()  # The train CLI's XLA:CPU flags: runs here train as `train` does.
 from flexivit_jax.checkpoints import step_dirs  # noqa: E402
 from flexivit_jax.evaluators import loading, sweep  # noqa: E402
 from flexivit_jax.outputs import eval_files, plots, tables  # noqa: E402

@@ -26,6 +26,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from flexivit_jax import xla_env  # noqa: E402
+xla_env.apply_cpu_defaults()  # The train CLI's XLA:CPU flags: runs here train as `train` does.
 from flexivit_jax.outputs import plots  # noqa: E402
 from flexivit_jax.training import config as config_lib  # noqa: E402
 from flexivit_jax.training import demos, loop  # noqa: E402

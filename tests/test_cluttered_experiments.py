@@ -167,3 +167,18 @@ def test_cluttered_analyses_share_one_vs_many_runs_and_write_tables_and_plots(tm
   for path in (ca.plot_resize(resize, str(tmp_path / "r.png")),
                ca.plot_cka(similarity, str(tmp_path / "c.png"))):
     assert os.path.getsize(path) > 1000
+
+
+@pytest.mark.parametrize("script", ["cluttered_runs", "fewshot_retrieval", "seg_patch_transfer",
+                                    "cluttered_patch_sweep"])
+def test_experiment_scripts_train_with_the_train_clis_xla_flags(script):
+  """A run trained by an experiment script must be the run `train` gives for the same config:
+  XLA:CPU's dot fusions change the float rounding, so the scripts set the CLI's flags too."""
+  import subprocess
+  from flexivit_jax import xla_env
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_env.KEEP_ENV)}
+  code = (f"import os, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import {script}; "
+          "print(os.environ.get('XLA_FLAGS', ''))")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True, cwd=str(REPO)).stdout
+  assert all(flag in out.split() for flag in xla_env.CPU_FLAGS), out
