@@ -29,8 +29,7 @@ from JAX (`residual_bytes_per_example`), which do follow both settings. `fits` i
 decided on the compiled (upper-bound) total.
 
 Settings (model fields `dtype_mm`, `remat_policy`, `scan`; `grad_accum_steps`; fsdp) are
-config overrides: `recommend` tries them in order of cost when the config does not fit,
-and a model field this model does not have is reported as unavailable, not guessed.
+config overrides: `recommend` tries them in order of cost when the config does not fit.
 `baseline_overrides` gives the step without any of them (float32 student and teachers, no
 rematerialisation, one microbatch): the "before" of a plan table.
 
@@ -53,7 +52,7 @@ import numpy as np
 
 from flexivit_jax.errors import UserError
 from flexivit_jax.evaluators import flops as flops_lib
-from flexivit_jax.models import tasks, vit
+from flexivit_jax.models import tasks
 from flexivit_jax.models.vit import resolve_patch
 from flexivit_jax.training import compiled_steps, initial_state, optim, sharding
 from flexivit_jax.training import config as config_lib
@@ -202,10 +201,9 @@ def _cost_key(config) -> str:
           "init_head_bias", "ignore_label")
   parts = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
   # A setting left at its default and the same setting spelled out are the same step.
-  defaults = {k: v for k, v in SETTING_FIELDS.items() if k in vit.MODEL_FIELDS}
-  parts["model"] = {**defaults, **parts["model"]}
+  parts["model"] = {**SETTING_FIELDS, **parts["model"]}
   for teacher in parts["distill"].get("teachers", {}).values():
-    teacher["model"] = {**defaults, **teacher["model"]}
+    teacher["model"] = {**SETTING_FIELDS, **teacher["model"]}
   return json.dumps(parts | {"pp": config.input.pp}, sort_keys=True, default=str)
 
 
@@ -393,8 +391,7 @@ SETTING_FIELDS = {"dtype_mm": "float32", "remat_policy": "none", "scan": False}
 def model_settings(config, model_cfg=None) -> Dict[str, Any]:
   """The model's memory settings as the config sets them (their defaults where unset)."""
   model_cfg = config.model if model_cfg is None else model_cfg
-  return {k: model_cfg.get(k, default) for k, default in SETTING_FIELDS.items()
-          if k in vit.MODEL_FIELDS}
+  return {k: model_cfg.get(k, default) for k, default in SETTING_FIELDS.items()}
 
 
 def teacher_settings(config) -> Dict[str, Dict[str, Any]]:
@@ -406,13 +403,10 @@ def teacher_settings(config) -> Dict[str, Dict[str, Any]]:
 def baseline_overrides(config) -> Dict[str, Any]:
   """The step without the memory options: float32 matmuls and activations (student and
   teachers), no rematerialisation, one microbatch (a table's "before")."""
-  out: Dict[str, Any] = {"grad_accum_steps": 1}
-  if "dtype_mm" in vit.MODEL_FIELDS:
-    out["model.dtype_mm"] = "float32"
-    out.update({f"distill.teachers.{name}.model.dtype_mm": "float32"
-                for name in config.distill.teachers})
-  if "remat_policy" in vit.MODEL_FIELDS:
-    out["model.remat_policy"] = "none"
+  out: Dict[str, Any] = {"grad_accum_steps": 1, "model.dtype_mm": "float32",
+                         "model.remat_policy": "none"}
+  out.update({f"distill.teachers.{name}.model.dtype_mm": "float32"
+              for name in config.distill.teachers})
   return out
 
 
@@ -472,9 +466,9 @@ def candidates(config, topo: Topology) -> List[Dict[str, Any]]:
   per_device = config.input.batch_size // topo.devices
   current = model_settings(config)
   model_steps = [{}]  # The config's own model settings, then bf16, then bf16 + remat.
-  if "dtype_mm" in vit.MODEL_FIELDS and current["dtype_mm"] != "bfloat16":
+  if current["dtype_mm"] != "bfloat16":
     model_steps.append({"model.dtype_mm": "bfloat16"})
-  if "remat_policy" in vit.MODEL_FIELDS and current["remat_policy"] != "nothing_saveable":
+  if current["remat_policy"] != "nothing_saveable":
     model_steps.append({**model_steps[-1], "model.remat_policy": "nothing_saveable"})
   fsdps = [f for f in (1, 2, 4, 8, 16, 32, 64) if topo.devices % f == 0]
   out = []
@@ -484,11 +478,6 @@ def candidates(config, topo: Topology) -> List[Dict[str, Any]]:
         extra = {"mesh.data": -1, "mesh.fsdp": fsdp, "param_sharding": "fsdp"} if fsdp > 1 else {}
         out.append({**model, "grad_accum_steps": k, **extra})
   return out
-
-
-def missing_settings() -> List[str]:
-  """The model fields the recommendations would use that this model does not have."""
-  return [f"model.{k}" for k in ("dtype_mm", "remat_policy") if k not in vit.MODEL_FIELDS]
 
 
 def recommend(config, topology: Any, mfu: float = MFU,
@@ -574,12 +563,8 @@ def run_plan(config, topology: Optional[str], mfu: float = MFU, title: str = "")
   if plan.fits:
     return text
   overrides, better = recommend(config, topo, mfu)
-  missing = missing_settings()
-  note = (f" (not tried: {', '.join(missing)}, which this model does not have)"
-          if missing else "")
   if better is None:
     raise UserError(f"{title or 'the config'} cannot fit {topo.name} ({topo.chip.hbm_bytes / GIB:.0f} GiB "
                     f"per device): {_gib(plan.total)} GiB per device as configured, and no "
-                    f"tried setting of microbatches, fsdp{', dtype_mm, remat_policy' if not missing else ''} "
-                    f"fits{note}")
-  return "\n".join([text, f"recommended{note}: {flags(overrides)}", format_plan(better, title)])
+                    f"tried setting of microbatches, fsdp, dtype_mm, remat_policy fits")
+  return "\n".join([text, f"recommended: {flags(overrides)}", format_plan(better, title)])
