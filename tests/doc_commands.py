@@ -417,8 +417,44 @@ def _check_pytest(t: Target, pattern: bool) -> List[str]:
   return problems
 
 
+def final_table(log: str, header: str = "Accuracy per patch size") -> List[Tuple[int, float]]:
+  """[(seqhw, prec@1 %)] from the last final table a training log printed, coarsest grid first.
+
+  The trainer prints `header`, a column line and a dashed line, then one row per
+  evaluated size: seqhw, patch, `NN.NN%` (and GFLOPs/img when known).
+  """
+  rows: List[Tuple[int, float]] = []
+  lines = log.splitlines()
+  starts = [i for i, line in enumerate(lines) if line.startswith(header)]
+  if not starts:
+    return rows
+  for line in lines[starts[-1] + 3:]:
+    m = re.match(r"^\s*(\d+)\s+\d+\s+([\d.]+)%", line)
+    if not m:
+      break
+    rows.append((int(m.group(1)), float(m.group(2))))
+  return sorted(rows)
+
+
+def table_rises(log: str) -> Tuple[bool, str]:
+  """Whether the final table's accuracy at the finest grid is above the coarsest's (the
+  README demo's promise: accuracy bought with compute), and a line saying so."""
+  rows = final_table(log)
+  if len(rows) < 2:
+    return False, f"the final table has {len(rows)} rows; it needs two sizes or more"
+  (coarse, low), (fine, high) = rows[0], rows[-1]
+  verdict = "rises" if high > low else "does not rise"
+  return high > low, (f"accuracy {verdict} from the coarsest grid (seqhw {coarse}: {low:.2f}%) "
+                      f"to the finest (seqhw {fine}: {high:.2f}%)")
+
+
 if __name__ == "__main__":
   if len(sys.argv) == 3 and sys.argv[1] == "setup":
     print(setup_lines()[int(sys.argv[2]) - 1])
+  elif len(sys.argv) == 3 and sys.argv[1] == "rises":
+    ok, line = table_rises(pathlib.Path(sys.argv[2]).read_text())
+    print(line)
+    sys.exit(0 if ok else 1)
   else:
-    sys.exit("usage: python tests/doc_commands.py setup N   (the README's Nth set-up command)")
+    sys.exit("usage: python tests/doc_commands.py setup N   (the README's Nth set-up command)\n"
+             "       python tests/doc_commands.py rises LOG  (the demo's table rises?)")

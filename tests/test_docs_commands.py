@@ -133,6 +133,39 @@ def test_the_readme_setup_commands_are_what_ci_runs():
   ci = (REPO / ".ci" / "run").read_text()
   assert "tests/doc_commands.py setup 1" in ci and "tests/doc_commands.py setup 2" in ci
   assert TABLE_HEADER in ci
+  assert "tests/doc_commands.py rises" in ci
+
+
+FINAL_TABLE = """step 2400/2400  seqhw 8  loss 2.0  grad_norm 1.0  lr 0  900 img/s  ETA 0s
+
+Accuracy per patch size (image 64px):
+seqhw  patch  test prec@1  GFLOPs/img
+-----  -----  -----------  ----------
+    4     16       {coarse}%    0.006557
+    5     12       32.10%     0.00926
+    8      8       {fine}%    0.02409
+plot: workdirs/demo/eval_test.png
+"""
+
+
+@pytest.mark.parametrize("coarse,fine,rises", [("22.40", "33.70", True), ("33.70", "22.40", False),
+                                               ("30.00", "30.00", False)])
+def test_ci_checks_that_the_demo_table_rises(tmp_path, coarse, fine, rises):
+  """.ci/run fails when the demo's accuracy at the finest patch is not above the coarsest."""
+  log = FINAL_TABLE.format(coarse=coarse, fine=fine)
+  assert dc.final_table(log) == [(4, float(coarse)), (5, 32.1), (8, float(fine))]
+  ok, line = dc.table_rises(log)
+  assert ok is rises and f"seqhw 4: {coarse}%" in line
+  path = tmp_path / "demo.log"
+  path.write_text("eval step 800/2400 ...\n" + log)
+  run = subprocess.run([sys.executable, str(REPO / "tests" / "doc_commands.py"), "rises", str(path)],
+                       capture_output=True, text=True)
+  assert run.returncode == (0 if rises else 1) and run.stdout.startswith("accuracy")
+
+
+def test_a_log_without_a_final_table_does_not_pass():
+  ok, line = dc.table_rises("step 100/2400 loss 2.3\n")
+  assert not ok and "0 rows" in line
 
 
 # ---------------------------------------------------------------- the checker itself
