@@ -112,7 +112,10 @@ def test_pi_resize_keeps_accuracy_when_upscaling_while_vanilla_drops(digits_data
   base = results["pi"]["1.0"]
   assert base > 0.8
   for f in ("1.5", "2.0"):
-    assert abs(results["pi"][f] - base) <= 0.005, results
+    # Keeps: at most 0.5 points below the training size. A gain is no failure: upsampling
+    # the whole image is not exactly a per-patch resize, and on an AVX-512 machine PI scored
+    # 2 digits more (99.00% vs 98.33%) at both factors.
+    assert results["pi"][f] >= base - 0.005, results
     assert results["vanilla"][f] < base, results
   assert results["vanilla"]["2.0"] < base - 0.05, results
 
